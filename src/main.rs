@@ -1,0 +1,2 @@
+pub mod pb { tonic::include_proto!("phantom.v1"); }
+fn main() {}
