@@ -1,0 +1,219 @@
+//! `EventBusActor`: live routing only. It holds the open streams per account, hands committed
+//! events to them in seq order, and counts streams per account, which is presence.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use uuid::Uuid;
+
+use super::subscriber::{CloseReason, SubscriberActor};
+use crate::core::{AccountId, CommittedEvent};
+use crate::pb;
+
+/// A stream's live feed as the bus sees it.
+struct Link {
+    token_id: Option<Uuid>,
+    live: mpsc::Sender<pb::Event>,
+    actor: Addr<SubscriberActor>,
+}
+
+/// Told when an account gets its first stream or loses its last.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PresenceChanged {
+    /// The account.
+    pub account: AccountId,
+    /// Whether it now has at least one live stream.
+    pub online: bool,
+}
+
+/// The router of live events.
+pub struct EventBusActor {
+    streams: HashMap<AccountId, HashMap<u64, Link>>,
+    presence: Option<Recipient<PresenceChanged>>,
+    next_id: u64,
+}
+
+impl EventBusActor {
+    /// An empty bus.
+    pub fn new() -> Self {
+        EventBusActor {
+            streams: HashMap::new(),
+            presence: None,
+            next_id: 1,
+        }
+    }
+
+    fn deliver(&mut self, account: AccountId, event: &pb::Event, durable: bool) {
+        let Some(links) = self.streams.get_mut(&account) else {
+            return;
+        };
+        links.retain(|_, link| match link.live.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) if durable => {
+                // The stream cannot keep up: end it so that it resumes from its last seq.
+                link.actor.do_send(Close(CloseReason::Overflow));
+                false
+            }
+            // A full stream loses ephemeral events (presence, typing) rather than block.
+            Err(TrySendError::Full(_)) => true,
+            Err(TrySendError::Closed(_)) => false,
+        });
+        if links.is_empty() {
+            self.streams.remove(&account);
+            self.notify(account, false);
+        }
+    }
+
+    fn notify(&self, account: AccountId, online: bool) {
+        if let Some(p) = &self.presence {
+            p.do_send(PresenceChanged { account, online });
+        }
+    }
+}
+
+impl Default for EventBusActor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Actor for EventBusActor {
+    type Context = Context<Self>;
+}
+
+/// Sets who hears about presence changes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPresenceListener(pub Recipient<PresenceChanged>);
+
+impl Handler<SetPresenceListener> for EventBusActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetPresenceListener, _: &mut Context<Self>) {
+        self.presence = Some(msg.0);
+    }
+}
+
+/// Registers a stream; answers its id.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Register {
+    /// Whose events it wants.
+    pub account: AccountId,
+    /// The token that opened it, for revocation.
+    pub token_id: Option<Uuid>,
+    /// Where live events go.
+    pub live: mpsc::Sender<pb::Event>,
+    /// The stream's actor.
+    pub actor: Addr<SubscriberActor>,
+}
+
+impl Handler<Register> for EventBusActor {
+    type Result = u64;
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let links = self.streams.entry(msg.account).or_default();
+        let first = links.is_empty();
+        links.insert(
+            id,
+            Link {
+                token_id: msg.token_id,
+                live: msg.live,
+                actor: msg.actor,
+            },
+        );
+        if first {
+            self.notify(msg.account, true);
+        }
+        id
+    }
+}
+
+/// Removes a stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    /// Its account.
+    pub account: AccountId,
+    /// Its id from `Register`.
+    pub id: u64,
+}
+
+impl Handler<Unregister> for EventBusActor {
+    type Result = ();
+    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        if let Some(links) = self.streams.get_mut(&msg.account)
+            && links.remove(&msg.id).is_some()
+            && links.is_empty()
+        {
+            self.streams.remove(&msg.account);
+            self.notify(msg.account, false);
+        }
+    }
+}
+
+/// Durable events just committed, in seq order per account.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub Vec<CommittedEvent>);
+
+impl Handler<Publish> for EventBusActor {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        for c in msg.0 {
+            self.deliver(c.account_id, &c.event, true);
+        }
+    }
+}
+
+/// An ephemeral event (seq 0) for some accounts.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ephemeral {
+    /// Who gets it.
+    pub to: Vec<AccountId>,
+    /// The event.
+    pub event: pb::Event,
+}
+
+impl Handler<Ephemeral> for EventBusActor {
+    type Result = ();
+    fn handle(&mut self, msg: Ephemeral, _: &mut Context<Self>) {
+        for account in msg.to {
+            self.deliver(account, &msg.event, false);
+        }
+    }
+}
+
+/// Ends streams: all of them (shutdown), or those of one token (revocation).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseStreams {
+    /// `None`: every stream.
+    pub token_id: Option<Uuid>,
+    /// Why.
+    pub reason: CloseReason,
+}
+
+impl Handler<CloseStreams> for EventBusActor {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseStreams, _: &mut Context<Self>) -> usize {
+        let mut closed = 0;
+        for links in self.streams.values() {
+            for link in links.values() {
+                if msg.token_id.is_none() || link.token_id == msg.token_id {
+                    link.actor.do_send(Close(msg.reason));
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+}
+
+/// Tells a stream to end.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Close(pub CloseReason);

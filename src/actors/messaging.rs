@@ -1,0 +1,113 @@
+//! `MessagingActor`: send, list and mark-read. A message and its two events are persisted in
+//! one transaction by the store; idempotency keys are enforced there, under the same lock.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::core::time::{now_micros, to_timestamp};
+use crate::core::{AccountId, CoreError, CoreResult, MessageState, Page, PageRequest};
+use crate::pb;
+use crate::store::{SentMessage, Store};
+
+/// The messaging authority.
+pub struct MessagingActor {
+    store: Arc<dyn Store>,
+}
+
+impl MessagingActor {
+    /// A messaging actor over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        MessagingActor { store }
+    }
+}
+
+impl Actor for MessagingActor {
+    type Context = Context<Self>;
+}
+
+type Reply<T> = ResponseFuture<CoreResult<T>>;
+
+/// A validated SendMessage.
+#[derive(Message)]
+#[rtype(result = "CoreResult<SentMessage>")]
+pub struct SendMessage {
+    /// The caller.
+    pub sender: AccountId,
+    /// The recipient (not the caller).
+    pub recipient: AccountId,
+    /// Text body.
+    pub text: String,
+    /// Binary body.
+    pub payload: Bytes,
+    /// MIME type of the payload.
+    pub content_type: String,
+    /// Idempotency key, may be empty.
+    pub client_message_id: String,
+}
+
+impl Handler<SendMessage> for MessagingActor {
+    type Result = Reply<SentMessage>;
+    fn handle(&mut self, msg: SendMessage, _: &mut Context<Self>) -> Self::Result {
+        if msg.sender == msg.recipient {
+            return Box::pin(async {
+                Err(CoreError::invalid(
+                    "recipient_id",
+                    "you cannot send a message to yourself",
+                ))
+            });
+        }
+        let message = pb::Message {
+            message_id: Uuid::now_v7().to_string(),
+            sender_id: msg.sender.to_string(),
+            recipient_id: msg.recipient.to_string(),
+            text: msg.text,
+            payload: msg.payload,
+            content_type: msg.content_type,
+            client_message_id: msg.client_message_id,
+            sent_at: Some(to_timestamp(now_micros())),
+            state: MessageState::Sent as i32,
+        };
+        Box::pin(self.store.send_message(message))
+    }
+}
+
+/// A page of the conversation between two accounts, newest first.
+#[derive(Message)]
+#[rtype(result = "CoreResult<Page<pb::Message>>")]
+pub struct ListMessages {
+    /// The caller.
+    pub me: AccountId,
+    /// The other party.
+    pub peer: AccountId,
+    /// Which page.
+    pub page: PageRequest,
+}
+
+impl Handler<ListMessages> for MessagingActor {
+    type Result = Reply<Page<pb::Message>>;
+    fn handle(&mut self, msg: ListMessages, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.store.list_messages(msg.me, msg.peer, msg.page))
+    }
+}
+
+/// Marks messages from `sender` to `reader` READ up to one message.
+#[derive(Message)]
+#[rtype(result = "CoreResult<Vec<String>>")]
+pub struct MarkRead {
+    /// The caller (the recipient of the messages).
+    pub reader: AccountId,
+    /// Who sent them.
+    pub sender: AccountId,
+    /// The last message to mark.
+    pub up_to: Uuid,
+}
+
+impl Handler<MarkRead> for MessagingActor {
+    type Result = Reply<Vec<String>>;
+    fn handle(&mut self, msg: MarkRead, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.store.mark_read(msg.reader, msg.sender, msg.up_to))
+    }
+}

@@ -1,0 +1,62 @@
+//! Long-lived actors. They run on their own actix `System` thread; tonic handlers hold their
+//! `Addr`s and `send` to them across runtimes. State lives here; durability lives in the store.
+
+pub mod accounts;
+pub mod bus;
+pub mod contacts;
+pub mod messaging;
+pub mod subscriber;
+
+use actix::{ArbiterHandle, System};
+
+use crate::core::CoreError;
+
+/// The actix runtime the actors live on.
+pub struct ActorRuntime {
+    /// Where actors are started.
+    pub arbiter: ArbiterHandle,
+    system: System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ActorRuntime {
+    /// Starts an actix `System` on a thread of its own.
+    pub fn start() -> Result<Self, CoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("phantom-actors".into())
+            .spawn(move || {
+                let sys = actix::System::new();
+                let _ = tx.send((System::current(), actix::Arbiter::current()));
+                if let Err(e) = sys.run() {
+                    tracing::error!(error = %e, "actor system stopped with an error");
+                }
+            })
+            .map_err(CoreError::internal)?;
+        let (system, arbiter) = rx.recv().map_err(CoreError::internal)?;
+        Ok(ActorRuntime {
+            arbiter,
+            system,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops every actor and waits for the thread.
+    pub fn stop(&mut self) {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ActorRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Turns a failed `Addr::send` (actor gone, mailbox closed) into a domain error.
+pub fn mailbox_error(e: actix::MailboxError) -> CoreError {
+    CoreError::Unavailable(format!("service unavailable: {e}"))
+}

@@ -1,0 +1,243 @@
+//! Configuration: `config.toml` (every key optional, unknown keys refused), overridden by
+//! flags and by `PHANTOM_ADMIN_TOKEN`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything the server reads at start.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
+    /// `[events]`
+    pub events: EventsConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[server]`: where and how to listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port`, or `unix:/path` for a Unix socket.
+    pub listen: String,
+    /// Serve gRPC server reflection (v1 and v1alpha).
+    pub reflection: bool,
+    /// Seconds in-flight calls get to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:50051".into(),
+            reflection: true,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// `[storage]`: where data lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the SQLite database (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// How controller calls are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Bearer account tokens.
+    #[default]
+    Token,
+    /// Every controller call acts as `local_account` (single-user daemon on a local socket).
+    None,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `token` or `none`.
+    pub mode: AuthMode,
+    /// Admin bearer token; `PHANTOM_ADMIN_TOKEN` wins. Empty: one is generated into the data dir.
+    pub admin_token: String,
+    /// Handle of the account used under `mode = "none"`; created on first start.
+    pub local_account: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Token,
+            admin_token: String::new(),
+            local_account: "me".into(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest `text` of a message, bytes.
+    pub max_text_bytes: usize,
+    /// Largest `payload` of a message, bytes.
+    pub max_payload_bytes: usize,
+    /// Events queued per stream before it counts as stalled.
+    pub subscriber_buffer: usize,
+    /// Largest request message the server decodes, bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_text_bytes: 16 * 1024,
+            max_payload_bytes: 256 * 1024,
+            subscriber_buffer: 1024,
+            max_request_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Durable events kept per account; older ones are pruned.
+    pub retention_per_account: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention_per_account: 100_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `phantom=debug,info`, ... (`RUST_LOG` wins).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file. A missing file at the default path means the embedded defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Config, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        };
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses config text, refusing unknown keys and wrong types.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_text_bytes", l.max_text_bytes),
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+            ("limits.subscriber_buffer", l.subscriber_buffer),
+            ("limits.max_request_bytes", l.max_request_bytes),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if l.max_request_bytes < l.max_text_bytes + l.max_payload_bytes {
+            return Err(
+                "limits.max_request_bytes must be at least max_text_bytes + max_payload_bytes"
+                    .into(),
+            );
+        }
+        if self.events.retention_per_account == 0 {
+            return Err("events.retention_per_account must be greater than 0".into());
+        }
+        if self.auth.mode == AuthMode::None {
+            crate::core::validate::handle("auth.local_account", &self.auth.local_account)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The admin token in force: `PHANTOM_ADMIN_TOKEN` wins over the file.
+    pub fn admin_token_override(&self) -> Option<String> {
+        std::env::var("PHANTOM_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| Some(self.auth.admin_token.clone()).filter(|t| !t.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_to_the_defaults() {
+        let cfg = Config::parse(include_str!("../config.toml")).unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:50051");
+        assert_eq!(cfg.limits.max_text_bytes, 16 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::parse("[server]\nlisen = \"x\"").is_err());
+        assert!(Config::parse("[limits]\nsubscriber_buffer = 0").is_err());
+        assert!(Config::parse("[auth]\nmode = \"maybe\"").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! Domain types, validation and errors. Nothing here knows about tonic or actix.
+
+pub mod error;
+pub mod events;
+pub mod time;
+pub mod tokens;
+pub mod types;
+pub mod validate;
+
+pub use error::{CoreError, CoreResult};
+pub use types::*;

@@ -1,0 +1,91 @@
+//! Bearer-token authentication for both services.
+
+use std::sync::Arc;
+
+use crate::config::AuthMode;
+use crate::core::tokens::{TokenIndex, hash};
+use crate::core::{AccountId, Caller, CoreError, CoreResult};
+use tonic::metadata::MetadataMap;
+
+/// Decides who a call is.
+pub struct Authenticator {
+    tokens: Arc<TokenIndex>,
+    admin_hash: String,
+    mode: AuthMode,
+    local_account: Option<AccountId>,
+}
+
+impl Authenticator {
+    /// `admin_hash` is the SHA-256 of the admin token; `local_account` is used under mode none.
+    pub fn new(
+        tokens: Arc<TokenIndex>,
+        admin_hash: String,
+        mode: AuthMode,
+        local_account: Option<AccountId>,
+    ) -> Self {
+        Authenticator {
+            tokens,
+            admin_hash,
+            mode,
+            local_account,
+        }
+    }
+
+    /// The token hash from `authorization: Bearer <token>`.
+    fn bearer_hash(md: &MetadataMap) -> CoreResult<String> {
+        let value = md.get("authorization").ok_or_else(|| {
+            CoreError::Unauthenticated("missing `authorization: Bearer <token>` metadata".into())
+        })?;
+        let value = value.to_str().map_err(|_| {
+            CoreError::Unauthenticated("authorization metadata is not ASCII".into())
+        })?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                CoreError::Unauthenticated("authorization metadata must be `Bearer <token>`".into())
+            })?;
+        Ok(hash(token))
+    }
+
+    /// The account a `PhantomController` call acts as.
+    pub fn controller(&self, md: &MetadataMap) -> CoreResult<Caller> {
+        if let (AuthMode::None, Some(account_id)) = (self.mode, self.local_account) {
+            return Ok(Caller {
+                account_id,
+                token_id: None,
+            });
+        }
+        let h = Self::bearer_hash(md)?;
+        if let Some((token_id, account_id)) = self.tokens.lookup(&h) {
+            return Ok(Caller {
+                account_id,
+                token_id: Some(token_id),
+            });
+        }
+        if h == self.admin_hash {
+            return Err(CoreError::PermissionDenied(
+                "the admin token cannot call PhantomController; use an account token".into(),
+            ));
+        }
+        Err(CoreError::Unauthenticated(
+            "unknown or revoked token".into(),
+        ))
+    }
+
+    /// Checks that a `PhantomAdmin` call carries the admin token.
+    pub fn admin(&self, md: &MetadataMap) -> CoreResult<()> {
+        let h = Self::bearer_hash(md)?;
+        if h == self.admin_hash {
+            return Ok(());
+        }
+        if self.tokens.lookup(&h).is_some() {
+            return Err(CoreError::PermissionDenied(
+                "an account token cannot call PhantomAdmin; use the admin token".into(),
+            ));
+        }
+        Err(CoreError::Unauthenticated("unknown admin token".into()))
+    }
+}

@@ -1,0 +1,328 @@
+//! `phantom.v1.PhantomController`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix::Addr;
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::Authenticator;
+use super::events::EventStream;
+use super::{ask, observe, page_parts};
+use crate::actors::contacts::{self, ContactsActor};
+use crate::actors::messaging::{self, MessagingActor};
+use crate::actors::subscriber::Subscriptions;
+use crate::config::LimitsConfig;
+use crate::core::validate::{
+    self, MAX_CLIENT_MESSAGE_ID_CHARS, MAX_CONTENT_TYPE_CHARS, MAX_DISPLAY_NAME_CHARS,
+    MAX_STATUS_TEXT_CHARS,
+};
+use crate::core::{Caller, CoreError, CoreResult, PresenceStatus};
+use crate::pb::{self, phantom_controller_server::PhantomController};
+
+/// The account-facing service.
+pub struct ControllerService {
+    auth: Arc<Authenticator>,
+    contacts: Addr<ContactsActor>,
+    messaging: Addr<MessagingActor>,
+    subscriptions: Subscriptions,
+    limits: LimitsConfig,
+}
+
+impl ControllerService {
+    /// A controller forwarding to these actors.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        contacts: Addr<ContactsActor>,
+        messaging: Addr<MessagingActor>,
+        subscriptions: Subscriptions,
+        limits: LimitsConfig,
+    ) -> Self {
+        ControllerService {
+            auth,
+            contacts,
+            messaging,
+            subscriptions,
+            limits,
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> CoreResult<Caller> {
+        self.auth.controller(req.metadata())
+    }
+
+    /// Authenticates, then runs `work` for the caller inside `observe`.
+    async fn call<Req, Resp, F>(
+        &self,
+        method: &'static str,
+        req: Request<Req>,
+        work: impl FnOnce(Caller, Req) -> F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: Future<Output = CoreResult<Resp>>,
+    {
+        let caller = self.caller(&req);
+        let account = caller.as_ref().ok().map(|c| c.account_id);
+        observe(method, account, async move {
+            let caller = caller?;
+            work(caller, req.into_inner()).await
+        })
+        .await
+    }
+
+    fn validate_send(&self, r: &pb::SendMessageRequest) -> CoreResult<()> {
+        validate::max_bytes("text", r.text.len(), self.limits.max_text_bytes)?;
+        validate::max_bytes("payload", r.payload.len(), self.limits.max_payload_bytes)?;
+        if r.text.is_empty() && r.payload.is_empty() {
+            return Err(CoreError::invalid(
+                "text",
+                "text or payload must be non-empty",
+            ));
+        }
+        validate::text(
+            "client_message_id",
+            &r.client_message_id,
+            MAX_CLIENT_MESSAGE_ID_CHARS,
+        )?;
+        validate::text("content_type", &r.content_type, MAX_CONTENT_TYPE_CHARS)
+    }
+}
+
+/// A chosen presence from the wire; UNSPECIFIED and unknown values are refused.
+fn chosen_status(v: i32) -> CoreResult<PresenceStatus> {
+    match PresenceStatus::try_from(v) {
+        Ok(PresenceStatus::Unspecified) | Err(_) => Err(CoreError::invalid(
+            "status",
+            "must be PRESENCE_STATUS_OFFLINE, _ONLINE, _AWAY or _BUSY",
+        )),
+        Ok(s) => Ok(s),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl PhantomController for ControllerService {
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        self.call("SendMessage", req, |caller, r| async move {
+            let recipient = validate::uuid("recipient_id", &r.recipient_id)?;
+            self.validate_send(&r)?;
+            let sent = ask(
+                &self.messaging,
+                messaging::SendMessage {
+                    sender: caller.account_id,
+                    recipient,
+                    text: r.text,
+                    payload: r.payload,
+                    content_type: r.content_type,
+                    client_message_id: r.client_message_id,
+                },
+            )
+            .await?;
+            Ok(pb::SendMessageResponse {
+                message: Some(sent.message),
+                duplicate: sent.duplicate,
+            })
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        req: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        self.call("ListMessages", req, |caller, r| async move {
+            let peer = validate::uuid("contact_id", &r.contact_id)?;
+            let page = validate::page(r.page_size, &r.page_token)?;
+            let page = ask(
+                &self.messaging,
+                messaging::ListMessages {
+                    me: caller.account_id,
+                    peer,
+                    page,
+                },
+            )
+            .await?;
+            let (messages, next_page_token) = page_parts(page);
+            Ok(pb::ListMessagesResponse {
+                messages,
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        req: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        self.call("MarkRead", req, |caller, r| async move {
+            let sender = validate::uuid("contact_id", &r.contact_id)?;
+            let up_to = validate::uuid("up_to_message_id", &r.up_to_message_id)?;
+            let ids = ask(
+                &self.messaging,
+                messaging::MarkRead {
+                    reader: caller.account_id,
+                    sender,
+                    up_to,
+                },
+            )
+            .await?;
+            Ok(pb::MarkReadResponse {
+                updated: ids.len() as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_contacts(
+        &self,
+        req: Request<pb::GetContactsRequest>,
+    ) -> Result<Response<pb::GetContactsResponse>, Status> {
+        self.call("GetContacts", req, |caller, r| async move {
+            let page = validate::page(r.page_size, &r.page_token)?;
+            let page = ask(
+                &self.contacts,
+                contacts::GetContacts {
+                    owner: caller.account_id,
+                    page,
+                },
+            )
+            .await?;
+            let (contacts, next_page_token) = page_parts(page);
+            Ok(pb::GetContactsResponse {
+                contacts,
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn add_contact(
+        &self,
+        req: Request<pb::AddContactRequest>,
+    ) -> Result<Response<pb::AddContactResponse>, Status> {
+        self.call("AddContact", req, |caller, r| async move {
+            let handle = validate::handle("handle", &r.handle)?;
+            validate::text("display_name", &r.display_name, MAX_DISPLAY_NAME_CHARS)?;
+            let contact = ask(
+                &self.contacts,
+                contacts::AddContact {
+                    owner: caller.account_id,
+                    handle,
+                    alias: r.display_name.trim().to_string(),
+                },
+            )
+            .await?;
+            Ok(pb::AddContactResponse {
+                contact: Some(contact),
+            })
+        })
+        .await
+    }
+
+    async fn update_contact(
+        &self,
+        req: Request<pb::UpdateContactRequest>,
+    ) -> Result<Response<pb::UpdateContactResponse>, Status> {
+        self.call("UpdateContact", req, |caller, r| async move {
+            let peer = validate::uuid("contact_id", &r.contact_id)?;
+            validate::text("display_name", &r.display_name, MAX_DISPLAY_NAME_CHARS)?;
+            let contact = ask(
+                &self.contacts,
+                contacts::UpdateContact {
+                    owner: caller.account_id,
+                    peer,
+                    alias: r.display_name.trim().to_string(),
+                },
+            )
+            .await?;
+            Ok(pb::UpdateContactResponse {
+                contact: Some(contact),
+            })
+        })
+        .await
+    }
+
+    async fn remove_contact(
+        &self,
+        req: Request<pb::RemoveContactRequest>,
+    ) -> Result<Response<pb::RemoveContactResponse>, Status> {
+        self.call("RemoveContact", req, |caller, r| async move {
+            let peer = validate::uuid("contact_id", &r.contact_id)?;
+            ask(
+                &self.contacts,
+                contacts::RemoveContact {
+                    owner: caller.account_id,
+                    peer,
+                },
+            )
+            .await?;
+            Ok(pb::RemoveContactResponse {})
+        })
+        .await
+    }
+
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        self.call("GetProfile", req, |caller, _| async move {
+            ask(&self.contacts, contacts::GetProfile(caller.account_id)).await
+        })
+        .await
+    }
+
+    async fn set_status(
+        &self,
+        req: Request<pb::SetStatusRequest>,
+    ) -> Result<Response<pb::SetStatusResponse>, Status> {
+        self.call("SetStatus", req, |caller, r| async move {
+            let status = chosen_status(r.status)?;
+            validate::text("status_text", &r.status_text, MAX_STATUS_TEXT_CHARS)?;
+            ask(
+                &self.contacts,
+                contacts::SetStatus {
+                    account: caller.account_id,
+                    status,
+                    text: r.status_text,
+                },
+            )
+            .await?;
+            Ok(pb::SetStatusResponse {})
+        })
+        .await
+    }
+
+    type SubscribeToEventsStream = BoxStream<pb::Event>;
+
+    async fn subscribe_to_events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::SubscribeToEventsStream>, Status> {
+        self.call("SubscribeToEvents", req, |caller, r| async move {
+            let sub = self
+                .subscriptions
+                .open(caller.account_id, caller.token_id, r.after_seq);
+            Ok(Box::pin(EventStream::new(sub, r.after_seq)) as Self::SubscribeToEventsStream)
+        })
+        .await
+    }
+
+    type ConnectStream = BoxStream<pb::ServerFrame>;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::ClientFrame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        // Authenticate first so that a bad token is told so rather than "unimplemented".
+        self.caller(&req).map_err(Status::from)?;
+        Err(Status::unimplemented(
+            "Connect is not available in this release; use SubscribeToEvents and the unary calls",
+        ))
+    }
+}

@@ -1,0 +1,63 @@
+//! tonic services: authenticate, decode, validate, forward to an actor, map the domain error to
+//! a gRPC status. Nothing else lives here.
+
+pub mod admin;
+pub mod auth;
+pub mod controller;
+pub mod events;
+pub mod status;
+
+use std::future::Future;
+use std::time::Instant;
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+use crate::actors::mailbox_error;
+use crate::core::validate::encode_page_token;
+use crate::core::{CoreError, CoreResult, Page};
+
+/// Sends a message to an actor and flattens mailbox failures into the domain error.
+pub async fn ask<A, M, T>(addr: &Addr<A>, msg: M) -> CoreResult<T>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: actix::Message<Result = CoreResult<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    addr.send(msg).await.map_err(mailbox_error)?
+}
+
+/// Runs one call's work inside a span, logs its outcome (debug when it succeeds, warn when it
+/// fails) and maps the domain error to a status.
+pub async fn observe<T>(
+    method: &'static str,
+    account: Option<uuid::Uuid>,
+    work: impl Future<Output = CoreResult<T>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        account = account.map(tracing::field::display)
+    );
+    let started = Instant::now();
+    let result = work.instrument(span.clone()).await;
+    let _enter = span.enter();
+    let micros = started.elapsed().as_micros() as u64;
+    match &result {
+        Ok(_) => tracing::debug!(code = "OK", micros, "call finished"),
+        Err(e @ CoreError::Internal(_)) => tracing::error!(error = %e, micros, "call failed"),
+        Err(e) => tracing::warn!(error = %e, micros, "call failed"),
+    }
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// Splits a page into its items and the wire `next_page_token`.
+pub fn page_parts<T>(page: Page<T>) -> (Vec<T>, String) {
+    (
+        page.items,
+        page.next.map(encode_page_token).unwrap_or_default(),
+    )
+}

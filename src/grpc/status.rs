@@ -1,0 +1,28 @@
+//! One gRPC status per domain error, with a message naming the field and, for bad input, a
+//! `google.rpc.BadRequest` detail that clients can read field by field.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::core::CoreError;
+
+impl From<CoreError> for Status {
+    fn from(e: CoreError) -> Status {
+        let message = e.to_string();
+        match e {
+            CoreError::InvalidArgument { field, reason } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            CoreError::NotFound { .. } => Status::not_found(message),
+            CoreError::AlreadyExists { .. } => Status::already_exists(message),
+            CoreError::Unauthenticated(_) => Status::unauthenticated(message),
+            CoreError::PermissionDenied(_) => Status::permission_denied(message),
+            CoreError::ResourceExhausted(_) => Status::resource_exhausted(message),
+            CoreError::Unavailable(_) => Status::unavailable(message),
+            // Details stay in the log; the client learns only that it was our fault.
+            CoreError::Internal(_) => Status::internal("internal error; see the server log"),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Starting and stopping a whole server: store, actors, services, listener.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::actors::ActorRuntime;
+use crate::actors::accounts::AccountsActor;
+use crate::actors::bus::{CloseStreams, EventBusActor, Publish, SetPresenceListener};
+use crate::actors::contacts::ContactsActor;
+use crate::actors::messaging::MessagingActor;
+use crate::actors::subscriber::{CloseReason, Subscriptions};
+use crate::config::{AuthMode, Config};
+use crate::core::time::now_micros;
+use crate::core::tokens::{self, TokenIndex};
+use crate::core::{AccountId, AccountRecord, PresenceStatus, TokenRecord};
+use crate::grpc::admin::AdminService;
+use crate::grpc::auth::Authenticator;
+use crate::grpc::controller::ControllerService;
+use crate::pb::phantom_admin_server::PhantomAdminServer;
+use crate::pb::phantom_controller_server::PhantomControllerServer;
+use crate::store::{SqliteStore, Store};
+
+/// The file a generated admin token is written to, inside the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// Parses `host:port` or `unix:/path`.
+    pub fn parse(s: &str) -> Result<Listen, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(
+                    "server.listen: `unix:` needs a path, as in unix:/run/phantom.sock".into(),
+                );
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        if let Ok(addr) = s.parse() {
+            return Ok(Listen::Tcp(addr));
+        }
+        use std::net::ToSocketAddrs;
+        s.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(Listen::Tcp)
+            .ok_or_else(|| format!("server.listen: {s:?} is neither host:port nor unix:/path"))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A server that is up.
+pub struct RunningServer {
+    /// Where it actually listens (port 0 resolved).
+    pub local_addr: Listen,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Drains and stops: health NOT_SERVING, streams end with UNAVAILABLE, in-flight unary calls
+    /// finish, the store commits what is queued.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.done).await;
+    }
+
+    /// The TCP address, if listening on TCP.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.local_addr {
+            Listen::Tcp(a) => Some(*a),
+            Listen::Unix(_) => None,
+        }
+    }
+}
+
+/// Reads the admin token from the environment or the config, or from (or into) the data dir.
+fn admin_token(cfg: &Config) -> Result<String, String> {
+    if let Some(t) = cfg.admin_token_override() {
+        return Ok(t);
+    }
+    let path = cfg.storage.data_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let token = tokens::generate().map_err(|e| format!("cannot generate admin token: {e}"))?;
+    write_private(&path, &format!("{token}\n"))?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(token)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Finds or creates the `auth.local_account` account used under `mode = "none"`.
+async fn local_account(
+    store: &Arc<dyn Store>,
+    accounts: &mut Vec<AccountRecord>,
+    handle: &str,
+) -> Result<AccountId, String> {
+    let handle = handle.to_ascii_lowercase();
+    if let Some(a) = accounts.iter().find(|a| a.handle == handle) {
+        return Ok(a.id);
+    }
+    let id = uuid::Uuid::new_v4();
+    // The account needs a first token; under mode none nobody uses it, so its secret is dropped.
+    let secret = tokens::generate().map_err(|e| e.to_string())?;
+    let token = TokenRecord {
+        id: uuid::Uuid::new_v4(),
+        account_id: id,
+        hash: tokens::hash(&secret),
+    };
+    let record = AccountRecord {
+        id,
+        handle: handle.clone(),
+        display_name: handle,
+        created_at: now_micros(),
+        status: PresenceStatus::Online,
+        status_text: String::new(),
+        last_seen: None,
+        row: 0,
+    };
+    let created = store
+        .create_account(record, token)
+        .await
+        .map_err(|e| format!("cannot create auth.local_account: {e}"))?;
+    accounts.push(created);
+    Ok(id)
+}
+
+/// Starts a server from a validated config. Returns once it is listening.
+pub async fn start(cfg: Config) -> Result<RunningServer, String> {
+    cfg.validate()?;
+    let listen = Listen::parse(&cfg.server.listen)?;
+    let admin_hash = tokens::hash(&admin_token(&cfg)?);
+
+    let mut runtime = ActorRuntime::start().map_err(|e| e.to_string())?;
+    let bus: Addr<EventBusActor> =
+        EventBusActor::start_in_arbiter(&runtime.arbiter, |_| EventBusActor::new());
+    let sink_bus = bus.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &cfg.storage.data_dir,
+            // The bus only routes in memory, so it keeps up with the writer.
+            Box::new(move |events| sink_bus.do_send(Publish(events))),
+            cfg.events.retention_per_account,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let mut accounts = store.load_accounts().map_err(|e| e.to_string())?;
+    let local = match cfg.auth.mode {
+        AuthMode::None => {
+            Some(local_account(&store, &mut accounts, &cfg.auth.local_account).await?)
+        }
+        AuthMode::Token => None,
+    };
+    let contact_rows = store.load_contacts().map_err(|e| e.to_string())?;
+    let token_index = Arc::new(TokenIndex::new(
+        store.load_tokens().map_err(|e| e.to_string())?,
+    ));
+
+    let (s, b) = (store.clone(), bus.clone());
+    let contacts = ContactsActor::start_in_arbiter(&runtime.arbiter, move |_| {
+        ContactsActor::new(s, b, accounts, contact_rows)
+    });
+    bus.do_send(SetPresenceListener(contacts.clone().recipient()));
+    let s = store.clone();
+    let messaging =
+        MessagingActor::start_in_arbiter(&runtime.arbiter, move |_| MessagingActor::new(s));
+    let (s, t, c, b) = (
+        store.clone(),
+        token_index.clone(),
+        contacts.clone(),
+        bus.clone(),
+    );
+    let accounts_actor =
+        AccountsActor::start_in_arbiter(&runtime.arbiter, move |_| AccountsActor::new(s, t, c, b));
+
+    let auth = Arc::new(Authenticator::new(
+        token_index,
+        admin_hash,
+        cfg.auth.mode,
+        local,
+    ));
+    let subscriptions = Subscriptions {
+        arbiter: runtime.arbiter.clone(),
+        bus: bus.clone(),
+        store: store.clone(),
+        buffer: cfg.limits.subscriber_buffer,
+    };
+    let max_request = cfg.limits.max_request_bytes;
+    let controller = PhantomControllerServer::new(ControllerService::new(
+        auth.clone(),
+        contacts,
+        messaging,
+        subscriptions,
+        cfg.limits.clone(),
+    ))
+    .max_decoding_message_size(max_request);
+    let admin = PhantomAdminServer::new(AdminService::new(auth, accounts_actor))
+        .max_decoding_message_size(max_request);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PhantomControllerServer<ControllerService>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let (reflect_v1, reflect_v1alpha) = if cfg.server.reflection {
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| e.to_string())?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| e.to_string())?;
+        (Some(v1), Some(v1alpha))
+    } else {
+        (None, None)
+    };
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(controller)
+        .add_service(admin)
+        .add_optional_service(reflect_v1)
+        .add_optional_service(reflect_v1alpha);
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    // On the shutdown signal: NOT_SERVING, end streams, then let tonic refuse new calls and
+    // wait for in-flight ones.
+    let signal = {
+        let health = health.clone();
+        let bus = bus.clone();
+        async move {
+            let _ = shutdown_rx.await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<PhantomControllerServer<ControllerService>>()
+                .await;
+            let _ = bus
+                .send(CloseStreams {
+                    token_id: None,
+                    reason: CloseReason::Shutdown,
+                })
+                .await;
+            let _ = drain_tx.send(());
+        }
+    };
+
+    let (local_addr, serve) = bind(&listen, router, signal).await?;
+    tracing::info!(listen = %local_addr, data_dir = %cfg.storage.data_dir.display(), "phantom-grpc-api serving");
+
+    let done = tokio::spawn(async move {
+        let drained = async {
+            let _ = drain_rx.await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            res = serve => if let Err(e) = res {
+                tracing::error!(error = %e, "server stopped with an error");
+            },
+            _ = drained => tracing::warn!("shutdown grace period over; dropping remaining calls"),
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            store.close();
+            runtime.stop();
+        })
+        .await;
+        tracing::info!("phantom-grpc-api stopped");
+    });
+
+    Ok(RunningServer {
+        local_addr,
+        shutdown: Some(shutdown_tx),
+        done,
+    })
+}
+
+type ServeFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+>;
+
+/// Binds the listener and returns the future that serves it until `signal` completes.
+async fn bind(
+    listen: &Listen,
+    router: tonic::transport::server::Router,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(Listen, ServeFuture), String> {
+    match listen {
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("server.listen: cannot bind {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Ok((
+                Listen::Tcp(local),
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+            ))
+        }
+        Listen::Unix(path) => {
+            prepare_socket_path(path)?;
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("server.listen: cannot bind {}: {e}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            Ok((
+                Listen::Unix(path.clone()),
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+            ))
+        }
+    }
+}
+
+/// Removes a stale socket file left by a crashed run; refuses to take over a live one.
+fn prepare_socket_path(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "server.listen: {} is in use by a running server",
+            path.display()
+        ));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))
+}

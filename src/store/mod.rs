@@ -1,0 +1,130 @@
+//! Durability. The `Store` trait is what actors call; `sqlite` is the embedded engine.
+//!
+//! Every method returns a future that resolves once the work is done on the store's own
+//! threads, so actors never wait on disk. A write's future resolves after its transaction is
+//! committed and fsync'd, and after its events have been handed to the event sink.
+
+pub mod schema;
+pub mod sqlite;
+mod writer;
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::core::{
+    AccountId, AccountRecord, CommittedEvent, ContactRecord, CoreResult, Page, PageRequest,
+    PresenceStatus, TokenRecord,
+};
+use crate::pb;
+
+pub use sqlite::SqliteStore;
+
+/// Receives durable events right after their transaction commits, in seq order per account.
+pub type EventSink = Box<dyn Fn(Vec<CommittedEvent>) + Send + 'static>;
+
+/// Bounds of an account's event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogBounds {
+    /// Oldest seq still held (0 when the log is empty).
+    pub oldest: u64,
+    /// Newest seq assigned (0 when nothing was ever logged).
+    pub head: u64,
+}
+
+/// Outcome of `send_message`.
+#[derive(Debug, Clone)]
+pub struct SentMessage {
+    /// The stored message (the first one, on a duplicate).
+    pub message: pb::Message,
+    /// The `client_message_id` had been used before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// What everything above the store needs from an engine.
+pub trait Store: Send + Sync + 'static {
+    /// Every account, oldest first (start-up only: blocks).
+    fn load_accounts(&self) -> CoreResult<Vec<AccountRecord>>;
+    /// Every live token (start-up only: blocks).
+    fn load_tokens(&self) -> CoreResult<Vec<TokenRecord>>;
+    /// Every contact relation (start-up only: blocks).
+    fn load_contacts(&self) -> CoreResult<Vec<ContactRecord>>;
+
+    /// Creates an account and its first token. `AlreadyExists` on a taken handle.
+    fn create_account(
+        &self,
+        account: AccountRecord,
+        token: TokenRecord,
+    ) -> BoxFuture<'static, CoreResult<AccountRecord>>;
+    /// Stores a further token. `NotFound` if the account does not exist.
+    fn issue_token(&self, token: TokenRecord) -> BoxFuture<'static, CoreResult<()>>;
+    /// Revokes a token and returns it. `NotFound` if unknown or already revoked.
+    fn revoke_token(&self, token_id: Uuid) -> BoxFuture<'static, CoreResult<TokenRecord>>;
+    /// Accounts in creation order.
+    fn list_accounts(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'static, CoreResult<Page<AccountRecord>>>;
+    /// Persists an account's chosen status and text.
+    fn set_status(
+        &self,
+        account: AccountId,
+        status: PresenceStatus,
+        text: String,
+    ) -> BoxFuture<'static, CoreResult<()>>;
+    /// Persists when an account last went offline.
+    fn set_last_seen(&self, account: AccountId, at: i64) -> BoxFuture<'static, CoreResult<()>>;
+
+    /// Adds a contact and logs `event` for its owner. `AlreadyExists` if present.
+    fn add_contact(
+        &self,
+        contact: ContactRecord,
+        event: pb::Event,
+    ) -> BoxFuture<'static, CoreResult<ContactRecord>>;
+    /// Changes a contact's alias and logs `event`. `NotFound` if absent.
+    fn update_contact(
+        &self,
+        owner: AccountId,
+        peer: AccountId,
+        alias: String,
+        event: pb::Event,
+    ) -> BoxFuture<'static, CoreResult<()>>;
+    /// Removes a contact and logs `event`. `NotFound` if absent.
+    fn remove_contact(
+        &self,
+        owner: AccountId,
+        peer: AccountId,
+        event: pb::Event,
+    ) -> BoxFuture<'static, CoreResult<()>>;
+
+    /// Stores a message with its two events (MessageSent, MessageReceived) in one transaction,
+    /// or returns the earlier message with the same `client_message_id`.
+    fn send_message(&self, message: pb::Message) -> BoxFuture<'static, CoreResult<SentMessage>>;
+    /// The conversation between two accounts, newest first. `NotFound` if `peer` does not exist.
+    fn list_messages(
+        &self,
+        me: AccountId,
+        peer: AccountId,
+        page: PageRequest,
+    ) -> BoxFuture<'static, CoreResult<Page<pb::Message>>>;
+    /// Makes every message from `sender` to `reader` up to `up_to` READ, logging one
+    /// MessageStateChanged for the sender. Returns the ids that changed.
+    fn mark_read(
+        &self,
+        reader: AccountId,
+        sender: AccountId,
+        up_to: Uuid,
+    ) -> BoxFuture<'static, CoreResult<Vec<String>>>;
+
+    /// Up to `limit` durable events of an account with seq > `after`, in order.
+    fn read_events(
+        &self,
+        account: AccountId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>>;
+    /// Oldest and newest seq of an account's log.
+    fn log_bounds(&self, account: AccountId) -> BoxFuture<'static, CoreResult<LogBounds>>;
+
+    /// Commits what is queued and stops the writer; later writes fail with `Unavailable`.
+    fn close(&self);
+}

@@ -1,0 +1,447 @@
+//! The embedded engine: SQLite in WAL mode with `synchronous = FULL`, one writer thread
+//! (see `writer`) and a pool of read-only connections used from tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use prost::Message as _;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::writer::{self, Job, WriteOp, WriteOutput};
+use super::{EventSink, LogBounds, SentMessage, Store, schema::SCHEMA};
+use crate::core::time::to_timestamp;
+use crate::core::{
+    AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,
+    PresenceStatus, TokenRecord,
+};
+use crate::pb;
+
+/// Jobs that may wait for the writer before senders wait in turn (backpressure, not memory).
+const WRITER_QUEUE: usize = 4096;
+/// The database file inside the data dir.
+pub const DB_FILE: &str = "phantom.db";
+
+/// Columns selected for a message, in `message_from_row` order.
+pub(crate) const MESSAGE_COLUMNS: &str = "row, id, sender, recipient, text, payload, content_type, \
+     COALESCE(client_message_id, ''), sent_at, state";
+
+/// The conversation key: both ids, smaller first, so either side finds the same rows.
+pub(crate) fn conversation_key(a: AccountId, b: AccountId) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("{x}:{y}")
+}
+
+/// Reads a message row selected with `MESSAGE_COLUMNS`.
+pub(crate) fn message_from_row(r: &Row) -> rusqlite::Result<pb::Message> {
+    Ok(pb::Message {
+        message_id: r.get(1)?,
+        sender_id: r.get(2)?,
+        recipient_id: r.get(3)?,
+        text: r.get(4)?,
+        payload: Bytes::from(r.get::<_, Vec<u8>>(5)?),
+        content_type: r.get(6)?,
+        client_message_id: r.get(7)?,
+        sent_at: Some(to_timestamp(r.get(8)?)),
+        state: r.get(9)?,
+    })
+}
+
+fn parse_uuid(s: String) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(&s).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "row, id, handle, display_name, created_at, status, status_text, last_seen";
+
+/// Reads an account row selected with `ACCOUNT_COLUMNS`.
+pub(crate) fn account_from_row(r: &Row) -> rusqlite::Result<AccountRecord> {
+    Ok(AccountRecord {
+        row: r.get(0)?,
+        id: parse_uuid(r.get(1)?)?,
+        handle: r.get(2)?,
+        display_name: r.get(3)?,
+        created_at: r.get(4)?,
+        status: PresenceStatus::try_from(r.get::<_, i32>(5)?).unwrap_or(PresenceStatus::Online),
+        status_text: r.get(6)?,
+        last_seen: r.get(7)?,
+    })
+}
+
+/// Cuts one extra row off a `LIMIT size + 1` query into a page.
+fn paginate<T>(mut items: Vec<T>, size: usize, row_of: impl Fn(&T) -> i64) -> Page<T> {
+    let next = if items.len() > size {
+        items.truncate(size);
+        items.last().map(row_of)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+/// Read-only connections, reused.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        let conn = match self.idle.lock().map_err(CoreError::internal)?.pop() {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> CoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The SQLite engine.
+pub struct SqliteStore {
+    readers: Arc<ReaderPool>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `data_dir/phantom.db` and starts the writer thread;
+    /// `retention` is how many durable events each account's log keeps.
+    pub fn open(data_dir: &Path, sink: EventSink, retention: u64) -> CoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            CoreError::Internal(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk (WAL fsync'd) before any reply goes out.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("phantom-store-writer".into())
+            .spawn(move || writer::run(conn, rx, sink, retention))
+            .map_err(CoreError::internal)?;
+        Ok(SqliteStore {
+            readers: Arc::new(ReaderPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        op: WriteOp,
+        take: fn(WriteOutput) -> Option<T>,
+    ) -> BoxFuture<'static, CoreResult<T>> {
+        let jobs = self.jobs.lock().ok().and_then(|j| j.clone());
+        Box::pin(async move {
+            let closed = || CoreError::Unavailable("the store is shutting down".into());
+            let jobs = jobs.ok_or_else(closed)?;
+            let (reply, answer) = oneshot::channel();
+            jobs.send(Job { op, reply }).await.map_err(|_| closed())?;
+            let out = answer.await.map_err(|_| closed())??;
+            take(out).ok_or_else(|| CoreError::Internal("writer answered another kind".into()))
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> CoreResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, CoreResult<T>> {
+        let readers = self.readers.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || readers.with(f))
+                .await
+                .map_err(CoreError::internal)?
+        })
+    }
+
+    fn read_now<T>(&self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        self.readers.with(f)
+    }
+}
+
+fn done(out: WriteOutput) -> Option<()> {
+    matches!(out, WriteOutput::Done).then_some(())
+}
+
+fn account_exists(conn: &Connection, id: AccountId) -> CoreResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+        .query_row([id.to_string()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+impl Store for SqliteStore {
+    fn load_accounts(&self) -> CoreResult<Vec<AccountRecord>> {
+        self.read_now(|c| {
+            let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY row");
+            Ok(c.prepare(&sql)?
+                .query_map([], account_from_row)?
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn load_tokens(&self) -> CoreResult<Vec<TokenRecord>> {
+        self.read_now(|c| {
+            Ok(
+                c.prepare("SELECT id, account_id, hash FROM tokens WHERE revoked_at IS NULL")?
+                    .query_map([], |r| {
+                        Ok(TokenRecord {
+                            id: parse_uuid(r.get(0)?)?,
+                            account_id: parse_uuid(r.get(1)?)?,
+                            hash: r.get(2)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?,
+            )
+        })
+    }
+
+    fn load_contacts(&self) -> CoreResult<Vec<ContactRecord>> {
+        self.read_now(|c| {
+            Ok(
+                c.prepare("SELECT owner, peer, alias, added_at, row FROM contacts ORDER BY row")?
+                    .query_map([], |r| {
+                        Ok(ContactRecord {
+                            owner: parse_uuid(r.get(0)?)?,
+                            peer: parse_uuid(r.get(1)?)?,
+                            alias: r.get(2)?,
+                            added_at: r.get(3)?,
+                            row: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?,
+            )
+        })
+    }
+
+    fn create_account(
+        &self,
+        account: AccountRecord,
+        token: TokenRecord,
+    ) -> BoxFuture<'static, CoreResult<AccountRecord>> {
+        self.write(WriteOp::CreateAccount(account, token), |o| match o {
+            WriteOutput::Account(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    fn issue_token(&self, token: TokenRecord) -> BoxFuture<'static, CoreResult<()>> {
+        self.write(WriteOp::IssueToken(token), |o| match o {
+            WriteOutput::Token(_) => Some(()),
+            _ => None,
+        })
+    }
+
+    fn revoke_token(&self, token_id: Uuid) -> BoxFuture<'static, CoreResult<TokenRecord>> {
+        self.write(WriteOp::RevokeToken(token_id), |o| match o {
+            WriteOutput::Token(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    fn list_accounts(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'static, CoreResult<Page<AccountRecord>>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE row > ?1 ORDER BY row LIMIT ?2"
+            );
+            let items = c
+                .prepare_cached(&sql)?
+                .query_map(
+                    params![page.after.unwrap_or(0), page.size as i64 + 1],
+                    account_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(items, page.size, |a| a.row))
+        })
+    }
+
+    fn set_status(
+        &self,
+        account: AccountId,
+        status: PresenceStatus,
+        text: String,
+    ) -> BoxFuture<'static, CoreResult<()>> {
+        self.write(WriteOp::SetStatus(account, status, text), done)
+    }
+
+    fn set_last_seen(&self, account: AccountId, at: i64) -> BoxFuture<'static, CoreResult<()>> {
+        self.write(WriteOp::SetLastSeen(account, at), done)
+    }
+
+    fn add_contact(
+        &self,
+        contact: ContactRecord,
+        event: pb::Event,
+    ) -> BoxFuture<'static, CoreResult<ContactRecord>> {
+        self.write(WriteOp::AddContact(contact, event), |o| match o {
+            WriteOutput::Contact(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn update_contact(
+        &self,
+        owner: AccountId,
+        peer: AccountId,
+        alias: String,
+        event: pb::Event,
+    ) -> BoxFuture<'static, CoreResult<()>> {
+        self.write(
+            WriteOp::UpdateContact {
+                owner,
+                peer,
+                alias,
+                event,
+            },
+            done,
+        )
+    }
+
+    fn remove_contact(
+        &self,
+        owner: AccountId,
+        peer: AccountId,
+        event: pb::Event,
+    ) -> BoxFuture<'static, CoreResult<()>> {
+        self.write(WriteOp::RemoveContact { owner, peer, event }, done)
+    }
+
+    fn send_message(&self, message: pb::Message) -> BoxFuture<'static, CoreResult<SentMessage>> {
+        self.write(WriteOp::SendMessage(message), |o| match o {
+            WriteOutput::Sent(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    fn list_messages(
+        &self,
+        me: AccountId,
+        peer: AccountId,
+        page: PageRequest,
+    ) -> BoxFuture<'static, CoreResult<Page<pb::Message>>> {
+        self.read(move |c| {
+            if !account_exists(c, peer)? {
+                return Err(CoreError::not_found("contact_id", "no such account"));
+            }
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv = ?1 AND row < ?2
+                 ORDER BY row DESC LIMIT ?3"
+            );
+            let mut rows = Vec::new();
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut q = stmt.query(params![
+                conversation_key(me, peer),
+                page.after.unwrap_or(i64::MAX),
+                page.size as i64 + 1
+            ])?;
+            while let Some(r) = q.next()? {
+                rows.push((r.get::<_, i64>(0)?, message_from_row(r)?));
+            }
+            let page = paginate(rows, page.size, |(row, _)| *row);
+            Ok(Page {
+                items: page.items.into_iter().map(|(_, m)| m).collect(),
+                next: page.next,
+            })
+        })
+    }
+
+    fn mark_read(
+        &self,
+        reader: AccountId,
+        sender: AccountId,
+        up_to: Uuid,
+    ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
+        self.write(
+            WriteOp::MarkRead {
+                reader,
+                sender,
+                up_to,
+            },
+            |o| match o {
+                WriteOutput::Ids(ids) => Some(ids),
+                _ => None,
+            },
+        )
+    }
+
+    fn read_events(
+        &self,
+        account: AccountId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT body FROM events WHERE account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut q = stmt.query(params![account.to_string(), after as i64, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = q.next()? {
+                let body = r.get_ref(0)?.as_blob().map_err(CoreError::internal)?;
+                out.push(pb::Event::decode(body).map_err(CoreError::internal)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn log_bounds(&self, account: AccountId) -> BoxFuture<'static, CoreResult<LogBounds>> {
+        self.read(move |c| {
+            let id = account.to_string();
+            let head: i64 = c
+                .prepare_cached("SELECT head_seq FROM accounts WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let oldest: Option<i64> = c
+                .prepare_cached("SELECT MIN(seq) FROM events WHERE account_id = ?1")?
+                .query_row([&id], |r| r.get(0))?;
+            Ok(LogBounds {
+                oldest: oldest.unwrap_or(0) as u64,
+                head: head as u64,
+            })
+        })
+    }
+
+    fn close(&self) {
+        // Dropping the last sender lets the writer commit what is queued and return.
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The single writer thread: every durable change runs here, batched into one transaction and
+//! one fsync (group commit). Each job gets its own savepoint so one failing job never spoils
+//! the others in its batch.
+
+use prost::Message as _;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::sqlite::{MESSAGE_COLUMNS, conversation_key, message_from_row};
+use super::{EventSink, SentMessage};
+use crate::core::events::new_event;
+use crate::core::time::now_micros;
+use crate::core::{
+    AccountId, AccountRecord, CommittedEvent, ContactRecord, CoreError, CoreResult, MessageState,
+    PresenceStatus, TokenRecord,
+};
+use crate::pb::{self, event::Kind};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// One durable change.
+pub(crate) enum WriteOp {
+    CreateAccount(AccountRecord, TokenRecord),
+    IssueToken(TokenRecord),
+    RevokeToken(Uuid),
+    SetStatus(AccountId, PresenceStatus, String),
+    SetLastSeen(AccountId, i64),
+    AddContact(ContactRecord, pb::Event),
+    UpdateContact {
+        owner: AccountId,
+        peer: AccountId,
+        alias: String,
+        event: pb::Event,
+    },
+    RemoveContact {
+        owner: AccountId,
+        peer: AccountId,
+        event: pb::Event,
+    },
+    SendMessage(pb::Message),
+    MarkRead {
+        reader: AccountId,
+        sender: AccountId,
+        up_to: Uuid,
+    },
+}
+
+/// What a change produced.
+pub(crate) enum WriteOutput {
+    Account(AccountRecord),
+    Token(TokenRecord),
+    Contact(ContactRecord),
+    Sent(SentMessage),
+    Ids(Vec<String>),
+    Done,
+}
+
+/// A change and where its result goes.
+pub(crate) struct Job {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<CoreResult<WriteOutput>>,
+}
+
+/// Runs until every sender is gone, then returns (the last batch is committed first).
+pub(crate) fn run(
+    mut conn: Connection,
+    mut jobs: mpsc::Receiver<Job>,
+    sink: EventSink,
+    retention: u64,
+) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch, &sink, retention);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sink: &EventSink, retention: u64) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let outcome = (|| -> CoreResult<()> {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in batch {
+            let mut job_events = Vec::new();
+            let sp = tx.savepoint()?;
+            let result = apply(
+                &sp,
+                job.op,
+                &mut Log {
+                    events: &mut job_events,
+                    retention,
+                },
+            );
+            if result.is_ok() {
+                sp.commit()?;
+                events.append(&mut job_events);
+            } else {
+                drop(sp); // rolls back this job alone
+            }
+            replies.push((job.reply, result));
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            if !events.is_empty() {
+                sink(events);
+            }
+            for (reply, result) in replies {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed; the whole batch is refused");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(CoreError::Unavailable(
+                    "storage commit failed; nothing was stored".into(),
+                )));
+            }
+        }
+    }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+/// Where a job's events go, and how many an account's log keeps.
+struct Log<'a> {
+    events: &'a mut Vec<CommittedEvent>,
+    retention: u64,
+}
+
+/// Appends a durable event to an account's log, assigning the account's next seq and pruning
+/// what falls out of retention.
+fn append(
+    tx: &Connection,
+    account: AccountId,
+    mut event: pb::Event,
+    log: &mut Log,
+) -> CoreResult<()> {
+    let id = account.to_string();
+    let seq: i64 = tx
+        .prepare_cached(
+            "UPDATE accounts SET head_seq = head_seq + 1 WHERE id = ?1 RETURNING head_seq",
+        )?
+        .query_row([&id], |r| r.get(0))?;
+    event.seq = seq as u64;
+    tx.prepare_cached("INSERT INTO events (account_id, seq, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, seq, event.encode_to_vec()])?;
+    let keep = log.retention as i64;
+    if seq > keep {
+        tx.prepare_cached("DELETE FROM events WHERE account_id = ?1 AND seq <= ?2")?
+            .execute(params![id, seq - keep])?;
+    }
+    log.events.push(CommittedEvent {
+        account_id: account,
+        event,
+    });
+    Ok(())
+}
+
+fn account_exists(tx: &Connection, id: AccountId) -> CoreResult<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+        .query_row([id.to_string()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn apply(tx: &Connection, op: WriteOp, events: &mut Log) -> CoreResult<WriteOutput> {
+    match op {
+        WriteOp::CreateAccount(mut a, t) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO accounts (id, handle, display_name, created_at, status, status_text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    a.id.to_string(),
+                    a.handle,
+                    a.display_name,
+                    a.created_at,
+                    a.status as i32,
+                    a.status_text
+                ]);
+            match inserted {
+                Err(e) if is_constraint(&e) => {
+                    return Err(CoreError::exists(
+                        "handle",
+                        format!("handle {:?} is taken", a.handle),
+                    ));
+                }
+                r => r?,
+            };
+            a.row = tx.last_insert_rowid();
+            insert_token(tx, &t)?;
+            Ok(WriteOutput::Account(a))
+        }
+        WriteOp::IssueToken(t) => {
+            if !account_exists(tx, t.account_id)? {
+                return Err(CoreError::not_found("account_id", "no such account"));
+            }
+            insert_token(tx, &t)?;
+            Ok(WriteOutput::Token(t))
+        }
+        WriteOp::RevokeToken(id) => {
+            let row = tx
+                .prepare_cached(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL
+                     RETURNING account_id, hash",
+                )?
+                .query_row(params![id.to_string(), now_micros()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?;
+            let (account, hash) =
+                row.ok_or_else(|| CoreError::not_found("token_id", "no such live token"))?;
+            Ok(WriteOutput::Token(TokenRecord {
+                id,
+                account_id: Uuid::parse_str(&account).map_err(CoreError::internal)?,
+                hash,
+            }))
+        }
+        WriteOp::SetStatus(id, status, text) => {
+            tx.prepare_cached("UPDATE accounts SET status = ?2, status_text = ?3 WHERE id = ?1")?
+                .execute(params![id.to_string(), status as i32, text])?;
+            Ok(WriteOutput::Done)
+        }
+        WriteOp::SetLastSeen(id, at) => {
+            tx.prepare_cached("UPDATE accounts SET last_seen = ?2 WHERE id = ?1")?
+                .execute(params![id.to_string(), at])?;
+            Ok(WriteOutput::Done)
+        }
+        WriteOp::AddContact(mut c, event) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO contacts (owner, peer, alias, added_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    c.owner.to_string(),
+                    c.peer.to_string(),
+                    c.alias,
+                    c.added_at
+                ]);
+            match inserted {
+                Err(e) if is_constraint(&e) => {
+                    return Err(CoreError::exists("handle", "already a contact"));
+                }
+                r => r?,
+            };
+            c.row = tx.last_insert_rowid();
+            append(tx, c.owner, event, events)?;
+            Ok(WriteOutput::Contact(c))
+        }
+        WriteOp::UpdateContact {
+            owner,
+            peer,
+            alias,
+            event,
+        } => {
+            let n = tx
+                .prepare_cached("UPDATE contacts SET alias = ?3 WHERE owner = ?1 AND peer = ?2")?
+                .execute(params![owner.to_string(), peer.to_string(), alias])?;
+            if n == 0 {
+                return Err(CoreError::not_found(
+                    "contact_id",
+                    "not one of your contacts",
+                ));
+            }
+            append(tx, owner, event, events)?;
+            Ok(WriteOutput::Done)
+        }
+        WriteOp::RemoveContact { owner, peer, event } => {
+            let n = tx
+                .prepare_cached("DELETE FROM contacts WHERE owner = ?1 AND peer = ?2")?
+                .execute(params![owner.to_string(), peer.to_string()])?;
+            if n == 0 {
+                return Err(CoreError::not_found(
+                    "contact_id",
+                    "not one of your contacts",
+                ));
+            }
+            append(tx, owner, event, events)?;
+            Ok(WriteOutput::Done)
+        }
+        WriteOp::SendMessage(m) => send_message(tx, m, events),
+        WriteOp::MarkRead {
+            reader,
+            sender,
+            up_to,
+        } => mark_read(tx, reader, sender, up_to, events),
+    }
+}
+
+fn insert_token(tx: &Connection, t: &TokenRecord) -> CoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO tokens (id, account_id, hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        t.id.to_string(),
+        t.account_id.to_string(),
+        t.hash,
+        now_micros()
+    ])?;
+    Ok(())
+}
+
+fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult<WriteOutput> {
+    let sender = Uuid::parse_str(&m.sender_id).map_err(CoreError::internal)?;
+    let recipient = Uuid::parse_str(&m.recipient_id).map_err(CoreError::internal)?;
+    if !m.client_message_id.is_empty() {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_message_id = ?2"
+        );
+        let earlier = tx
+            .prepare_cached(&sql)?
+            .query_row(params![m.sender_id, m.client_message_id], message_from_row)
+            .optional()?;
+        if let Some(message) = earlier {
+            return Ok(WriteOutput::Sent(SentMessage {
+                message,
+                duplicate: true,
+            }));
+        }
+    }
+    if !account_exists(tx, recipient)? {
+        return Err(CoreError::not_found("recipient_id", "no such account"));
+    }
+    let cmid = (!m.client_message_id.is_empty()).then_some(m.client_message_id.as_str());
+    let sent_at = m
+        .sent_at
+        .as_ref()
+        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+        .unwrap_or_else(now_micros);
+    tx.prepare_cached(
+        "INSERT INTO messages (id, conv, sender, recipient, text, payload, content_type,
+                               client_message_id, sent_at, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        m.message_id,
+        conversation_key(sender, recipient),
+        m.sender_id,
+        m.recipient_id,
+        m.text,
+        m.payload.as_ref(),
+        m.content_type,
+        cmid,
+        sent_at,
+        m.state
+    ])?;
+    append(
+        tx,
+        sender,
+        new_event(Kind::MessageSent(pb::MessageSent {
+            message: Some(m.clone()),
+        })),
+        events,
+    )?;
+    append(
+        tx,
+        recipient,
+        new_event(Kind::MessageReceived(pb::MessageReceived {
+            message: Some(m.clone()),
+        })),
+        events,
+    )?;
+    Ok(WriteOutput::Sent(SentMessage {
+        message: m,
+        duplicate: false,
+    }))
+}
+
+fn mark_read(
+    tx: &Connection,
+    reader: AccountId,
+    sender: AccountId,
+    up_to: Uuid,
+    events: &mut Log,
+) -> CoreResult<WriteOutput> {
+    let (r, s) = (reader.to_string(), sender.to_string());
+    let up_row: i64 = tx
+        .prepare_cached(
+            "SELECT row FROM messages WHERE id = ?1 AND sender = ?2 AND recipient = ?3",
+        )?
+        .query_row(params![up_to.to_string(), s, r], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| {
+            CoreError::not_found("up_to_message_id", "no such message from contact_id to you")
+        })?;
+    let read = MessageState::Read as i32;
+    let mut ids: Vec<String> = tx
+        .prepare_cached(
+            "UPDATE messages SET state = ?4
+             WHERE sender = ?1 AND recipient = ?2 AND row <= ?3 AND state < ?4 RETURNING id",
+        )?
+        .query_map(params![s, r, up_row, read], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.sort(); // UUIDv7: time order
+    if !ids.is_empty() {
+        append(
+            tx,
+            sender,
+            new_event(Kind::MessageStateChanged(pb::MessageStateChanged {
+                contact_id: r,
+                message_ids: ids.clone(),
+                state: read,
+            })),
+            events,
+        )?;
+    }
+    Ok(WriteOutput::Ids(ids))
+}
