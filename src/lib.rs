@@ -1,6 +1,7 @@
 //! Phantom: the messaging core and its gRPC API server.
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod grpc;
