@@ -1,0 +1,269 @@
+//! A real server on a real socket (port 0, temp data dir), driven by the generated clients.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use phantom::config::Config;
+use phantom::pb::{
+    self, phantom_admin_client::PhantomAdminClient,
+    phantom_controller_client::PhantomControllerClient,
+};
+use phantom::server::{self, RunningServer};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// The admin token every test server uses.
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Bearer(Some(
+            format!("Bearer {token}").parse().expect("ascii token"),
+        ))
+    }
+    pub fn none() -> Self {
+        Bearer(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type User = PhantomControllerClient<InterceptedService<Channel, Bearer>>;
+pub type Admin = PhantomAdminClient<InterceptedService<Channel, Bearer>>;
+
+/// An account made for a test.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: String,
+    pub handle: String,
+    pub token: String,
+    pub token_id: String,
+}
+
+/// A server under test.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub channel: Channel,
+}
+
+/// A config for a test server in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.storage.data_dir = dir.join("data");
+    cfg.auth.admin_token = ADMIN.into();
+    cfg.server.shutdown_grace_secs = 5;
+    cfg
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = test_config(dir.path());
+        tune(&mut cfg);
+        let server = server::start(cfg.clone()).await.expect("server starts");
+        let channel = connect(&server).await;
+        TestServer {
+            server: Some(server),
+            dir,
+            config: cfg,
+            channel,
+        }
+    }
+
+    /// Stops gracefully and starts again on the same data dir (on a new port).
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let server = server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.channel = connect(&server).await;
+        self.server = Some(server);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.storage.data_dir.clone()
+    }
+
+    pub fn admin(&self) -> Admin {
+        PhantomAdminClient::with_interceptor(self.channel.clone(), Bearer::new(ADMIN))
+    }
+
+    pub fn admin_as(&self, token: &str) -> Admin {
+        PhantomAdminClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+    }
+
+    pub fn user(&self, a: &Account) -> User {
+        self.user_token(&a.token)
+    }
+
+    pub fn user_token(&self, token: &str) -> User {
+        PhantomControllerClient::with_interceptor(self.channel.clone(), Bearer::new(token))
+    }
+
+    pub fn anonymous(&self) -> User {
+        PhantomControllerClient::with_interceptor(self.channel.clone(), Bearer::none())
+    }
+
+    pub async fn account(&self, handle: &str) -> Account {
+        let r = self
+            .admin()
+            .create_account(pb::CreateAccountRequest {
+                handle: handle.into(),
+                display_name: String::new(),
+            })
+            .await
+            .expect("create account")
+            .into_inner();
+        let a = r.account.expect("account");
+        Account {
+            id: a.account_id,
+            handle: a.handle,
+            token: r.token,
+            token_id: r.token_id,
+        }
+    }
+
+    /// `a` adds `b` as a contact.
+    pub async fn befriend(&self, a: &Account, b: &Account) -> pb::Contact {
+        self.user(a)
+            .add_contact(pb::AddContactRequest {
+                handle: b.handle.clone(),
+                display_name: String::new(),
+            })
+            .await
+            .expect("add contact")
+            .into_inner()
+            .contact
+            .expect("contact")
+    }
+
+    pub async fn send(&self, from: &Account, to: &Account, text: &str) -> pb::Message {
+        self.user(from)
+            .send_message(pb::SendMessageRequest {
+                recipient_id: to.id.clone(),
+                text: text.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("send")
+            .into_inner()
+            .message
+            .expect("message")
+    }
+}
+
+pub async fn connect(server: &RunningServer) -> Channel {
+    phantom::client::connect(&server.local_addr.to_string())
+        .await
+        .expect("connect")
+}
+
+/// An open event stream with a safety timeout on every wait (a hang fails, never passes).
+pub struct Events(pub tonic::Streaming<pb::Event>);
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Events {
+    pub async fn open(user: &mut User, after_seq: Option<u64>) -> Events {
+        let s = user
+            .subscribe_to_events(pb::EventsRequest { after_seq })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        Events(s)
+    }
+
+    /// The next event, or the status the stream ended with.
+    pub async fn next(&mut self) -> Result<Option<pb::Event>, Status> {
+        tokio::time::timeout(WAIT, self.0.message())
+            .await
+            .expect("timed out waiting for an event")
+    }
+
+    pub async fn event(&mut self) -> pb::Event {
+        self.next()
+            .await
+            .expect("stream error")
+            .expect("stream ended")
+    }
+
+    /// Reads the `SubscriptionStarted` that opens every stream.
+    pub async fn started(&mut self) -> pb::SubscriptionStarted {
+        match self.event().await.kind {
+            Some(pb::event::Kind::SubscriptionStarted(s)) => s,
+            other => panic!("expected SubscriptionStarted, got {other:?}"),
+        }
+    }
+
+    /// The next durable event (skipping presence and typing).
+    pub async fn durable(&mut self) -> pb::Event {
+        loop {
+            let ev = self.event().await;
+            if ev.seq != 0 {
+                return ev;
+            }
+        }
+    }
+
+    /// Waits for an ephemeral status change of `contact` to `status`.
+    pub async fn status_of(
+        &mut self,
+        contact: &str,
+        status: pb::PresenceStatus,
+    ) -> pb::ContactStatusChanged {
+        loop {
+            if let Some(pb::event::Kind::ContactStatusChanged(s)) = self.event().await.kind
+                && s.contact_id == contact
+                && s.status == status as i32
+            {
+                return s;
+            }
+        }
+    }
+}
+
+/// Asserts a call failed with `code` and a message naming `field`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, field: &str) -> Status {
+    let s = r.expect_err("call should fail");
+    assert_eq!(s.code(), code, "wrong code; message: {}", s.message());
+    assert!(
+        s.message().contains(field),
+        "message {:?} should name {field:?}",
+        s.message()
+    );
+    s
+}
+
+pub fn kind(ev: &pb::Event) -> &pb::event::Kind {
+    ev.kind.as_ref().expect("event kind")
+}
