@@ -1,0 +1,230 @@
+//! What was acknowledged survives a restart, and a SIGKILL right after the replies.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use phantom::pb;
+use phantom::pb::{
+    phantom_admin_client::PhantomAdminClient, phantom_controller_client::PhantomControllerClient,
+};
+
+#[tokio::test]
+async fn everything_acknowledged_is_there_after_a_restart() {
+    let mut t = TestServer::start().await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    t.befriend(&a, &b).await;
+    t.user(&a)
+        .update_contact(pb::UpdateContactRequest {
+            contact_id: b.id.clone(),
+            display_name: "Bobby".into(),
+        })
+        .await
+        .unwrap();
+    let m = t.send(&a, &b, "kept").await;
+    t.user(&b)
+        .mark_read(pb::MarkReadRequest {
+            contact_id: a.id.clone(),
+            up_to_message_id: m.message_id.clone(),
+        })
+        .await
+        .unwrap();
+    t.user(&a)
+        .set_status(pb::SetStatusRequest {
+            status: pb::PresenceStatus::Busy as i32,
+            status_text: "away".into(),
+        })
+        .await
+        .unwrap();
+    t.restart().await;
+    verify(&t.channel, &a, &b, &m.message_id, 3).await;
+    let p = t
+        .user(&a)
+        .get_profile(pb::GetProfileRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.status_text, "away");
+}
+
+/// Checks the state written by both tests.
+async fn verify(
+    channel: &tonic::transport::Channel,
+    a: &Account,
+    b: &Account,
+    msg: &str,
+    alice_head: u64,
+) {
+    let user = |t: &Account| {
+        PhantomControllerClient::with_interceptor(channel.clone(), Bearer::new(&t.token))
+    };
+    let contacts = user(a)
+        .get_contacts(pb::GetContactsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(contacts.contacts.len(), 1);
+    assert_eq!(contacts.contacts[0].contact_id, b.id);
+    assert_eq!(contacts.contacts[0].display_name, "Bobby");
+    let msgs = user(b)
+        .list_messages(pb::ListMessagesRequest {
+            contact_id: a.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(msgs.messages.len(), 1);
+    assert_eq!(msgs.messages[0].message_id, msg);
+    assert_eq!(msgs.messages[0].state, pb::MessageState::Read as i32);
+    // ContactAdded, ContactUpdated, MessageSent, MessageStateChanged: all in alice's log.
+    let mut s = Events::open(&mut user(a), Some(0)).await;
+    let started = s.started().await;
+    assert_eq!(started.head_seq, alice_head + 1);
+    for seq in 1..=started.head_seq {
+        assert_eq!(s.durable().await.seq, seq);
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real binary and returns it with the address it printed.
+fn spawn_server(dir: &std::path::Path) -> (Proc, String) {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"warn\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("PHANTOM_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("phantom-grpc-api listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (Proc(child), addr)
+}
+
+#[tokio::test]
+async fn everything_acknowledged_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proc1, addr) = spawn_server(dir.path());
+    let channel = phantom::client::connect(&addr).await.unwrap();
+    let mut admin = PhantomAdminClient::with_interceptor(channel.clone(), Bearer::new(ADMIN));
+    let mut make = async |h: &str| {
+        let r = admin
+            .create_account(pb::CreateAccountRequest {
+                handle: h.into(),
+                display_name: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Account {
+            id: r.account.unwrap().account_id,
+            handle: h.into(),
+            token: r.token,
+            token_id: r.token_id,
+        }
+    };
+    let a = make("alice").await;
+    let b = make("bob").await;
+    let mut ua = PhantomControllerClient::with_interceptor(channel.clone(), Bearer::new(&a.token));
+    let mut ub = PhantomControllerClient::with_interceptor(channel.clone(), Bearer::new(&b.token));
+    ua.add_contact(pb::AddContactRequest {
+        handle: "bob".into(),
+        display_name: "Bobby".into(),
+    })
+    .await
+    .unwrap();
+    let m = ua
+        .send_message(pb::SendMessageRequest {
+            recipient_id: b.id.clone(),
+            text: "kept".into(),
+            client_message_id: "k1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    ub.mark_read(pb::MarkReadRequest {
+        contact_id: a.id.clone(),
+        up_to_message_id: m.message_id.clone(),
+    })
+    .await
+    .unwrap();
+    let revoked = admin
+        .issue_token(pb::IssueTokenRequest {
+            account_id: a.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: revoked.token_id,
+        })
+        .await
+        .unwrap();
+    // SIGKILL right after the last reply: no graceful anything.
+    drop(proc1);
+
+    let (_proc2, addr) = spawn_server(dir.path());
+    let channel = phantom::client::connect(&addr).await.unwrap();
+    // alice's log: ContactAdded, MessageSent, MessageStateChanged.
+    verify_after_kill(&channel, &a, &b, &m.message_id).await;
+    let r = PhantomControllerClient::with_interceptor(channel.clone(), Bearer::new(&revoked.token))
+        .get_profile(pb::GetProfileRequest {})
+        .await;
+    assert_eq!(
+        r.unwrap_err().code(),
+        tonic::Code::Unauthenticated,
+        "revocation is durable"
+    );
+    // The idempotency key survived too.
+    let again = PhantomControllerClient::with_interceptor(channel.clone(), Bearer::new(&a.token))
+        .send_message(pb::SendMessageRequest {
+            recipient_id: b.id.clone(),
+            text: "kept".into(),
+            client_message_id: "k1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.message.unwrap().message_id, m.message_id);
+}
+
+async fn verify_after_kill(
+    channel: &tonic::transport::Channel,
+    a: &Account,
+    b: &Account,
+    msg: &str,
+) {
+    verify(channel, a, b, msg, 2).await;
+}
