@@ -189,7 +189,8 @@ fn done(out: WriteOutput) -> Option<()> {
     matches!(out, WriteOutput::Done).then_some(())
 }
 
-fn account_exists(conn: &Connection, id: AccountId) -> CoreResult<bool> {
+/// Whether an account exists (on any connection, in or out of a transaction).
+pub(crate) fn account_exists(conn: &Connection, id: AccountId) -> CoreResult<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
         .query_row([id.to_string()], |_| Ok(()))

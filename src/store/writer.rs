@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::sqlite::{MESSAGE_COLUMNS, conversation_key, message_from_row};
+use super::sqlite::{MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row};
 use super::{EventSink, SentMessage};
 use crate::core::events::new_event;
 use crate::core::time::now_micros;
@@ -168,12 +168,22 @@ fn append(
     Ok(())
 }
 
-fn account_exists(tx: &Connection, id: AccountId) -> CoreResult<bool> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
-        .query_row([id.to_string()], |_| Ok(()))
-        .optional()?
-        .is_some())
+/// Logs a contact change's event, or refuses it when no row matched.
+fn contact_changed(
+    tx: &Connection,
+    rows: usize,
+    owner: AccountId,
+    event: pb::Event,
+    events: &mut Log,
+) -> CoreResult<WriteOutput> {
+    if rows == 0 {
+        return Err(CoreError::not_found(
+            "contact_id",
+            "not one of your contacts",
+        ));
+    }
+    append(tx, owner, event, events)?;
+    Ok(WriteOutput::Done)
 }
 
 fn apply(tx: &Connection, op: WriteOp, events: &mut Log) -> CoreResult<WriteOutput> {
@@ -270,27 +280,13 @@ fn apply(tx: &Connection, op: WriteOp, events: &mut Log) -> CoreResult<WriteOutp
             let n = tx
                 .prepare_cached("UPDATE contacts SET alias = ?3 WHERE owner = ?1 AND peer = ?2")?
                 .execute(params![owner.to_string(), peer.to_string(), alias])?;
-            if n == 0 {
-                return Err(CoreError::not_found(
-                    "contact_id",
-                    "not one of your contacts",
-                ));
-            }
-            append(tx, owner, event, events)?;
-            Ok(WriteOutput::Done)
+            contact_changed(tx, n, owner, event, events)
         }
         WriteOp::RemoveContact { owner, peer, event } => {
             let n = tx
                 .prepare_cached("DELETE FROM contacts WHERE owner = ?1 AND peer = ?2")?
                 .execute(params![owner.to_string(), peer.to_string()])?;
-            if n == 0 {
-                return Err(CoreError::not_found(
-                    "contact_id",
-                    "not one of your contacts",
-                ));
-            }
-            append(tx, owner, event, events)?;
-            Ok(WriteOutput::Done)
+            contact_changed(tx, n, owner, event, events)
         }
         WriteOp::SendMessage(m) => send_message(tx, m, events),
         WriteOp::MarkRead {
@@ -358,22 +354,14 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
         sent_at,
         m.state
     ])?;
-    append(
-        tx,
-        sender,
-        new_event(Kind::MessageSent(pb::MessageSent {
-            message: Some(m.clone()),
-        })),
-        events,
-    )?;
-    append(
-        tx,
-        recipient,
-        new_event(Kind::MessageReceived(pb::MessageReceived {
-            message: Some(m.clone()),
-        })),
-        events,
-    )?;
+    let sent = Kind::MessageSent(pb::MessageSent {
+        message: Some(m.clone()),
+    });
+    let received = Kind::MessageReceived(pb::MessageReceived {
+        message: Some(m.clone()),
+    });
+    append(tx, sender, new_event(sent), events)?;
+    append(tx, recipient, new_event(received), events)?;
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,
