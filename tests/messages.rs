@@ -385,3 +385,28 @@ async fn mark_read_moves_state_forward_and_tells_the_sender_once() {
         "contact_id",
     );
 }
+
+#[tokio::test]
+async fn requests_over_the_decoding_limit_are_refused() {
+    let t = TestServer::start_with(|c| {
+        c.limits.max_request_bytes = 64 * 1024;
+        c.limits.max_payload_bytes = 32 * 1024;
+        c.limits.max_text_bytes = 16 * 1024;
+    })
+    .await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    let r = t
+        .user(&a)
+        .send_message(pb::SendMessageRequest {
+            recipient_id: b.id.clone(),
+            payload: vec![0u8; 70 * 1024].into(),
+            ..Default::default()
+        })
+        .await;
+    let s = r.unwrap_err();
+    // tonic's decoder refuses the frame before any handler runs.
+    assert_eq!(s.code(), Code::OutOfRange, "{}", s.message());
+    assert!(s.message().contains("65536"), "{}", s.message());
+    // The server is fine afterwards.
+    t.send(&a, &b, "still working").await;
+}
