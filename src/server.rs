@@ -18,6 +18,7 @@ use crate::actors::contacts::ContactsActor;
 use crate::actors::messaging::MessagingActor;
 use crate::actors::subscriber::{CloseReason, Subscriptions};
 use crate::config::{AuthMode, Config};
+use crate::core::stats::DeliveryStats;
 use crate::core::time::now_micros;
 use crate::core::tokens::{self, TokenIndex};
 use crate::core::{AccountId, AccountRecord, PresenceStatus, TokenRecord};
@@ -179,8 +180,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let admin_hash = tokens::hash(&admin_token(&cfg)?);
 
     let mut runtime = ActorRuntime::start().map_err(|e| e.to_string())?;
+    let stats = Arc::new(DeliveryStats::default());
+    let bus_stats = stats.clone();
     let bus: Addr<EventBusActor> =
-        EventBusActor::start_in_arbiter(&runtime.arbiter, |_| EventBusActor::new());
+        EventBusActor::start_in_arbiter(&runtime.arbiter, move |_| EventBusActor::new(bus_stats));
     let sink_bus = bus.clone();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(
@@ -229,8 +232,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let subscriptions = Subscriptions {
         arbiter: runtime.arbiter.clone(),
         bus: bus.clone(),
+        messaging: messaging.clone(),
         store: store.clone(),
         buffer: cfg.limits.subscriber_buffer,
+        stats: stats.clone(),
     };
     let max_request = cfg.limits.max_request_bytes;
     let controller = PhantomControllerServer::new(ControllerService::new(
@@ -241,7 +246,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         cfg.limits.clone(),
     ))
     .max_decoding_message_size(max_request);
-    let admin = PhantomAdminServer::new(AdminService::new(auth, accounts_actor))
+    let admin = PhantomAdminServer::new(AdminService::new(auth, accounts_actor, stats))
         .max_decoding_message_size(max_request);
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -2,12 +2,14 @@
 //! events to them in seq order, and counts streams per account, which is presence.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use uuid::Uuid;
 
 use super::subscriber::{CloseReason, SubscriberActor};
+use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CommittedEvent};
 use crate::pb;
 
@@ -33,15 +35,17 @@ pub struct EventBusActor {
     streams: HashMap<AccountId, HashMap<u64, Link>>,
     presence: Option<Recipient<PresenceChanged>>,
     next_id: u64,
+    stats: Arc<DeliveryStats>,
 }
 
 impl EventBusActor {
-    /// An empty bus.
-    pub fn new() -> Self {
+    /// An empty bus counting into `stats`.
+    pub fn new(stats: Arc<DeliveryStats>) -> Self {
         EventBusActor {
             streams: HashMap::new(),
             presence: None,
             next_id: 1,
+            stats,
         }
     }
 
@@ -49,6 +53,8 @@ impl EventBusActor {
         let Some(links) = self.streams.get_mut(&account) else {
             return;
         };
+        let before = links.len();
+        let stats = &self.stats;
         links.retain(|_, link| match link.live.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) if durable => {
@@ -56,10 +62,20 @@ impl EventBusActor {
                 link.actor.do_send(Close(CloseReason::Overflow));
                 false
             }
-            // A full stream loses ephemeral events (presence, typing) rather than block.
-            Err(TrySendError::Full(_)) => true,
+            // The stream's actor is not keeping up with its own feed; ephemeral events are
+            // dropped rather than block the bus.
+            Err(TrySendError::Full(_)) => {
+                DeliveryStats::bump(&stats.dropped);
+                true
+            }
             Err(TrySendError::Closed(_)) => false,
         });
+        let removed = before - links.len();
+        if removed > 0 {
+            self.stats
+                .open_streams
+                .fetch_sub(removed as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         if links.is_empty() {
             self.streams.remove(&account);
             self.notify(account, false);
@@ -67,15 +83,14 @@ impl EventBusActor {
     }
 
     fn notify(&self, account: AccountId, online: bool) {
+        if online {
+            DeliveryStats::bump(&self.stats.online_accounts);
+        } else {
+            DeliveryStats::drop_one(&self.stats.online_accounts);
+        }
         if let Some(p) = &self.presence {
             p.do_send(PresenceChanged { account, online });
         }
-    }
-}
-
-impl Default for EventBusActor {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -116,6 +131,7 @@ impl Handler<Register> for EventBusActor {
         self.next_id += 1;
         let links = self.streams.entry(msg.account).or_default();
         let first = links.is_empty();
+        DeliveryStats::bump(&self.stats.open_streams);
         links.insert(
             id,
             Link {
@@ -144,12 +160,15 @@ pub struct Unregister {
 impl Handler<Unregister> for EventBusActor {
     type Result = ();
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        if let Some(links) = self.streams.get_mut(&msg.account)
-            && links.remove(&msg.id).is_some()
-            && links.is_empty()
-        {
-            self.streams.remove(&msg.account);
-            self.notify(msg.account, false);
+        let Some(links) = self.streams.get_mut(&msg.account) else {
+            return;
+        };
+        if links.remove(&msg.id).is_some() {
+            DeliveryStats::drop_one(&self.stats.open_streams);
+            if links.is_empty() {
+                self.streams.remove(&msg.account);
+                self.notify(msg.account, false);
+            }
         }
     }
 }

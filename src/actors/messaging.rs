@@ -111,3 +111,20 @@ impl Handler<MarkRead> for MessagingActor {
         Box::pin(self.store.mark_read(msg.reader, msg.sender, msg.up_to))
     }
 }
+
+/// Messages just handed to a live stream of their recipient: they become DELIVERED.
+#[derive(Message)]
+#[rtype(result = "CoreResult<Vec<String>>")]
+pub struct Delivered {
+    /// Whose stream got them.
+    pub recipient: AccountId,
+    /// The message ids.
+    pub ids: Vec<String>,
+}
+
+impl Handler<Delivered> for MessagingActor {
+    type Result = Reply<Vec<String>>;
+    fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.store.mark_delivered(msg.recipient, msg.ids))
+    }
+}

@@ -1,8 +1,14 @@
-//! `SubscriberActor`: one per `SubscribeToEvents` call. It registers with the bus, replays the
-//! account's log after `after_seq`, then forwards live events into a bounded channel whose
-//! receiver is the gRPC response stream. When the client goes away the channel closes, the
-//! actor stops and unregisters, and presence follows.
+//! `SubscriberActor`: one per event stream (`SubscribeToEvents`, or `subscribe` on `Connect`).
+//! It registers with the bus, replays the account's log after `after_seq`, then forwards live
+//! events into a bounded channel whose receiver is the gRPC response stream. When the client
+//! goes away the channel closes, the actor stops and unregisters, and presence follows.
+//!
+//! Backpressure by class: when the output is full, a durable event ends the stream (the client
+//! resumes from the last seq it got), while presence and typing are conflated, newest per
+//! contact, and flushed as room appears. Handing a `MessageReceived` to the output makes the
+//! message DELIVERED.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -10,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::bus::{Close, EventBusActor, Register, Unregister};
+use super::messaging::{Delivered, MessagingActor};
 use crate::core::events::new_event;
+use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CoreResult};
 use crate::pb::{self, event::Kind};
 use crate::store::Store;
@@ -44,10 +52,14 @@ pub struct Subscriptions {
     pub arbiter: actix::ArbiterHandle,
     /// The event bus.
     pub bus: Addr<EventBusActor>,
+    /// Delivery receipts go here.
+    pub messaging: Addr<MessagingActor>,
     /// The log, for replay.
     pub store: Arc<dyn Store>,
     /// Queue bound per stream.
     pub buffer: usize,
+    /// Counters.
+    pub stats: Arc<DeliveryStats>,
 }
 
 impl Subscriptions {
@@ -60,20 +72,57 @@ impl Subscriptions {
     ) -> Subscription {
         let (output, events) = mpsc::channel(self.buffer);
         let (close, closed) = oneshot::channel();
-        let (bus, store, buffer) = (self.bus.clone(), self.store.clone(), self.buffer);
+        let this = self.clone();
         SubscriberActor::start_in_arbiter(&self.arbiter, move |_| SubscriberActor {
             account,
             token_id,
             after_seq,
-            store,
-            bus,
-            buffer,
+            env: this,
             output,
             close: Some(close),
             id: None,
             last_seq: 0,
+            conflated: Conflation::default(),
+            flushing: false,
+            receipts: Vec::new(),
         });
         Subscription { events, closed }
+    }
+}
+
+/// Ephemeral events waiting for room, newest per (kind, contact), oldest key first.
+#[derive(Default)]
+struct Conflation {
+    order: VecDeque<(u8, String)>,
+    latest: HashMap<(u8, String), pb::Event>,
+}
+
+impl Conflation {
+    /// The key an ephemeral event conflates under, if it is one that can.
+    fn key(ev: &pb::Event) -> Option<(u8, String)> {
+        match &ev.kind {
+            Some(Kind::ContactStatusChanged(s)) => Some((0, s.contact_id.clone())),
+            Some(Kind::TypingChanged(t)) => Some((1, t.contact_id.clone())),
+            _ => None,
+        }
+    }
+
+    /// Keeps `ev`, replacing an older one for the same key; true if it replaced one.
+    fn put(&mut self, key: (u8, String), ev: pb::Event) -> bool {
+        let replaced = self.latest.insert(key.clone(), ev).is_some();
+        if !replaced {
+            self.order.push_back(key);
+        }
+        replaced
+    }
+
+    fn pop(&mut self) -> Option<pb::Event> {
+        let key = self.order.pop_front()?;
+        self.latest.remove(&key)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
 }
 
@@ -82,23 +131,136 @@ pub struct SubscriberActor {
     account: AccountId,
     token_id: Option<Uuid>,
     after_seq: Option<u64>,
-    store: Arc<dyn Store>,
-    bus: Addr<EventBusActor>,
-    buffer: usize,
+    env: Subscriptions,
     output: mpsc::Sender<pb::Event>,
     close: Option<oneshot::Sender<CloseReason>>,
     id: Option<u64>,
     /// Highest durable seq handed to the output.
     last_seq: u64,
+    conflated: Conflation,
+    flushing: bool,
+    /// MessageReceived ids handed out and not yet reported as delivered.
+    receipts: Vec<String>,
 }
 
 impl SubscriberActor {
     fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         if let Some(close) = self.close.take() {
+            if reason == CloseReason::Overflow {
+                DeliveryStats::bump(&self.env.stats.slow_disconnects);
+            }
             let _ = close.send(reason);
         }
         ctx.stop();
     }
+
+    /// Hands one live event to the output, by its class.
+    fn forward(&mut self, ev: pb::Event, ctx: &mut Context<Self>) {
+        let durable = ev.seq != 0;
+        if durable {
+            if ev.seq <= self.last_seq {
+                return; // already replayed
+            }
+            if ev.seq != self.last_seq + 1 {
+                // Never hand out a gap: make the client resume instead.
+                self.end(CloseReason::Overflow, ctx);
+                return;
+            }
+        } else if !self.conflated.is_empty()
+            && let Some(key) = Conflation::key(&ev)
+        {
+            // Older ephemeral events are already waiting: queue behind them, newest wins.
+            if self.conflated.put(key, ev) {
+                DeliveryStats::bump(&self.env.stats.conflated);
+            }
+            return;
+        }
+        let seq = ev.seq;
+        let received = received_id(&ev);
+        match self.output.try_send(ev) {
+            Ok(()) => {
+                DeliveryStats::bump(&self.env.stats.delivered);
+                if durable {
+                    self.last_seq = seq;
+                }
+                if let Some(id) = received {
+                    self.receipt(id, ctx);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) if durable => {
+                self.end(CloseReason::Overflow, ctx)
+            }
+            Err(mpsc::error::TrySendError::Full(ev)) => match Conflation::key(&ev) {
+                Some(key) => {
+                    self.conflated.put(key, ev);
+                    self.flush_when_room(ctx);
+                }
+                None => DeliveryStats::bump(&self.env.stats.dropped),
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+
+    /// Waits for room in the output, then sends the oldest conflated event, and so on.
+    fn flush_when_room(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.conflated.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let output = self.output.clone();
+        ctx.spawn(
+            async move { output.reserve_owned().await }
+                .into_actor(self)
+                .map(|permit, act, ctx| {
+                    act.flushing = false;
+                    let Ok(permit) = permit else {
+                        ctx.stop();
+                        return;
+                    };
+                    if let Some(ev) = act.conflated.pop() {
+                        permit.send(ev);
+                        DeliveryStats::bump(&act.env.stats.delivered);
+                    }
+                    act.flush_when_room(ctx);
+                }),
+        );
+    }
+
+    /// Notes a message handed to the recipient; reports a batch once this turn is over.
+    fn receipt(&mut self, id: String, ctx: &mut Context<Self>) {
+        self.receipts.push(id);
+        if self.receipts.len() == 1 {
+            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| {
+                let ids = std::mem::take(&mut act.receipts);
+                report_delivered(&act.env.messaging, act.account, ids);
+            }));
+        }
+    }
+}
+
+/// The message id of a `MessageReceived`.
+fn received_id(ev: &pb::Event) -> Option<String> {
+    match &ev.kind {
+        Some(Kind::MessageReceived(m)) => m.message.as_ref().map(|m| m.message_id.clone()),
+        _ => None,
+    }
+}
+
+/// Sends delivery receipts to the messaging actor; waits for mailbox room, never drops them.
+/// Spawned on the arbiter rather than on the actor, so that the receipt is recorded even if
+/// this stream ends right now.
+fn report_delivered(messaging: &Addr<MessagingActor>, recipient: AccountId, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let sent = messaging.send(Delivered { recipient, ids });
+    actix::spawn(async move {
+        match sent.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
+            Err(e) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
+        }
+    });
 }
 
 impl Actor for SubscriberActor {
@@ -115,23 +277,25 @@ impl Actor for SubscriberActor {
 
         // Register first and buffer live events, then replay, then drain skipping seen seqs:
         // no gap and no duplicate.
-        let (live, live_rx) = mpsc::channel(self.buffer);
-        let register = self.bus.send(Register {
+        let (live, live_rx) = mpsc::channel(self.env.buffer);
+        let register = self.env.bus.send(Register {
             account: self.account,
             token_id: self.token_id,
             live,
             actor: ctx.address(),
         });
-        let (store, output, account, after_seq) = (
-            self.store.clone(),
-            self.output.clone(),
-            self.account,
-            self.after_seq,
-        );
+        let replay = Replay {
+            store: self.env.store.clone(),
+            messaging: self.env.messaging.clone(),
+            stats: self.env.stats.clone(),
+            output: self.output.clone(),
+            account: self.account,
+        };
+        let after_seq = self.after_seq;
         ctx.spawn(
             async move {
                 let id = register.await.ok();
-                let last = catch_up(store, output, account, after_seq).await;
+                let last = replay.run(after_seq).await;
                 (id, last)
             }
             .into_actor(self)
@@ -154,8 +318,13 @@ impl Actor for SubscriberActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        report_delivered(
+            &self.env.messaging,
+            self.account,
+            std::mem::take(&mut self.receipts),
+        );
         if let Some(id) = self.id {
-            self.bus.do_send(Unregister {
+            self.env.bus.do_send(Unregister {
                 account: self.account,
                 id,
             });
@@ -163,78 +332,83 @@ impl Actor for SubscriberActor {
     }
 }
 
-/// Sends `SubscriptionStarted` and replays the log; returns the last seq sent, or `None` if the
-/// client went away.
-async fn catch_up(
+/// The catch-up part of a stream, run before live forwarding starts.
+struct Replay {
     store: Arc<dyn Store>,
+    messaging: Addr<MessagingActor>,
+    stats: Arc<DeliveryStats>,
     output: mpsc::Sender<pb::Event>,
     account: AccountId,
-    after_seq: Option<u64>,
-) -> CoreResult<Option<u64>> {
-    let bounds = store.log_bounds(account).await?;
-    let (resumed, mut cursor) = match after_seq {
-        None => (false, bounds.head),
-        // Nothing lost: the log holds everything right after `after`.
-        Some(after)
-            if after <= bounds.head && (bounds.oldest == 0 || after + 1 >= bounds.oldest) =>
-        {
-            (true, after)
+}
+
+impl Replay {
+    /// Sends `SubscriptionStarted` and replays the log; returns the last seq sent, or `None` if
+    /// the client went away.
+    async fn run(self, after_seq: Option<u64>) -> CoreResult<Option<u64>> {
+        let bounds = self.store.log_bounds(self.account).await?;
+        let (resumed, mut cursor) = match after_seq {
+            None => (false, bounds.head),
+            // Nothing lost: the log holds everything right after `after`.
+            Some(after)
+                if after <= bounds.head && (bounds.oldest == 0 || after + 1 >= bounds.oldest) =>
+            {
+                (true, after)
+            }
+            // Pruned past `after` (or `after` is from another life of the data): replay what is
+            // kept.
+            Some(_) => (false, bounds.oldest.saturating_sub(1)),
+        };
+        let started = new_event(Kind::SubscriptionStarted(pb::SubscriptionStarted {
+            head_seq: bounds.head,
+            resumed,
+            oldest_seq: bounds.oldest,
+        }));
+        if self.output.send(started).await.is_err() {
+            return Ok(None);
         }
-        // Pruned past `after` (or `after` is from another life of the data): replay what is kept.
-        Some(_) => (false, bounds.oldest.saturating_sub(1)),
-    };
-    let started = new_event(Kind::SubscriptionStarted(pb::SubscriptionStarted {
-        head_seq: bounds.head,
-        resumed,
-        oldest_seq: bounds.oldest,
-    }));
-    if output.send(started).await.is_err() {
-        return Ok(None);
-    }
-    if after_seq.is_some() {
+        if after_seq.is_none() {
+            return Ok(Some(cursor));
+        }
         // Read past the head seen at the start, so that a long replay leans on the log rather
         // than on the bounded live buffer.
         loop {
-            let chunk = store.read_events(account, cursor, REPLAY_CHUNK).await?;
+            let chunk = self
+                .store
+                .read_events(self.account, cursor, REPLAY_CHUNK)
+                .await?;
             let full = chunk.len() == REPLAY_CHUNK;
+            let mut receipts = Vec::new();
             for ev in chunk {
                 cursor = ev.seq;
-                if output.send(ev).await.is_err() {
+                receipts.extend(received_id(&ev));
+                if self.output.send(ev).await.is_err() {
                     return Ok(None);
+                }
+                DeliveryStats::bump(&self.stats.delivered);
+            }
+            if !receipts.is_empty() {
+                // Awaited: a replay never outruns the receipts it owes.
+                let recorded = self
+                    .messaging
+                    .send(Delivered {
+                        recipient: self.account,
+                        ids: receipts,
+                    })
+                    .await;
+                if let Ok(Err(e)) = recorded {
+                    tracing::warn!(account = %self.account, error = %e, "could not record delivery");
                 }
             }
             if !full {
-                break;
+                return Ok(Some(cursor));
             }
         }
     }
-    Ok(Some(cursor))
 }
 
 impl StreamHandler<pb::Event> for SubscriberActor {
     fn handle(&mut self, ev: pb::Event, ctx: &mut Context<Self>) {
-        let durable = ev.seq != 0;
-        if durable {
-            if ev.seq <= self.last_seq {
-                return; // already replayed
-            }
-            if ev.seq != self.last_seq + 1 {
-                // Never hand out a gap: make the client resume instead.
-                self.end(CloseReason::Overflow, ctx);
-                return;
-            }
-        }
-        let seq = ev.seq;
-        match self.output.try_send(ev) {
-            Ok(()) if durable => self.last_seq = seq,
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if durable => {
-                self.end(CloseReason::Overflow, ctx)
-            }
-            // Ephemeral events are dropped for a full stream rather than block anyone.
-            Err(mpsc::error::TrySendError::Full(_)) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
-        }
+        self.forward(ev, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {

@@ -33,6 +33,8 @@ pub enum CoreError {
     Unauthenticated(String),
     /// Valid credentials that may not do this.
     PermissionDenied(String),
+    /// The request is valid but not in this state (e.g. a second `subscribe` on one Connect).
+    FailedPrecondition(String),
     /// Too much of something: a full queue, a rate limit.
     ResourceExhausted(String),
     /// The server is shutting down or a component is gone.
@@ -80,6 +82,7 @@ impl fmt::Display for CoreError {
             | CoreError::AlreadyExists { field, reason } => write!(f, "{field}: {reason}"),
             CoreError::Unauthenticated(m)
             | CoreError::PermissionDenied(m)
+            | CoreError::FailedPrecondition(m)
             | CoreError::ResourceExhausted(m)
             | CoreError::Unavailable(m)
             | CoreError::Internal(m) => f.write_str(m),

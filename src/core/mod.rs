@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod events;
+pub mod stats;
 pub mod time;
 pub mod tokens;
 pub mod types;

@@ -9,6 +9,7 @@ use super::auth::Authenticator;
 use super::{ask, observe, page_parts};
 use crate::actors::accounts::{self, AccountsActor};
 use crate::core::CoreResult;
+use crate::core::stats::DeliveryStats;
 use crate::core::validate::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::pb::{self, phantom_admin_server::PhantomAdmin};
 
@@ -16,12 +17,21 @@ use crate::pb::{self, phantom_admin_server::PhantomAdmin};
 pub struct AdminService {
     auth: Arc<Authenticator>,
     accounts: Addr<AccountsActor>,
+    stats: Arc<DeliveryStats>,
 }
 
 impl AdminService {
-    /// An admin service forwarding to the accounts actor.
-    pub fn new(auth: Arc<Authenticator>, accounts: Addr<AccountsActor>) -> Self {
-        AdminService { auth, accounts }
+    /// An admin service forwarding to the accounts actor and reading the delivery counters.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        accounts: Addr<AccountsActor>,
+        stats: Arc<DeliveryStats>,
+    ) -> Self {
+        AdminService {
+            auth,
+            accounts,
+            stats,
+        }
     }
 
     /// Checks the admin token, then runs `work` inside `observe`.
@@ -98,6 +108,24 @@ impl PhantomAdmin for AdminService {
             Ok(pb::ListAccountsResponse {
                 accounts,
                 next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn get_server_stats(
+        &self,
+        req: Request<pb::GetServerStatsRequest>,
+    ) -> Result<Response<pb::GetServerStatsResponse>, Status> {
+        self.call("GetServerStats", req, |_| async move {
+            let s = &self.stats;
+            Ok(pb::GetServerStatsResponse {
+                open_streams: DeliveryStats::get(&s.open_streams),
+                online_accounts: DeliveryStats::get(&s.online_accounts),
+                events_delivered: DeliveryStats::get(&s.delivered),
+                events_conflated: DeliveryStats::get(&s.conflated),
+                events_dropped: DeliveryStats::get(&s.dropped),
+                slow_subscriber_disconnects: DeliveryStats::get(&s.slow_disconnects),
             })
         })
         .await

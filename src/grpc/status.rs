@@ -19,6 +19,7 @@ impl From<CoreError> for Status {
             CoreError::AlreadyExists { .. } => Status::already_exists(message),
             CoreError::Unauthenticated(_) => Status::unauthenticated(message),
             CoreError::PermissionDenied(_) => Status::permission_denied(message),
+            CoreError::FailedPrecondition(_) => Status::failed_precondition(message),
             CoreError::ResourceExhausted(_) => Status::resource_exhausted(message),
             CoreError::Unavailable(_) => Status::unavailable(message),
             // Details stay in the log; the client learns only that it was our fault.

@@ -115,6 +115,14 @@ pub trait Store: Send + Sync + 'static {
         up_to: Uuid,
     ) -> BoxFuture<'static, CoreResult<Vec<String>>>;
 
+    /// Makes still-SENT messages among `ids` to `recipient` DELIVERED, logging one
+    /// MessageStateChanged per sender. Returns the ids that changed.
+    fn mark_delivered(
+        &self,
+        recipient: AccountId,
+        ids: Vec<String>,
+    ) -> BoxFuture<'static, CoreResult<Vec<String>>>;
+
     /// Up to `limit` durable events of an account with seq > `after`, in order.
     fn read_events(
         &self,

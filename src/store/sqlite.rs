@@ -185,6 +185,13 @@ impl SqliteStore {
     }
 }
 
+fn ids_of(out: WriteOutput) -> Option<Vec<String>> {
+    match out {
+        WriteOutput::Ids(ids) => Some(ids),
+        _ => None,
+    }
+}
+
 fn done(out: WriteOutput) -> Option<()> {
     matches!(out, WriteOutput::Done).then_some(())
 }
@@ -388,11 +395,16 @@ impl Store for SqliteStore {
                 sender,
                 up_to,
             },
-            |o| match o {
-                WriteOutput::Ids(ids) => Some(ids),
-                _ => None,
-            },
+            ids_of,
         )
+    }
+
+    fn mark_delivered(
+        &self,
+        recipient: AccountId,
+        ids: Vec<String>,
+    ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
+        self.write(WriteOp::MarkDelivered { recipient, ids }, ids_of)
     }
 
     fn read_events(

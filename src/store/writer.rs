@@ -45,6 +45,10 @@ pub(crate) enum WriteOp {
         sender: AccountId,
         up_to: Uuid,
     },
+    MarkDelivered {
+        recipient: AccountId,
+        ids: Vec<String>,
+    },
 }
 
 /// What a change produced.
@@ -294,6 +298,7 @@ fn apply(tx: &Connection, op: WriteOp, events: &mut Log) -> CoreResult<WriteOutp
             sender,
             up_to,
         } => mark_read(tx, reader, sender, up_to, events),
+        WriteOp::MarkDelivered { recipient, ids } => mark_delivered(tx, recipient, ids, events),
     }
 }
 
@@ -407,4 +412,43 @@ fn mark_read(
         )?;
     }
     Ok(WriteOutput::Ids(ids))
+}
+
+/// Makes messages to `recipient` DELIVERED where they are still SENT (a READ message stays
+/// READ: READ implies DELIVERED), logging one MessageStateChanged per sender.
+fn mark_delivered(
+    tx: &Connection,
+    recipient: AccountId,
+    ids: Vec<String>,
+    events: &mut Log,
+) -> CoreResult<WriteOutput> {
+    let r = recipient.to_string();
+    let delivered = MessageState::Delivered as i32;
+    let mut by_sender: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    {
+        let mut stmt = tx.prepare_cached(
+            "UPDATE messages SET state = ?3 WHERE id = ?1 AND recipient = ?2 AND state < ?3
+             RETURNING sender",
+        )?;
+        for id in ids {
+            let sender: Option<String> = stmt
+                .query_row(params![id, r, delivered], |row| row.get(0))
+                .optional()?;
+            if let Some(sender) = sender {
+                by_sender.entry(sender).or_default().push(id);
+            }
+        }
+    }
+    let mut changed = Vec::new();
+    for (sender, ids) in by_sender {
+        let sender = Uuid::parse_str(&sender).map_err(CoreError::internal)?;
+        changed.extend(ids.iter().cloned());
+        let kind = Kind::MessageStateChanged(pb::MessageStateChanged {
+            contact_id: r.clone(),
+            message_ids: ids,
+            state: delivered,
+        });
+        append(tx, sender, new_event(kind), events)?;
+    }
+    Ok(WriteOutput::Ids(changed))
 }
