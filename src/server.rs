@@ -238,12 +238,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         stats: stats.clone(),
     };
     let max_request = cfg.limits.max_request_bytes;
+    let draining = tokio_util::sync::CancellationToken::new();
     let controller = PhantomControllerServer::new(ControllerService::new(
         auth.clone(),
         contacts,
         messaging,
         subscriptions,
         cfg.limits.clone(),
+        draining.clone(),
     ))
     .max_decoding_message_size(max_request);
     let admin = PhantomAdminServer::new(AdminService::new(auth, accounts_actor, stats))

@@ -307,19 +307,3 @@ async fn revoking_a_token_ends_its_streams_only() {
     t.send(&b, &a, "still here").await;
     assert_eq!(keep.durable().await.seq, 1);
 }
-
-#[tokio::test]
-async fn connect_is_authenticated_and_not_yet_implemented() {
-    let t = TestServer::start().await;
-    let a = t.account("alice").await;
-    let r = t
-        .user(&a)
-        .connect(futures::stream::pending::<pb::ClientFrame>())
-        .await;
-    assert_eq!(r.unwrap_err().code(), Code::Unimplemented);
-    let r = t
-        .anonymous()
-        .connect(futures::stream::pending::<pb::ClientFrame>())
-        .await;
-    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
-}

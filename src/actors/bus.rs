@@ -58,9 +58,10 @@ impl EventBusActor {
         links.retain(|_, link| match link.live.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) if durable => {
-                // The stream cannot keep up: end it so that it resumes from its last seq.
-                link.actor.do_send(Close(CloseReason::Overflow));
-                false
+                // The stream's actor is behind its own feed (a burst): it sees the gap on the
+                // next event and repairs it from the log, so the bus never waits.
+                DeliveryStats::bump(&stats.lagged);
+                true
             }
             // The stream's actor is not keeping up with its own feed; ephemeral events are
             // dropped rather than block the bus.

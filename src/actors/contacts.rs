@@ -400,3 +400,39 @@ impl Handler<SetStatus> for ContactsActor {
         )
     }
 }
+
+/// A typing indicator from one account to another (ephemeral).
+#[derive(Message)]
+#[rtype(result = "CoreResult<()>")]
+pub struct Typing {
+    /// Who types.
+    pub from: AccountId,
+    /// Who sees it.
+    pub to: AccountId,
+    /// Typing or stopped.
+    pub typing: bool,
+}
+
+impl Handler<Typing> for ContactsActor {
+    type Result = CoreResult<()>;
+    fn handle(&mut self, msg: Typing, _: &mut Context<Self>) -> Self::Result {
+        if msg.from == msg.to {
+            return Err(CoreError::invalid(
+                "contact_id",
+                "you cannot type to yourself",
+            ));
+        }
+        if !self.accounts.contains_key(&msg.to) {
+            return Err(CoreError::not_found("contact_id", "no such account"));
+        }
+        let event = new_event(Kind::TypingChanged(pb::TypingChanged {
+            contact_id: msg.from.to_string(),
+            typing: msg.typing,
+        }));
+        self.bus.do_send(Ephemeral {
+            to: vec![msg.to],
+            event,
+        });
+        Ok(())
+    }
+}

@@ -85,6 +85,7 @@ impl Subscriptions {
             conflated: Conflation::default(),
             flushing: false,
             receipts: Vec::new(),
+            repair: None,
         });
         Subscription { events, closed }
     }
@@ -141,6 +142,8 @@ pub struct SubscriberActor {
     flushing: bool,
     /// MessageReceived ids handed out and not yet reported as delivered.
     receipts: Vec<String>,
+    /// While re-reading a gap from the log: the highest live seq seen (and skipped) meanwhile.
+    repair: Option<u64>,
 }
 
 impl SubscriberActor {
@@ -158,12 +161,17 @@ impl SubscriberActor {
     fn forward(&mut self, ev: pb::Event, ctx: &mut Context<Self>) {
         let durable = ev.seq != 0;
         if durable {
+            if let Some(seen) = &mut self.repair {
+                // The repair reads it from the log.
+                *seen = (*seen).max(ev.seq);
+                return;
+            }
             if ev.seq <= self.last_seq {
                 return; // already replayed
             }
             if ev.seq != self.last_seq + 1 {
-                // Never hand out a gap: make the client resume instead.
-                self.end(CloseReason::Overflow, ctx);
+                // The bus could not hand us some events live: never hand out a gap, fetch it.
+                self.start_repair(ev.seq, ctx);
                 return;
             }
         } else if !self.conflated.is_empty()
@@ -198,6 +206,44 @@ impl SubscriberActor {
                 None => DeliveryStats::bump(&self.env.stats.dropped),
             },
             Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+
+    /// Re-reads the log after `last_seq` up to at least `seen`, then goes live again.
+    fn start_repair(&mut self, seen: u64, ctx: &mut Context<Self>) {
+        self.repair = Some(seen);
+        let replay = self.replay();
+        let from = self.last_seq;
+        ctx.spawn(
+            async move { replay.catch_up(from).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let seen = act.repair.take().unwrap_or(0);
+                    match res {
+                        Ok(Some(cursor)) => {
+                            act.last_seq = cursor;
+                            // Events committed after the last read went by while we read.
+                            if seen > cursor {
+                                act.start_repair(seen, ctx);
+                            }
+                        }
+                        Ok(None) => ctx.stop(),
+                        Err(e) => {
+                            tracing::warn!(account = %act.account, error = %e, "event repair failed");
+                            act.end(CloseReason::Shutdown, ctx);
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn replay(&self) -> Replay {
+        Replay {
+            store: self.env.store.clone(),
+            messaging: self.env.messaging.clone(),
+            stats: self.env.stats.clone(),
+            output: self.output.clone(),
+            account: self.account,
         }
     }
 
@@ -284,13 +330,7 @@ impl Actor for SubscriberActor {
             live,
             actor: ctx.address(),
         });
-        let replay = Replay {
-            store: self.env.store.clone(),
-            messaging: self.env.messaging.clone(),
-            stats: self.env.stats.clone(),
-            output: self.output.clone(),
-            account: self.account,
-        };
+        let replay = self.replay();
         let after_seq = self.after_seq;
         ctx.spawn(
             async move {
@@ -346,7 +386,7 @@ impl Replay {
     /// the client went away.
     async fn run(self, after_seq: Option<u64>) -> CoreResult<Option<u64>> {
         let bounds = self.store.log_bounds(self.account).await?;
-        let (resumed, mut cursor) = match after_seq {
+        let (resumed, cursor) = match after_seq {
             None => (false, bounds.head),
             // Nothing lost: the log holds everything right after `after`.
             Some(after)
@@ -366,11 +406,16 @@ impl Replay {
         if self.output.send(started).await.is_err() {
             return Ok(None);
         }
-        if after_seq.is_none() {
-            return Ok(Some(cursor));
+        match after_seq {
+            None => Ok(Some(cursor)),
+            Some(_) => self.catch_up(cursor).await,
         }
-        // Read past the head seen at the start, so that a long replay leans on the log rather
-        // than on the bounded live buffer.
+    }
+
+    /// Sends every logged event after `cursor`, reading past the head seen at the start so that
+    /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
+    /// seq sent, or `None` if the client went away.
+    async fn catch_up(&self, mut cursor: u64) -> CoreResult<Option<u64>> {
         loop {
             let chunk = self
                 .store
@@ -412,8 +457,8 @@ impl StreamHandler<pb::Event> for SubscriberActor {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        // The bus dropped this stream's live feed, which it does only when it could not keep it.
-        self.end(CloseReason::Overflow, ctx);
+        // The bus let go of this stream's live feed: it is stopping with the server.
+        self.end(CloseReason::Shutdown, ctx);
     }
 }
 

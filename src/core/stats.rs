@@ -17,6 +17,8 @@ pub struct DeliveryStats {
     pub dropped: AtomicU64,
     /// Streams ended because they fell behind.
     pub slow_disconnects: AtomicU64,
+    /// Durable events a stream's actor was too busy to take live; it re-read them from the log.
+    pub lagged: AtomicU64,
 }
 
 impl DeliveryStats {

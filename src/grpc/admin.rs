@@ -126,6 +126,7 @@ impl PhantomAdmin for AdminService {
                 events_conflated: DeliveryStats::get(&s.conflated),
                 events_dropped: DeliveryStats::get(&s.dropped),
                 slow_subscriber_disconnects: DeliveryStats::get(&s.slow_disconnects),
+                events_repaired: DeliveryStats::get(&s.lagged),
             })
         })
         .await

@@ -7,7 +7,12 @@ use actix::Addr;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
 use super::auth::Authenticator;
+use super::connect;
 use super::events::EventStream;
 use super::{ask, observe, page_parts};
 use crate::actors::contacts::{self, ContactsActor};
@@ -22,12 +27,15 @@ use crate::core::{Caller, CoreError, CoreResult, PresenceStatus};
 use crate::pb::{self, phantom_controller_server::PhantomController};
 
 /// The account-facing service.
+#[derive(Clone)]
 pub struct ControllerService {
-    auth: Arc<Authenticator>,
+    pub(super) auth: Arc<Authenticator>,
     contacts: Addr<ContactsActor>,
     messaging: Addr<MessagingActor>,
-    subscriptions: Subscriptions,
+    pub(super) subscriptions: Subscriptions,
     limits: LimitsConfig,
+    /// Cancelled when the server starts draining; ends Connect streams.
+    pub(super) shutdown: CancellationToken,
 }
 
 impl ControllerService {
@@ -38,6 +46,7 @@ impl ControllerService {
         messaging: Addr<MessagingActor>,
         subscriptions: Subscriptions,
         limits: LimitsConfig,
+        shutdown: CancellationToken,
     ) -> Self {
         ControllerService {
             auth,
@@ -45,6 +54,7 @@ impl ControllerService {
             messaging,
             subscriptions,
             limits,
+            shutdown,
         }
     }
 
@@ -68,6 +78,88 @@ impl ControllerService {
             let caller = caller?;
             work(caller, req.into_inner()).await
         })
+        .await
+    }
+
+    /// SendMessage, shared by the unary call and Connect.
+    pub(super) async fn send_op(
+        &self,
+        caller: Caller,
+        r: pb::SendMessageRequest,
+    ) -> CoreResult<pb::SendMessageResponse> {
+        let recipient = validate::uuid("recipient_id", &r.recipient_id)?;
+        self.validate_send(&r)?;
+        let sent = ask(
+            &self.messaging,
+            messaging::SendMessage {
+                sender: caller.account_id,
+                recipient,
+                text: r.text,
+                payload: r.payload,
+                content_type: r.content_type,
+                client_message_id: r.client_message_id,
+            },
+        )
+        .await?;
+        Ok(pb::SendMessageResponse {
+            message: Some(sent.message),
+            duplicate: sent.duplicate,
+        })
+    }
+
+    /// MarkRead, shared by the unary call and Connect.
+    pub(super) async fn mark_read_op(
+        &self,
+        caller: Caller,
+        r: pb::MarkReadRequest,
+    ) -> CoreResult<pb::MarkReadResponse> {
+        let sender = validate::uuid("contact_id", &r.contact_id)?;
+        let up_to = validate::uuid("up_to_message_id", &r.up_to_message_id)?;
+        let ids = ask(
+            &self.messaging,
+            messaging::MarkRead {
+                reader: caller.account_id,
+                sender,
+                up_to,
+            },
+        )
+        .await?;
+        Ok(pb::MarkReadResponse {
+            updated: ids.len() as i32,
+        })
+    }
+
+    /// SetStatus, shared by the unary call and Connect.
+    pub(super) async fn set_status_op(
+        &self,
+        caller: Caller,
+        r: pb::SetStatusRequest,
+    ) -> CoreResult<pb::SetStatusResponse> {
+        let status = chosen_status(r.status)?;
+        validate::text("status_text", &r.status_text, MAX_STATUS_TEXT_CHARS)?;
+        ask(
+            &self.contacts,
+            contacts::SetStatus {
+                account: caller.account_id,
+                status,
+                text: r.status_text,
+            },
+        )
+        .await?;
+        Ok(pb::SetStatusResponse {})
+    }
+
+    /// The `typing` command of Connect.
+    pub(super) async fn typing_op(&self, caller: Caller, r: pb::TypingRequest) -> CoreResult<()> {
+        let to = validate::uuid("contact_id", &r.contact_id)?;
+        ask(
+            &self.contacts,
+            contacts::Typing {
+                from: caller.account_id,
+                to,
+                typing: r.typing,
+            },
+        )
         .await
     }
 
@@ -108,27 +200,8 @@ impl PhantomController for ControllerService {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        self.call("SendMessage", req, |caller, r| async move {
-            let recipient = validate::uuid("recipient_id", &r.recipient_id)?;
-            self.validate_send(&r)?;
-            let sent = ask(
-                &self.messaging,
-                messaging::SendMessage {
-                    sender: caller.account_id,
-                    recipient,
-                    text: r.text,
-                    payload: r.payload,
-                    content_type: r.content_type,
-                    client_message_id: r.client_message_id,
-                },
-            )
-            .await?;
-            Ok(pb::SendMessageResponse {
-                message: Some(sent.message),
-                duplicate: sent.duplicate,
-            })
-        })
-        .await
+        self.call("SendMessage", req, |caller, r| self.send_op(caller, r))
+            .await
     }
 
     async fn list_messages(
@@ -160,23 +233,8 @@ impl PhantomController for ControllerService {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        self.call("MarkRead", req, |caller, r| async move {
-            let sender = validate::uuid("contact_id", &r.contact_id)?;
-            let up_to = validate::uuid("up_to_message_id", &r.up_to_message_id)?;
-            let ids = ask(
-                &self.messaging,
-                messaging::MarkRead {
-                    reader: caller.account_id,
-                    sender,
-                    up_to,
-                },
-            )
-            .await?;
-            Ok(pb::MarkReadResponse {
-                updated: ids.len() as i32,
-            })
-        })
-        .await
+        self.call("MarkRead", req, |caller, r| self.mark_read_op(caller, r))
+            .await
     }
 
     async fn get_contacts(
@@ -281,21 +339,8 @@ impl PhantomController for ControllerService {
         &self,
         req: Request<pb::SetStatusRequest>,
     ) -> Result<Response<pb::SetStatusResponse>, Status> {
-        self.call("SetStatus", req, |caller, r| async move {
-            let status = chosen_status(r.status)?;
-            validate::text("status_text", &r.status_text, MAX_STATUS_TEXT_CHARS)?;
-            ask(
-                &self.contacts,
-                contacts::SetStatus {
-                    account: caller.account_id,
-                    status,
-                    text: r.status_text,
-                },
-            )
-            .await?;
-            Ok(pb::SetStatusResponse {})
-        })
-        .await
+        self.call("SetStatus", req, |caller, r| self.set_status_op(caller, r))
+            .await
     }
 
     type SubscribeToEventsStream = BoxStream<pb::Event>;
@@ -319,10 +364,19 @@ impl PhantomController for ControllerService {
         &self,
         req: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        // Authenticate first so that a bad token is told so rather than "unimplemented".
-        self.caller(&req).map_err(Status::from)?;
-        Err(Status::unimplemented(
-            "Connect is not available in this release; use SubscribeToEvents and the unary calls",
-        ))
+        let metadata = req.metadata().clone();
+        let buffer = self.subscriptions.buffer;
+        self.call("Connect", req, |caller, inbound| async move {
+            let (frames, out) = mpsc::channel(buffer);
+            tokio::spawn(connect::run(
+                self.clone(),
+                caller,
+                metadata,
+                inbound,
+                frames,
+            ));
+            Ok(Box::pin(ReceiverStream::new(out)) as Self::ConnectStream)
+        })
+        .await
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod connect;
 pub mod controller;
 pub mod events;
 pub mod status;
@@ -30,13 +31,13 @@ where
     addr.send(msg).await.map_err(mailbox_error)?
 }
 
-/// Runs one call's work inside a span, logs its outcome (debug when it succeeds, warn when it
-/// fails) and maps the domain error to a status.
-pub async fn observe<T>(
+/// Runs one call's (or one Connect command's) work inside a span and logs its outcome: debug
+/// when it succeeds, warn when it fails, error when it is our fault.
+pub async fn logged<T>(
     method: &'static str,
     account: Option<uuid::Uuid>,
     work: impl Future<Output = CoreResult<T>>,
-) -> Result<Response<T>, Status> {
+) -> CoreResult<T> {
     let span = tracing::info_span!(
         "rpc",
         method,
@@ -51,7 +52,19 @@ pub async fn observe<T>(
         Err(e @ CoreError::Internal(_)) => tracing::error!(error = %e, micros, "call failed"),
         Err(e) => tracing::warn!(error = %e, micros, "call failed"),
     }
-    result.map(Response::new).map_err(Status::from)
+    result
+}
+
+/// `logged`, then the domain error mapped to a status.
+pub async fn observe<T>(
+    method: &'static str,
+    account: Option<uuid::Uuid>,
+    work: impl Future<Output = CoreResult<T>>,
+) -> Result<Response<T>, Status> {
+    logged(method, account, work)
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
 }
 
 /// Splits a page into its items and the wire `next_page_token`.

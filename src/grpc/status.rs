@@ -27,3 +27,20 @@ impl From<CoreError> for Status {
         }
     }
 }
+
+/// The `google.rpc.Status` carried in-band by a Connect error frame: the same code, message
+/// and details the unary call would have returned.
+pub fn rpc_status(e: CoreError) -> tonic_types::pb::Status {
+    use prost::Message;
+    let status = Status::from(e);
+    if !status.details().is_empty()
+        && let Ok(rich) = tonic_types::pb::Status::decode(status.details())
+    {
+        return rich;
+    }
+    tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: Vec::new(),
+    }
+}
