@@ -290,6 +290,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         let bus = bus.clone();
         async move {
             let _ = shutdown_rx.await;
+            draining.cancel();
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
