@@ -8,6 +8,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use uuid::Uuid;
 
+use super::inbox::EphemeralInbox;
 use super::subscriber::{CloseReason, SubscriberActor};
 use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CommittedEvent};
@@ -17,6 +18,7 @@ use crate::pb;
 struct Link {
     token_id: Option<Uuid>,
     live: mpsc::Sender<pb::Event>,
+    ephemeral: Arc<EphemeralInbox>,
     actor: Addr<SubscriberActor>,
 }
 
@@ -49,7 +51,8 @@ impl EventBusActor {
         }
     }
 
-    fn deliver(&mut self, account: AccountId, event: &pb::Event, durable: bool) {
+    /// Hands a durable event to every stream of an account; never waits.
+    fn deliver(&mut self, account: AccountId, event: &pb::Event) {
         let Some(links) = self.streams.get_mut(&account) else {
             return;
         };
@@ -57,16 +60,10 @@ impl EventBusActor {
         let stats = &self.stats;
         links.retain(|_, link| match link.live.try_send(event.clone()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) if durable => {
-                // The stream's actor is behind its own feed (a burst): it sees the gap on the
-                // next event and repairs it from the log, so the bus never waits.
-                DeliveryStats::bump(&stats.lagged);
-                true
-            }
-            // The stream's actor is not keeping up with its own feed; ephemeral events are
-            // dropped rather than block the bus.
+            // The stream's actor is behind its own feed (a burst): it sees the gap on the next
+            // event and repairs it from the log.
             Err(TrySendError::Full(_)) => {
-                DeliveryStats::bump(&stats.dropped);
+                DeliveryStats::bump(&stats.lagged);
                 true
             }
             Err(TrySendError::Closed(_)) => false,
@@ -80,6 +77,20 @@ impl EventBusActor {
         if links.is_empty() {
             self.streams.remove(&account);
             self.notify(account, false);
+        }
+    }
+
+    /// Puts an ephemeral event in every stream's conflating inbox of an account.
+    fn deliver_ephemeral(&self, account: AccountId, event: &pb::Event) {
+        for link in self
+            .streams
+            .get(&account)
+            .into_iter()
+            .flat_map(|l| l.values())
+        {
+            if link.ephemeral.put(event.clone()) {
+                DeliveryStats::bump(&self.stats.conflated);
+            }
         }
     }
 
@@ -119,8 +130,10 @@ pub struct Register {
     pub account: AccountId,
     /// The token that opened it, for revocation.
     pub token_id: Option<Uuid>,
-    /// Where live events go.
+    /// Where live durable events go.
     pub live: mpsc::Sender<pb::Event>,
+    /// Where presence and typing go.
+    pub ephemeral: Arc<EphemeralInbox>,
     /// The stream's actor.
     pub actor: Addr<SubscriberActor>,
 }
@@ -138,6 +151,7 @@ impl Handler<Register> for EventBusActor {
             Link {
                 token_id: msg.token_id,
                 live: msg.live,
+                ephemeral: msg.ephemeral,
                 actor: msg.actor,
             },
         );
@@ -183,7 +197,7 @@ impl Handler<Publish> for EventBusActor {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         for c in msg.0 {
-            self.deliver(c.account_id, &c.event, true);
+            self.deliver(c.account_id, &c.event);
         }
     }
 }
@@ -202,7 +216,7 @@ impl Handler<Ephemeral> for EventBusActor {
     type Result = ();
     fn handle(&mut self, msg: Ephemeral, _: &mut Context<Self>) {
         for account in msg.to {
-            self.deliver(account, &msg.event, false);
+            self.deliver_ephemeral(account, &msg.event);
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod bus;
 pub mod contacts;
+pub mod inbox;
 pub mod messaging;
 pub mod subscriber;
 

@@ -4,11 +4,11 @@
 //! goes away the channel closes, the actor stops and unregisters, and presence follows.
 //!
 //! Backpressure by class: when the output is full, a durable event ends the stream (the client
-//! resumes from the last seq it got), while presence and typing are conflated, newest per
-//! contact, and flushed as room appears. Handing a `MessageReceived` to the output makes the
-//! message DELIVERED.
+//! resumes from the last seq it got), while presence and typing wait in the stream's
+//! conflating inbox (newest per contact wins) until there is room. A durable event the actor
+//! was too busy to take live is re-read from the log, never skipped. Handing a
+//! `MessageReceived` to the output makes the message DELIVERED.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::bus::{Close, EventBusActor, Register, Unregister};
+use super::inbox::EphemeralInbox;
 use super::messaging::{Delivered, MessagingActor};
 use crate::core::events::new_event;
 use crate::core::stats::DeliveryStats;
@@ -82,48 +83,13 @@ impl Subscriptions {
             close: Some(close),
             id: None,
             last_seq: 0,
-            conflated: Conflation::default(),
+            inbox: Arc::new(EphemeralInbox::default()),
             flushing: false,
+            live: false,
             receipts: Vec::new(),
             repair: None,
         });
         Subscription { events, closed }
-    }
-}
-
-/// Ephemeral events waiting for room, newest per (kind, contact), oldest key first.
-#[derive(Default)]
-struct Conflation {
-    order: VecDeque<(u8, String)>,
-    latest: HashMap<(u8, String), pb::Event>,
-}
-
-impl Conflation {
-    /// The key an ephemeral event conflates under, if it is one that can.
-    fn key(ev: &pb::Event) -> Option<(u8, String)> {
-        match &ev.kind {
-            Some(Kind::ContactStatusChanged(s)) => Some((0, s.contact_id.clone())),
-            Some(Kind::TypingChanged(t)) => Some((1, t.contact_id.clone())),
-            _ => None,
-        }
-    }
-
-    /// Keeps `ev`, replacing an older one for the same key; true if it replaced one.
-    fn put(&mut self, key: (u8, String), ev: pb::Event) -> bool {
-        let replaced = self.latest.insert(key.clone(), ev).is_some();
-        if !replaced {
-            self.order.push_back(key);
-        }
-        replaced
-    }
-
-    fn pop(&mut self) -> Option<pb::Event> {
-        let key = self.order.pop_front()?;
-        self.latest.remove(&key)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.order.is_empty()
     }
 }
 
@@ -138,8 +104,12 @@ pub struct SubscriberActor {
     id: Option<u64>,
     /// Highest durable seq handed to the output.
     last_seq: u64,
-    conflated: Conflation,
+    /// Presence and typing for this stream, conflated; shared with the bus.
+    inbox: Arc<EphemeralInbox>,
+    /// Waiting for room in the output to drain the inbox.
     flushing: bool,
+    /// Replay is over: ephemeral events may follow `SubscriptionStarted` and the replay.
+    live: bool,
     /// MessageReceived ids handed out and not yet reported as delivered.
     receipts: Vec<String>,
     /// While re-reading a gap from the log: the highest live seq seen (and skipped) meanwhile.
@@ -174,14 +144,6 @@ impl SubscriberActor {
                 self.start_repair(ev.seq, ctx);
                 return;
             }
-        } else if !self.conflated.is_empty()
-            && let Some(key) = Conflation::key(&ev)
-        {
-            // Older ephemeral events are already waiting: queue behind them, newest wins.
-            if self.conflated.put(key, ev) {
-                DeliveryStats::bump(&self.env.stats.conflated);
-            }
-            return;
         }
         let seq = ev.seq;
         let received = received_id(&ev);
@@ -198,13 +160,8 @@ impl SubscriberActor {
             Err(mpsc::error::TrySendError::Full(_)) if durable => {
                 self.end(CloseReason::Overflow, ctx)
             }
-            Err(mpsc::error::TrySendError::Full(ev)) => match Conflation::key(&ev) {
-                Some(key) => {
-                    self.conflated.put(key, ev);
-                    self.flush_when_room(ctx);
-                }
-                None => DeliveryStats::bump(&self.env.stats.dropped),
-            },
+            // Only durable events come this way; ephemeral ones come through the inbox.
+            Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
         }
     }
@@ -247,28 +204,55 @@ impl SubscriberActor {
         }
     }
 
-    /// Waits for room in the output, then sends the oldest conflated event, and so on.
-    fn flush_when_room(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.conflated.is_empty() {
+    /// Moves inbox events to the output while it has more free room than the headroom kept for
+    /// durable events (so a typing storm cannot push a reading client into overflow); otherwise
+    /// waits for room, while newer events replace older ones in the inbox.
+    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || !self.live {
+            return;
+        }
+        let headroom = self.env.buffer / 4;
+        while self.output.capacity() > headroom {
+            let Some(ev) = self.inbox.take() else {
+                return;
+            };
+            match self.output.try_send(ev) {
+                Ok(()) => DeliveryStats::bump(&self.env.stats.delivered),
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.inbox.put_back(ev);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        if self.inbox.is_empty() {
             return;
         }
         self.flushing = true;
         let output = self.output.clone();
+        let inbox = self.inbox.clone();
+        let stats = self.env.stats.clone();
         ctx.spawn(
-            async move { output.reserve_owned().await }
-                .into_actor(self)
-                .map(|permit, act, ctx| {
-                    act.flushing = false;
-                    let Ok(permit) = permit else {
-                        ctx.stop();
-                        return;
-                    };
-                    if let Some(ev) = act.conflated.pop() {
-                        permit.send(ev);
-                        DeliveryStats::bump(&act.env.stats.delivered);
-                    }
-                    act.flush_when_room(ctx);
-                }),
+            async move {
+                // Room for this event and the headroom; the unused permits go back at once.
+                let mut permits = output.reserve_many(headroom + 1).await.ok()?;
+                if let (Some(permit), Some(ev)) = (permits.next(), inbox.take()) {
+                    permit.send(ev);
+                    DeliveryStats::bump(&stats.delivered);
+                }
+                Some(())
+            }
+            .into_actor(self)
+            .map(|sent, act, ctx| {
+                act.flushing = false;
+                match sent {
+                    Some(()) => act.drain_inbox(ctx),
+                    None => ctx.stop(),
+                }
+            }),
         );
     }
 
@@ -328,8 +312,14 @@ impl Actor for SubscriberActor {
             account: self.account,
             token_id: self.token_id,
             live,
+            ephemeral: self.inbox.clone(),
             actor: ctx.address(),
         });
+        let inbox = self.inbox.clone();
+        ctx.add_stream(futures::stream::unfold(inbox, |inbox| async move {
+            inbox.ready.notified().await;
+            Some((Wake, inbox))
+        }));
         let replay = self.replay();
         let after_seq = self.after_seq;
         ctx.spawn(
@@ -344,7 +334,9 @@ impl Actor for SubscriberActor {
                 match (id, last) {
                     (Some(_), Ok(Some(last))) => {
                         act.last_seq = last;
+                        act.live = true;
                         ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(live_rx));
+                        act.drain_inbox(ctx);
                     }
                     (_, Err(e)) => {
                         tracing::warn!(account = %act.account, error = %e, "event replay failed");
@@ -459,6 +451,15 @@ impl StreamHandler<pb::Event> for SubscriberActor {
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // The bus let go of this stream's live feed: it is stopping with the server.
         self.end(CloseReason::Shutdown, ctx);
+    }
+}
+
+/// Something was put in the inbox.
+struct Wake;
+
+impl StreamHandler<Wake> for SubscriberActor {
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.drain_inbox(ctx);
     }
 }
 

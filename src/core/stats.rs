@@ -11,10 +11,8 @@ pub struct DeliveryStats {
     pub online_accounts: AtomicU64,
     /// Events handed to streams.
     pub delivered: AtomicU64,
-    /// Ephemeral events replaced by a newer one for the same contact.
+    /// Ephemeral events replaced by a newer one for the same contact before a stream took them.
     pub conflated: AtomicU64,
-    /// Ephemeral events dropped for a full queue.
-    pub dropped: AtomicU64,
     /// Streams ended because they fell behind.
     pub slow_disconnects: AtomicU64,
     /// Durable events a stream's actor was too busy to take live; it re-read them from the log.

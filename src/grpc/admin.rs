@@ -124,7 +124,6 @@ impl PhantomAdmin for AdminService {
                 online_accounts: DeliveryStats::get(&s.online_accounts),
                 events_delivered: DeliveryStats::get(&s.delivered),
                 events_conflated: DeliveryStats::get(&s.conflated),
-                events_dropped: DeliveryStats::get(&s.dropped),
                 slow_subscriber_disconnects: DeliveryStats::get(&s.slow_disconnects),
                 events_repaired: DeliveryStats::get(&s.lagged),
             })
