@@ -117,6 +117,15 @@ impl TestServer {
         PhantomAdminClient::with_interceptor(self.channel.clone(), Bearer::new(ADMIN))
     }
 
+    /// The server's delivery counters.
+    pub async fn stats(&self) -> pb::GetServerStatsResponse {
+        self.admin()
+            .get_server_stats(pb::GetServerStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner()
+    }
+
     pub fn admin_as(&self, token: &str) -> Admin {
         PhantomAdminClient::with_interceptor(self.channel.clone(), Bearer::new(token))
     }
@@ -200,6 +209,13 @@ impl Events {
             .expect("subscribe")
             .into_inner();
         Events(s)
+    }
+
+    /// A stream from the head, past its `SubscriptionStarted`.
+    pub async fn live(user: &mut User) -> Events {
+        let mut e = Events::open(user, None).await;
+        e.started().await;
+        e
     }
 
     /// The next event, or the status the stream ended with.
