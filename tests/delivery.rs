@@ -243,7 +243,7 @@ async fn a_stalled_stream_gets_only_the_newest_presence_and_typing_per_contact()
     }
     let _tx = storm.await.expect("storm task");
     // Carol comes online last: her status is the sentinel that follows everything above.
-    let mut carol = Events::live(&mut t.user(&c)).await;
+    let _carol = Events::live(&mut t.user(&c)).await;
 
     let (mut typing_seen, mut last_typing, mut last_alice) = (0, None, None);
     loop {
