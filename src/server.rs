@@ -236,7 +236,9 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         store: store.clone(),
         buffer: cfg.limits.subscriber_buffer,
         stats: stats.clone(),
+        tracker: tokio_util::task::TaskTracker::new(),
     };
+    let streams = subscriptions.tracker.clone();
     let max_request = cfg.limits.max_request_bytes;
     let draining = tokio_util::sync::CancellationToken::new();
     let controller = PhantomControllerServer::new(ControllerService::new(
@@ -320,6 +322,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
                 tracing::error!(error = %e, "server stopped with an error");
             },
             _ = drained => tracing::warn!("shutdown grace period over; dropping remaining calls"),
+        }
+        // Streams are over; let their actors stop and record the receipts they owe.
+        streams.close();
+        if tokio::time::timeout(grace, streams.wait()).await.is_err() {
+            tracing::warn!("event streams did not finish in the grace period");
         }
         let _ = tokio::task::spawn_blocking(move || {
             store.close();

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use actix::prelude::*;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use uuid::Uuid;
 
 use super::inbox::EphemeralInbox;
-use super::subscriber::{CloseReason, SubscriberActor};
+use super::subscriber::{Behind, CloseReason, SubscriberActor};
 use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CommittedEvent};
 use crate::pb;
@@ -19,6 +21,9 @@ struct Link {
     token_id: Option<Uuid>,
     live: mpsc::Sender<pb::Event>,
     ephemeral: Arc<EphemeralInbox>,
+    /// Set when the stream was told it missed live events; it clears it when it repairs, so
+    /// at most one such message is ever queued per stream.
+    behind: Arc<AtomicBool>,
     actor: Addr<SubscriberActor>,
 }
 
@@ -60,10 +65,13 @@ impl EventBusActor {
         let stats = &self.stats;
         links.retain(|_, link| match link.live.try_send(event.clone()) {
             Ok(()) => true,
-            // The stream's actor is behind its own feed (a burst): it sees the gap on the next
-            // event and repairs it from the log.
+            // The stream's actor is behind its own feed (a burst): tell it once, and it
+            // re-reads the gap from the log.
             Err(TrySendError::Full(_)) => {
                 DeliveryStats::bump(&stats.lagged);
+                if !link.behind.swap(true, Ordering::AcqRel) {
+                    link.actor.do_send(Behind(event.seq));
+                }
                 true
             }
             Err(TrySendError::Closed(_)) => false,
@@ -134,6 +142,8 @@ pub struct Register {
     pub live: mpsc::Sender<pb::Event>,
     /// Where presence and typing go.
     pub ephemeral: Arc<EphemeralInbox>,
+    /// Shared flag: set by the bus when it told the stream it missed live events.
+    pub behind: Arc<AtomicBool>,
     /// The stream's actor.
     pub actor: Addr<SubscriberActor>,
 }
@@ -152,6 +162,7 @@ impl Handler<Register> for EventBusActor {
                 token_id: msg.token_id,
                 live: msg.live,
                 ephemeral: msg.ephemeral,
+                behind: msg.behind,
                 actor: msg.actor,
             },
         );

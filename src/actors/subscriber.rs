@@ -10,9 +10,11 @@
 //! `MessageReceived` to the output makes the message DELIVERED.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 use uuid::Uuid;
 
 use super::bus::{Close, EventBusActor, Register, Unregister};
@@ -61,6 +63,9 @@ pub struct Subscriptions {
     pub buffer: usize,
     /// Counters.
     pub stats: Arc<DeliveryStats>,
+    /// Counts live streams and receipts being recorded, so that shutdown can wait for them
+    /// before it closes the store.
+    pub tracker: TaskTracker,
 }
 
 impl Subscriptions {
@@ -74,6 +79,7 @@ impl Subscriptions {
         let (output, events) = mpsc::channel(self.buffer);
         let (close, closed) = oneshot::channel();
         let this = self.clone();
+        let alive = self.tracker.token();
         SubscriberActor::start_in_arbiter(&self.arbiter, move |_| SubscriberActor {
             account,
             token_id,
@@ -86,6 +92,10 @@ impl Subscriptions {
             inbox: Arc::new(EphemeralInbox::default()),
             flushing: false,
             live: false,
+            live_rx: None,
+            behind: Arc::new(AtomicBool::new(false)),
+            missed: 0,
+            _alive: alive,
             receipts: Vec::new(),
             repair: None,
         });
@@ -108,6 +118,14 @@ pub struct SubscriberActor {
     inbox: Arc<EphemeralInbox>,
     /// Waiting for room in the output to drain the inbox.
     flushing: bool,
+    /// Set by the bus when it could not hand this stream a live event.
+    behind: Arc<AtomicBool>,
+    /// The highest seq the bus could not hand over before the first replay was over.
+    missed: u64,
+    /// Held for as long as the actor lives (see `Subscriptions::tracker`).
+    _alive: TaskTrackerToken,
+    /// Live durable events, buffered here until the first replay is over.
+    live_rx: Option<mpsc::Receiver<pb::Event>>,
     /// Replay is over: ephemeral events may follow `SubscriptionStarted` and the replay.
     live: bool,
     /// MessageReceived ids handed out and not yet reported as delivered.
@@ -166,32 +184,64 @@ impl SubscriberActor {
         }
     }
 
-    /// Re-reads the log after `last_seq` up to at least `seen`, then goes live again.
+    /// Re-reads the log after `last_seq` up to at least `seen`, then goes live again. The read
+    /// runs detached from this actor so that, if the client leaves meanwhile, the receipts for
+    /// what it was handed are still recorded.
     fn start_repair(&mut self, seen: u64, ctx: &mut Context<Self>) {
         self.repair = Some(seen);
         let replay = self.replay();
         let from = self.last_seq;
-        ctx.spawn(
-            async move { replay.catch_up(from).await }
-                .into_actor(self)
-                .map(|res, act, ctx| {
-                    let seen = act.repair.take().unwrap_or(0);
-                    match res {
-                        Ok(Some(cursor)) => {
-                            act.last_seq = cursor;
-                            // Events committed after the last read went by while we read.
-                            if seen > cursor {
-                                act.start_repair(seen, ctx);
-                            }
-                        }
-                        Ok(None) => ctx.stop(),
-                        Err(e) => {
-                            tracing::warn!(account = %act.account, error = %e, "event repair failed");
-                            act.end(CloseReason::Shutdown, ctx);
-                        }
-                    }
-                }),
-        );
+        let addr = ctx.address();
+        actix::spawn(async move {
+            let res = replay.catch_up(from).await;
+            // If the actor is gone there is nothing left to resume.
+            let _ = addr.send(Repaired(res)).await;
+        });
+    }
+
+    fn repaired(&mut self, res: CoreResult<Option<u64>>, ctx: &mut Context<Self>) {
+        let seen = self.repair.take().unwrap_or(0);
+        match res {
+            Ok(Some(cursor)) => {
+                self.last_seq = cursor;
+                // Events committed after the last read went by while we read.
+                if seen > cursor {
+                    self.start_repair(seen, ctx);
+                }
+            }
+            Ok(None) => ctx.stop(),
+            Err(e) => {
+                tracing::warn!(account = %self.account, error = %e, "event repair failed");
+                self.end(CloseReason::Shutdown, ctx);
+            }
+        }
+    }
+
+    /// The first replay is over: go live.
+    fn replayed(
+        &mut self,
+        id: Option<u64>,
+        last: CoreResult<Option<u64>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.id = id;
+        match (id, last, self.live_rx.take()) {
+            (Some(_), Ok(Some(last)), Some(live_rx)) => {
+                self.last_seq = last;
+                self.live = true;
+                ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(live_rx));
+                if self.missed > self.last_seq {
+                    self.start_repair(self.missed, ctx);
+                }
+                self.drain_inbox(ctx);
+            }
+            (_, Err(e), _) => {
+                tracing::warn!(account = %self.account, error = %e, "event replay failed");
+                self.end(CloseReason::Shutdown, ctx);
+            }
+            // The client left during replay, or the bus is gone.
+            _ => ctx.stop(),
+        }
     }
 
     fn replay(&self) -> Replay {
@@ -201,6 +251,7 @@ impl SubscriberActor {
             stats: self.env.stats.clone(),
             output: self.output.clone(),
             account: self.account,
+            _pending: self.env.tracker.token(),
         }
     }
 
@@ -262,7 +313,7 @@ impl SubscriberActor {
         if self.receipts.len() == 1 {
             ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| {
                 let ids = std::mem::take(&mut act.receipts);
-                report_delivered(&act.env.messaging, act.account, ids);
+                report_delivered(&act.env, act.account, ids);
             }));
         }
     }
@@ -279,12 +330,14 @@ fn received_id(ev: &pb::Event) -> Option<String> {
 /// Sends delivery receipts to the messaging actor; waits for mailbox room, never drops them.
 /// Spawned on the arbiter rather than on the actor, so that the receipt is recorded even if
 /// this stream ends right now.
-fn report_delivered(messaging: &Addr<MessagingActor>, recipient: AccountId, ids: Vec<String>) {
+fn report_delivered(env: &Subscriptions, recipient: AccountId, ids: Vec<String>) {
     if ids.is_empty() {
         return;
     }
-    let sent = messaging.send(Delivered { recipient, ids });
+    let sent = env.messaging.send(Delivered { recipient, ids });
+    let pending = env.tracker.token();
     actix::spawn(async move {
+        let _pending = pending;
         match sent.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
@@ -313,6 +366,7 @@ impl Actor for SubscriberActor {
             token_id: self.token_id,
             live,
             ephemeral: self.inbox.clone(),
+            behind: self.behind.clone(),
             actor: ctx.address(),
         });
         let inbox = self.inbox.clone();
@@ -320,41 +374,28 @@ impl Actor for SubscriberActor {
             inbox.ready.notified().await;
             Some((Wake, inbox))
         }));
+        self.live_rx = Some(live_rx);
         let replay = self.replay();
         let after_seq = self.after_seq;
-        ctx.spawn(
-            async move {
-                let id = register.await.ok();
-                let last = replay.run(after_seq).await;
-                (id, last)
+        let (addr, bus, account) = (ctx.address(), self.env.bus.clone(), self.account);
+        // Detached, like a repair: receipts for what the client was handed are recorded even
+        // if it leaves mid-replay.
+        actix::spawn(async move {
+            let id = register.await.ok();
+            let last = match id {
+                Some(_) => replay.run(after_seq).await,
+                None => Ok(None),
+            };
+            if addr.send(Replayed { id, last }).await.is_err()
+                && let Some(id) = id
+            {
+                bus.do_send(Unregister { account, id });
             }
-            .into_actor(self)
-            .map(move |(id, last), act, ctx| {
-                act.id = id;
-                match (id, last) {
-                    (Some(_), Ok(Some(last))) => {
-                        act.last_seq = last;
-                        act.live = true;
-                        ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(live_rx));
-                        act.drain_inbox(ctx);
-                    }
-                    (_, Err(e)) => {
-                        tracing::warn!(account = %act.account, error = %e, "event replay failed");
-                        act.end(CloseReason::Shutdown, ctx);
-                    }
-                    // The client left during replay, or the bus is gone.
-                    _ => ctx.stop(),
-                }
-            }),
-        );
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        report_delivered(
-            &self.env.messaging,
-            self.account,
-            std::mem::take(&mut self.receipts),
-        );
+        report_delivered(&self.env, self.account, std::mem::take(&mut self.receipts));
         if let Some(id) = self.id {
             self.env.bus.do_send(Unregister {
                 account: self.account,
@@ -371,6 +412,8 @@ struct Replay {
     stats: Arc<DeliveryStats>,
     output: mpsc::Sender<pb::Event>,
     account: AccountId,
+    /// Shutdown waits for a replay's receipts too.
+    _pending: TaskTrackerToken,
 }
 
 impl Replay {
@@ -404,6 +447,24 @@ impl Replay {
         }
     }
 
+    /// Records messages this replay handed out as DELIVERED. Awaited: a replay never outruns
+    /// the receipts it owes.
+    async fn record_delivered(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let recorded = self
+            .messaging
+            .send(Delivered {
+                recipient: self.account,
+                ids,
+            })
+            .await;
+        if let Ok(Err(e)) = recorded {
+            tracing::warn!(account = %self.account, error = %e, "could not record delivery");
+        }
+    }
+
     /// Sends every logged event after `cursor`, reading past the head seen at the start so that
     /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
     /// seq sent, or `None` if the client went away.
@@ -415,26 +476,21 @@ impl Replay {
                 .await?;
             let full = chunk.len() == REPLAY_CHUNK;
             let mut receipts = Vec::new();
+            let mut gone = false;
             for ev in chunk {
-                cursor = ev.seq;
-                receipts.extend(received_id(&ev));
+                let (seq, id) = (ev.seq, received_id(&ev));
                 if self.output.send(ev).await.is_err() {
-                    return Ok(None);
+                    gone = true;
+                    break;
                 }
+                cursor = seq;
+                receipts.extend(id);
                 DeliveryStats::bump(&self.stats.delivered);
             }
-            if !receipts.is_empty() {
-                // Awaited: a replay never outruns the receipts it owes.
-                let recorded = self
-                    .messaging
-                    .send(Delivered {
-                        recipient: self.account,
-                        ids: receipts,
-                    })
-                    .await;
-                if let Ok(Err(e)) = recorded {
-                    tracing::warn!(account = %self.account, error = %e, "could not record delivery");
-                }
+            // Owed even when the client just left: it may have read them before it went.
+            self.record_delivered(receipts).await;
+            if gone {
+                return Ok(None);
             }
             if !full {
                 return Ok(Some(cursor));
@@ -451,6 +507,54 @@ impl StreamHandler<pb::Event> for SubscriberActor {
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // The bus let go of this stream's live feed: it is stopping with the server.
         self.end(CloseReason::Shutdown, ctx);
+    }
+}
+
+/// The first replay finished (or failed), with the bus registration id.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Replayed {
+    id: Option<u64>,
+    last: CoreResult<Option<u64>>,
+}
+
+impl Handler<Replayed> for SubscriberActor {
+    type Result = ();
+    fn handle(&mut self, msg: Replayed, ctx: &mut Context<Self>) {
+        self.replayed(msg.id, msg.last, ctx);
+    }
+}
+
+/// From the bus: the live feed was full when durable event `seq` came, so it was not handed
+/// over; the stream re-reads it from the log.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Behind(pub u64);
+
+impl Handler<Behind> for SubscriberActor {
+    type Result = ();
+    fn handle(&mut self, Behind(seq): Behind, ctx: &mut Context<Self>) {
+        // Cleared before the repair reads the log, so a miss after this read is told again.
+        self.behind.store(false, Ordering::Release);
+        if !self.live {
+            self.missed = self.missed.max(seq);
+        } else if let Some(seen) = &mut self.repair {
+            *seen = (*seen).max(seq);
+        } else if seq > self.last_seq {
+            self.start_repair(seq, ctx);
+        }
+    }
+}
+
+/// A repair finished (or failed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Repaired(CoreResult<Option<u64>>);
+
+impl Handler<Repaired> for SubscriberActor {
+    type Result = ();
+    fn handle(&mut self, msg: Repaired, ctx: &mut Context<Self>) {
+        self.repaired(msg.0, ctx);
     }
 }
 

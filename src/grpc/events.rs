@@ -18,6 +18,8 @@ pub struct EventStream {
     after_seq: Option<u64>,
     /// The last durable seq the client has been handed (or that it already had).
     last_seq: u64,
+    /// `SubscriptionStarted` went out.
+    started: bool,
     done: bool,
 }
 
@@ -28,7 +30,8 @@ impl EventStream {
             sub,
             close_gone: false,
             after_seq,
-            last_seq: 0,
+            last_seq: after_seq.unwrap_or(0),
+            started: false,
             done: false,
         }
     }
@@ -71,8 +74,9 @@ impl Stream for EventStream {
         if this.done {
             return Poll::Ready(None);
         }
-        // A close from the server wins over queued events: the client resumes from last_seq.
-        if !this.close_gone {
+        // A close from the server wins over queued events (the client resumes from last_seq),
+        // except over `SubscriptionStarted`: every stream opens with it.
+        if this.started && !this.close_gone {
             match Pin::new(&mut this.sub.closed).poll(cx) {
                 Poll::Ready(Ok(reason)) => {
                     this.done = true;
@@ -84,6 +88,7 @@ impl Stream for EventStream {
         }
         match this.sub.events.poll_recv(cx) {
             Poll::Ready(Some(ev)) => {
+                this.started = true;
                 this.track(&ev);
                 Poll::Ready(Some(Ok(ev)))
             }
