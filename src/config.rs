@@ -21,6 +21,37 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[tls]`
+    pub tls: TlsConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+}
+
+/// `[tls]`: serve TLS (rustls) when `cert` and `key` are set; mutual TLS with `client_ca`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// True when TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// `[metrics]`: Prometheus text format over HTTP.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `GET /metrics`; empty: off.
+    pub listen: String,
 }
 
 /// `[server]`: where and how to listen.
@@ -33,6 +64,10 @@ pub struct ServerConfig {
     pub reflection: bool,
     /// Seconds in-flight calls get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Permit plaintext on a non-loopback TCP address.
+    pub allow_insecure: bool,
+    /// Permission bits of a Unix socket.
+    pub socket_mode: u32,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +76,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:50051".into(),
             reflection: true,
             shutdown_grace_secs: 10,
+            allow_insecure: false,
+            socket_mode: 0o600,
         }
     }
 }
@@ -106,6 +143,20 @@ pub struct LimitsConfig {
     pub subscriber_buffer: usize,
     /// Largest request message the server decodes, bytes.
     pub max_request_bytes: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_streams_per_connection: u32,
+    /// Concurrent event streams (SubscribeToEvents and subscribed Connect) per account.
+    pub max_event_streams_per_account: usize,
+    /// SendMessage calls per second per account (token bucket refill rate).
+    pub send_rate_per_sec: u32,
+    /// SendMessage burst per account (token bucket size).
+    pub send_burst: u32,
+    /// Deadline of a unary call without a shorter client deadline, milliseconds.
+    pub unary_deadline_ms: u64,
+    /// Seconds between HTTP/2 keepalive pings to an idle peer.
+    pub keepalive_interval_secs: u64,
+    /// Seconds to wait for a ping's answer before dropping the connection.
+    pub keepalive_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -115,6 +166,13 @@ impl Default for LimitsConfig {
             max_payload_bytes: 256 * 1024,
             subscriber_buffer: 1024,
             max_request_bytes: 512 * 1024,
+            max_streams_per_connection: 256,
+            max_event_streams_per_account: 16,
+            send_rate_per_sec: 100,
+            send_burst: 200,
+            unary_deadline_ms: 30_000,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
         }
     }
 }
@@ -204,6 +262,46 @@ impl Config {
                     .into(),
             );
         }
+        for (key, v) in [
+            (
+                "limits.max_streams_per_connection",
+                l.max_streams_per_connection as u64,
+            ),
+            (
+                "limits.max_event_streams_per_account",
+                l.max_event_streams_per_account as u64,
+            ),
+            ("limits.send_rate_per_sec", l.send_rate_per_sec as u64),
+            ("limits.send_burst", l.send_burst as u64),
+            ("limits.unary_deadline_ms", l.unary_deadline_ms),
+            ("limits.keepalive_interval_secs", l.keepalive_interval_secs),
+            ("limits.keepalive_timeout_secs", l.keepalive_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if self.server.socket_mode > 0o777 {
+            return Err(format!(
+                "server.socket_mode must be permission bits (at most 0o777), got {:#o}",
+                self.server.socket_mode
+            ));
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return Err("tls.cert and tls.key must be set together".into());
+        }
+        if t.client_ca.is_some() && t.cert.is_none() {
+            return Err("tls.client_ca needs tls.cert and tls.key".into());
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "metrics.listen must be host:port (e.g. 127.0.0.1:9090) or empty, got {:?}",
+                self.metrics.listen
+            ));
+        }
         if self.events.retention_per_account == 0 {
             return Err("events.retention_per_account must be greater than 0".into());
         }
@@ -239,5 +337,10 @@ mod tests {
         assert!(Config::parse("[server]\nlisen = \"x\"").is_err());
         assert!(Config::parse("[limits]\nsubscriber_buffer = 0").is_err());
         assert!(Config::parse("[auth]\nmode = \"maybe\"").is_err());
+        assert!(Config::parse("[tls]\ncert = \"c.pem\"").is_err());
+        assert!(Config::parse("[tls]\nclient_ca = \"ca.pem\"").is_err());
+        assert!(Config::parse("[server]\nsocket_mode = 0o1777").is_err());
+        assert!(Config::parse("[metrics]\nlisten = \"nine\"").is_err());
+        assert!(Config::parse("[limits]\nsend_rate_per_sec = 0").is_err());
     }
 }

@@ -5,9 +5,11 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated protobuf types and tonic services for `phantom.v1`.
 #[allow(missing_docs, clippy::all)]

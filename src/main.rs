@@ -40,10 +40,8 @@ fn main() -> ExitCode {
     if let Some(d) = args.data_dir {
         cfg.storage.data_dir = d;
     }
-    if let Err(e) = cfg
-        .validate()
-        .and_then(|_| phantom::server::Listen::parse(&cfg.server.listen).map(|_| ()))
-    {
+    // Values, listen address, exposure refusals and TLS files, exactly as the server will.
+    if let Err(e) = phantom::server::preflight(&cfg) {
         eprintln!("phantom-grpc-api: {}: {e}", args.config.display());
         return ExitCode::from(2);
     }
@@ -75,24 +73,34 @@ fn main() -> ExitCode {
         };
         // A line scripts and tests can wait for.
         println!("phantom-grpc-api listening on {}", server.local_addr);
-        wait_for_signal().await;
+        if let Some(m) = server.metrics_addr {
+            println!("metrics on http://{m}/metrics");
+        }
+        wait_for_signal(&server).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM; meanwhile SIGHUP reloads the TLS files.
+async fn wait_for_signal(server: &phantom::server::RunningServer) {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match server.reload_tls() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => tracing::warn!(error = %e, "TLS reload failed; the old certificates stay"),
+            },
         }
     }
 }

@@ -18,16 +18,19 @@ use crate::actors::contacts::ContactsActor;
 use crate::actors::messaging::MessagingActor;
 use crate::actors::subscriber::{CloseReason, Subscriptions};
 use crate::config::{AuthMode, Config};
-use crate::core::stats::DeliveryStats;
+use crate::core::stats::{DeliveryStats, StoreStats};
 use crate::core::time::now_micros;
 use crate::core::tokens::{self, TokenIndex};
 use crate::core::{AccountId, AccountRecord, PresenceStatus, TokenRecord};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::Authenticator;
 use crate::grpc::controller::ControllerService;
+use crate::grpc::layer::CallLayer;
+use crate::metrics::Metrics;
 use crate::pb::phantom_admin_server::PhantomAdminServer;
 use crate::pb::phantom_controller_server::PhantomControllerServer;
 use crate::store::{SqliteStore, Store};
+use crate::tls::TlsReloader;
 
 /// The file a generated admin token is written to, inside the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -77,6 +80,9 @@ impl std::fmt::Display for Listen {
 pub struct RunningServer {
     /// Where it actually listens (port 0 resolved).
     pub local_addr: Listen,
+    /// Where `/metrics` is served, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    tls: Option<Arc<TlsReloader>>,
     shutdown: Option<oneshot::Sender<()>>,
     done: JoinHandle<()>,
 }
@@ -89,6 +95,15 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let _ = (&mut self.done).await;
+    }
+
+    /// Re-reads the TLS certificate, key and client CA (SIGHUP). New connections use them;
+    /// open ones keep theirs. On error the old ones stay in force.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err("TLS is not configured ([tls] cert and key)".into()),
+        }
     }
 
     /// The TCP address, if listening on TCP.
@@ -173,14 +188,53 @@ async fn local_account(
     Ok(id)
 }
 
-/// Starts a server from a validated config. Returns once it is listening.
-pub async fn start(cfg: Config) -> Result<RunningServer, String> {
+/// Everything checked before anything starts: the config's values, the listen address, the
+/// refusals of an unsafe exposure, and the TLS files. `--check-config` runs exactly this.
+pub fn preflight(cfg: &Config) -> Result<(Listen, Option<Arc<TlsReloader>>), String> {
     cfg.validate()?;
     let listen = Listen::parse(&cfg.server.listen)?;
+    let local = match &listen {
+        Listen::Tcp(addr) => addr.ip().is_loopback(),
+        Listen::Unix(_) => true,
+    };
+    if let Listen::Tcp(addr) = &listen
+        && !local
+        && !cfg.tls.enabled()
+        && !cfg.server.allow_insecure
+    {
+        return Err(format!(
+            "refusing to serve plaintext on non-loopback {addr}: set [tls] cert and key, \
+             or [server] allow_insecure = true"
+        ));
+    }
+    if cfg.auth.mode == AuthMode::None && !local {
+        return Err(format!(
+            "refusing [auth] mode = \"none\" on non-loopback {listen}: use mode = \"token\", \
+             or a loopback address or unix:/path in [server] listen"
+        ));
+    }
+    let tls = match (&listen, cfg.tls.enabled()) {
+        (Listen::Tcp(_), true) => Some(TlsReloader::new(cfg.tls.clone())?),
+        (Listen::Unix(_), true) => {
+            return Err(
+                "[tls] is set but [server] listen is a Unix socket: remove [tls], or listen on TCP"
+                    .into(),
+            );
+        }
+        (_, false) => None,
+    };
+    Ok((listen, tls))
+}
+
+/// Starts a server from a validated config. Returns once it is listening.
+pub async fn start(cfg: Config) -> Result<RunningServer, String> {
+    let (listen, tls) = preflight(&cfg)?;
     let admin_hash = tokens::hash(&admin_token(&cfg)?);
 
     let mut runtime = ActorRuntime::start().map_err(|e| e.to_string())?;
     let stats = Arc::new(DeliveryStats::default());
+    let store_stats = StoreStats::default();
+    let metrics = Metrics::new(&stats, &store_stats)?;
     let bus_stats = stats.clone();
     let bus: Addr<EventBusActor> =
         EventBusActor::start_in_arbiter(&runtime.arbiter, move |_| EventBusActor::new(bus_stats));
@@ -191,6 +245,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
             // The bus only routes in memory, so it keeps up with the writer.
             Box::new(move |events| sink_bus.do_send(Publish(events))),
             cfg.events.retention_per_account,
+            store_stats,
         )
         .map_err(|e| e.to_string())?,
     );
@@ -275,7 +330,15 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         (None, None)
     };
 
+    let l = &cfg.limits;
     let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(l.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(l.keepalive_timeout_secs)))
+        .max_concurrent_streams(Some(l.max_streams_per_connection))
+        .layer(CallLayer {
+            default_deadline: Duration::from_millis(l.unary_deadline_ms),
+            metrics: metrics.calls.clone(),
+        })
         .add_service(health_service)
         .add_service(controller)
         .add_service(admin)
@@ -309,7 +372,35 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         }
     };
 
-    let (local_addr, serve) = bind(&listen, router, signal).await?;
+    let (local_addr, serve): (Listen, ServeFuture) =
+        match (bind(&listen, cfg.server.socket_mode).await?, &tls) {
+            (Bound::Tcp(listener, local), Some(tls)) => (
+                Listen::Tcp(local),
+                Box::pin(router.serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls.clone()),
+                    signal,
+                )),
+            ),
+            (Bound::Tcp(listener, local), None) => (
+                Listen::Tcp(local),
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    signal,
+                )),
+            ),
+            (Bound::Unix(listener, path), _) => (
+                Listen::Unix(path),
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    signal,
+                )),
+            ),
+        };
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let metrics_addr = match cfg.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(crate::metrics::serve(addr, metrics, stop_metrics.clone()).await?),
+    };
     tracing::info!(listen = %local_addr, data_dir = %cfg.storage.data_dir.display(), "phantom-grpc-api serving");
 
     let done = tokio::spawn(async move {
@@ -333,11 +424,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
             runtime.stop();
         })
         .await;
+        stop_metrics.cancel();
         tracing::info!("phantom-grpc-api stopped");
     });
 
     Ok(RunningServer {
         local_addr,
+        metrics_addr,
+        tls,
         shutdown: Some(shutdown_tx),
         done,
     })
@@ -348,36 +442,38 @@ type ServeFuture = std::pin::Pin<
 >;
 
 /// Binds the listener and returns the future that serves it until `signal` completes.
-async fn bind(
-    listen: &Listen,
-    router: tonic::transport::server::Router,
-    signal: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(Listen, ServeFuture), String> {
+/// A bound listener.
+enum Bound {
+    Tcp(tokio::net::TcpListener, SocketAddr),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+async fn bind(listen: &Listen, socket_mode: u32) -> Result<Bound, String> {
     match listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("server.listen: cannot bind {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            Ok((
-                Listen::Tcp(local),
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
-            ))
+            Ok(Bound::Tcp(listener, local))
         }
         Listen::Unix(path) => {
             prepare_socket_path(path)?;
-            let listener = tokio::net::UnixListener::bind(path)
+            // Bound under a temporary name, given its mode, then renamed into place: a client
+            // can never reach it through `path` with the umask's permissions.
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let listener = tokio::net::UnixListener::bind(&tmp)
                 .map_err(|e| format!("server.listen: cannot bind {}: {e}", path.display()))?;
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            Ok((
-                Listen::Unix(path.clone()),
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
-            ))
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(socket_mode))
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .map_err(|e| format!("server.socket_mode: {}: {e}", path.display()))?;
+            Ok(Bound::Unix(listener, path.clone()))
         }
     }
 }

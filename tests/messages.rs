@@ -404,9 +404,14 @@ async fn requests_over_the_decoding_limit_are_refused() {
         })
         .await;
     let s = r.unwrap_err();
-    // tonic's decoder refuses the frame before any handler runs.
-    assert_eq!(s.code(), Code::OutOfRange, "{}", s.message());
+    // The decoder refuses the frame before any handler runs; the status names the setting.
+    assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
     assert!(s.message().contains("65536"), "{}", s.message());
+    assert!(
+        s.message().contains("limits.max_request_bytes"),
+        "{}",
+        s.message()
+    );
     // The server is fine afterwards.
     t.send(&a, &b, "still working").await;
 }

@@ -68,7 +68,7 @@ impl EventBusActor {
             // The stream's actor is behind its own feed (a burst): tell it once, and it
             // re-reads the gap from the log.
             Err(TrySendError::Full(_)) => {
-                DeliveryStats::bump(&stats.lagged);
+                stats.lagged.inc();
                 if !link.behind.swap(true, Ordering::AcqRel) {
                     link.actor.do_send(Behind(event.seq));
                 }
@@ -78,9 +78,7 @@ impl EventBusActor {
         });
         let removed = before - links.len();
         if removed > 0 {
-            self.stats
-                .open_streams
-                .fetch_sub(removed as u64, std::sync::atomic::Ordering::Relaxed);
+            self.stats.open_streams.sub(removed as i64);
         }
         if links.is_empty() {
             self.streams.remove(&account);
@@ -97,16 +95,16 @@ impl EventBusActor {
             .flat_map(|l| l.values())
         {
             if link.ephemeral.put(event.clone()) {
-                DeliveryStats::bump(&self.stats.conflated);
+                self.stats.conflated.inc();
             }
         }
     }
 
     fn notify(&self, account: AccountId, online: bool) {
         if online {
-            DeliveryStats::bump(&self.stats.online_accounts);
+            self.stats.online_accounts.inc();
         } else {
-            DeliveryStats::drop_one(&self.stats.online_accounts);
+            self.stats.online_accounts.dec();
         }
         if let Some(p) = &self.presence {
             p.do_send(PresenceChanged { account, online });
@@ -155,7 +153,7 @@ impl Handler<Register> for EventBusActor {
         self.next_id += 1;
         let links = self.streams.entry(msg.account).or_default();
         let first = links.is_empty();
-        DeliveryStats::bump(&self.stats.open_streams);
+        self.stats.open_streams.inc();
         links.insert(
             id,
             Link {
@@ -190,7 +188,7 @@ impl Handler<Unregister> for EventBusActor {
             return;
         };
         if links.remove(&msg.id).is_some() {
-            DeliveryStats::drop_one(&self.stats.open_streams);
+            self.stats.open_streams.dec();
             if links.is_empty() {
                 self.streams.remove(&msg.account);
                 self.notify(msg.account, false);

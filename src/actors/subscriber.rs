@@ -138,7 +138,7 @@ impl SubscriberActor {
     fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         if let Some(close) = self.close.take() {
             if reason == CloseReason::Overflow {
-                DeliveryStats::bump(&self.env.stats.slow_disconnects);
+                self.env.stats.slow_disconnects.inc();
             }
             let _ = close.send(reason);
         }
@@ -167,7 +167,7 @@ impl SubscriberActor {
         let received = received_id(&ev);
         match self.output.try_send(ev) {
             Ok(()) => {
-                DeliveryStats::bump(&self.env.stats.delivered);
+                self.env.stats.delivered.inc();
                 if durable {
                     self.last_seq = seq;
                 }
@@ -268,7 +268,7 @@ impl SubscriberActor {
                 return;
             };
             match self.output.try_send(ev) {
-                Ok(()) => DeliveryStats::bump(&self.env.stats.delivered),
+                Ok(()) => self.env.stats.delivered.inc(),
                 Err(mpsc::error::TrySendError::Full(ev)) => {
                     self.inbox.put_back(ev);
                     break;
@@ -292,7 +292,7 @@ impl SubscriberActor {
                 let mut permits = output.reserve_many(headroom + 1).await.ok()?;
                 if let (Some(permit), Some(ev)) = (permits.next(), inbox.take()) {
                     permit.send(ev);
-                    DeliveryStats::bump(&stats.delivered);
+                    stats.delivered.inc();
                 }
                 Some(())
             }
@@ -485,7 +485,7 @@ impl Replay {
                 }
                 cursor = seq;
                 receipts.extend(id);
-                DeliveryStats::bump(&self.stats.delivered);
+                self.stats.delivered.inc();
             }
             // Owed even when the client just left: it may have read them before it went.
             self.record_delivered(receipts).await;

@@ -37,6 +37,13 @@ pub enum CoreError {
     FailedPrecondition(String),
     /// Too much of something: a full queue, a rate limit.
     ResourceExhausted(String),
+    /// A rate limit: try again after this long.
+    RateLimited {
+        /// What is limited and by which setting.
+        what: String,
+        /// When a retry can succeed.
+        retry_after: std::time::Duration,
+    },
     /// The server is shutting down or a component is gone.
     Unavailable(String),
     /// A bug or a storage failure; details are logged, not sent.
@@ -80,6 +87,11 @@ impl fmt::Display for CoreError {
             CoreError::InvalidArgument { field, reason }
             | CoreError::NotFound { field, reason }
             | CoreError::AlreadyExists { field, reason } => write!(f, "{field}: {reason}"),
+            CoreError::RateLimited { what, retry_after } => write!(
+                f,
+                "{what}; retry after {} ms",
+                retry_after.as_millis().max(1)
+            ),
             CoreError::Unauthenticated(m)
             | CoreError::PermissionDenied(m)
             | CoreError::FailedPrecondition(m)

@@ -1,37 +1,109 @@
-//! Counters of the event delivery machinery, shared by the bus and the subscribers.
+//! Counters of the event delivery machinery and the store, shared by the actors, the store
+//! and the gRPC layer. They are Prometheus metrics (atomics inside), so `GetServerStats` and
+//! `/metrics` read the same numbers.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
-/// Monotonic counters (and two gauges), read by `PhantomAdmin.GetServerStats`.
-#[derive(Debug, Default)]
+fn counter(name: &str, help: &str) -> IntCounter {
+    // Names are constants: a failure here is a programming error caught by any test.
+    IntCounter::new(name, help).expect("valid metric name")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric name")
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric")
+}
+
+/// Delivery counters, read by `PhantomAdmin.GetServerStats` and `/metrics`.
+#[derive(Debug, Clone)]
 pub struct DeliveryStats {
-    /// Open event streams (gauge).
-    pub open_streams: AtomicU64,
-    /// Accounts with at least one open stream (gauge).
-    pub online_accounts: AtomicU64,
+    /// Open event streams.
+    pub open_streams: IntGauge,
+    /// Accounts with at least one open stream.
+    pub online_accounts: IntGauge,
     /// Events handed to streams.
-    pub delivered: AtomicU64,
+    pub delivered: IntCounter,
     /// Ephemeral events replaced by a newer one for the same contact before a stream took them.
-    pub conflated: AtomicU64,
+    pub conflated: IntCounter,
     /// Streams ended because they fell behind.
-    pub slow_disconnects: AtomicU64,
+    pub slow_disconnects: IntCounter,
     /// Durable events a stream's actor was too busy to take live; it re-read them from the log.
-    pub lagged: AtomicU64,
+    pub lagged: IntCounter,
+}
+
+impl Default for DeliveryStats {
+    fn default() -> Self {
+        DeliveryStats {
+            open_streams: gauge("phantom_event_streams_open", "Open event streams."),
+            online_accounts: gauge(
+                "phantom_accounts_online",
+                "Accounts with at least one open event stream.",
+            ),
+            delivered: counter(
+                "phantom_events_delivered_total",
+                "Events handed to event streams.",
+            ),
+            conflated: counter(
+                "phantom_events_conflated_total",
+                "Presence and typing events replaced by a newer one before a slow stream took them.",
+            ),
+            slow_disconnects: counter(
+                "phantom_slow_subscriber_disconnects_total",
+                "Event streams ended with RESOURCE_EXHAUSTED because their client fell behind.",
+            ),
+            lagged: counter(
+                "phantom_events_repaired_total",
+                "Durable events a stream re-read from the log after a burst instead of live.",
+            ),
+        }
+    }
+}
+
+/// Store writer figures.
+#[derive(Debug, Clone)]
+pub struct StoreStats {
+    /// Jobs per committed transaction.
+    pub batch_size: Histogram,
+    /// Time to commit one batch, fsync included.
+    pub commit_seconds: Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            batch_size: histogram(
+                "phantom_store_commit_batch_size",
+                "Writes committed together in one transaction (group commit).",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            commit_seconds: histogram(
+                "phantom_store_commit_duration_seconds",
+                "Time to run and commit one batch, fsync included.",
+                prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+            ),
+        }
+    }
 }
 
 impl DeliveryStats {
-    /// Adds one to a counter.
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    /// Adds these metrics to `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.open_streams.clone()))?;
+        registry.register(Box::new(self.online_accounts.clone()))?;
+        registry.register(Box::new(self.delivered.clone()))?;
+        registry.register(Box::new(self.conflated.clone()))?;
+        registry.register(Box::new(self.slow_disconnects.clone()))?;
+        registry.register(Box::new(self.lagged.clone()))
     }
+}
 
-    /// Subtracts one from a gauge.
-    pub fn drop_one(gauge: &AtomicU64) {
-        gauge.fetch_sub(1, Relaxed);
-    }
-
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Relaxed)
+impl StoreStats {
+    /// Adds these metrics to `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.batch_size.clone()))?;
+        registry.register(Box::new(self.commit_seconds.clone()))
     }
 }

@@ -120,12 +120,12 @@ impl PhantomAdmin for AdminService {
         self.call("GetServerStats", req, |_| async move {
             let s = &self.stats;
             Ok(pb::GetServerStatsResponse {
-                open_streams: DeliveryStats::get(&s.open_streams),
-                online_accounts: DeliveryStats::get(&s.online_accounts),
-                events_delivered: DeliveryStats::get(&s.delivered),
-                events_conflated: DeliveryStats::get(&s.conflated),
-                slow_subscriber_disconnects: DeliveryStats::get(&s.slow_disconnects),
-                events_repaired: DeliveryStats::get(&s.lagged),
+                open_streams: s.open_streams.get().max(0) as u64,
+                online_accounts: s.online_accounts.get().max(0) as u64,
+                events_delivered: s.delivered.get(),
+                events_conflated: s.conflated.get(),
+                slow_subscriber_disconnects: s.slow_disconnects.get(),
+                events_repaired: s.lagged.get(),
             })
         })
         .await

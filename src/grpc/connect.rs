@@ -101,7 +101,13 @@ pub async fn run(
                         break;
                     }
                 }
-                Err(_) => break,
+                // A frame too large for limits.max_request_bytes ends the stream with
+                // RESOURCE_EXHAUSTED; a broken one with what tonic reported.
+                Err(status) => {
+                    let status = super::status::too_large(&status).unwrap_or(status);
+                    let _ = frames.send(Err(status)).await;
+                    break;
+                }
             },
         }
     }
@@ -134,12 +140,9 @@ async fn command(
                         "subscribe: this stream is already subscribed".into(),
                     ));
                 }
-                let sub = svc
-                    .subscriptions
-                    .open(caller.account_id, caller.token_id, r.after_seq);
                 *feed = Some(Feed {
                     request_id: request_id.clone(),
-                    events: EventStream::new(sub, r.after_seq),
+                    events: svc.open_feed(&caller, r.after_seq)?,
                 });
                 Ok(None)
             })

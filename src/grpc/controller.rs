@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Authenticator;
 use super::connect;
 use super::events::EventStream;
+use super::limits::AccountLimits;
 use super::{ask, observe, page_parts};
 use crate::actors::contacts::{self, ContactsActor};
 use crate::actors::messaging::{self, MessagingActor};
@@ -34,6 +35,8 @@ pub struct ControllerService {
     messaging: Addr<MessagingActor>,
     pub(super) subscriptions: Subscriptions,
     limits: LimitsConfig,
+    /// Per-account rate and stream limits.
+    account_limits: Arc<AccountLimits>,
     /// Cancelled when the server starts draining; ends Connect streams.
     pub(super) shutdown: CancellationToken,
 }
@@ -53,9 +56,23 @@ impl ControllerService {
             contacts,
             messaging,
             subscriptions,
+            account_limits: AccountLimits::new(&limits),
             limits,
             shutdown,
         }
+    }
+
+    /// Opens an event feed for the caller, within `limits.max_event_streams_per_account`.
+    pub(super) fn open_feed(
+        &self,
+        caller: &Caller,
+        after_seq: Option<u64>,
+    ) -> CoreResult<EventStream> {
+        let permit = self.account_limits.open_stream(caller.account_id)?;
+        let sub = self
+            .subscriptions
+            .open(caller.account_id, caller.token_id, after_seq);
+        Ok(EventStream::new(sub, after_seq, permit))
     }
 
     fn caller<T>(&self, req: &Request<T>) -> CoreResult<Caller> {
@@ -89,6 +106,7 @@ impl ControllerService {
     ) -> CoreResult<pb::SendMessageResponse> {
         let recipient = validate::uuid("recipient_id", &r.recipient_id)?;
         self.validate_send(&r)?;
+        self.account_limits.send(caller.account_id)?;
         let sent = ask(
             &self.messaging,
             messaging::SendMessage {
@@ -350,10 +368,8 @@ impl PhantomController for ControllerService {
         req: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::SubscribeToEventsStream>, Status> {
         self.call("SubscribeToEvents", req, |caller, r| async move {
-            let sub = self
-                .subscriptions
-                .open(caller.account_id, caller.token_id, r.after_seq);
-            Ok(Box::pin(EventStream::new(sub, r.after_seq)) as Self::SubscribeToEventsStream)
+            let feed = self.open_feed(&caller, r.after_seq)?;
+            Ok(Box::pin(feed) as Self::SubscribeToEventsStream)
         })
         .await
     }

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use futures::{Future, Stream};
 use tonic::Status;
 
+use super::limits::StreamPermit;
 use crate::actors::subscriber::{CloseReason, Subscription};
 use crate::pb::{self, event::Kind};
 
@@ -18,6 +19,8 @@ pub struct EventStream {
     after_seq: Option<u64>,
     /// The last durable seq the client has been handed (or that it already had).
     last_seq: u64,
+    /// This stream's slot among its account's streams.
+    _permit: StreamPermit,
     /// `SubscriptionStarted` went out.
     started: bool,
     done: bool,
@@ -25,9 +28,10 @@ pub struct EventStream {
 
 impl EventStream {
     /// Wraps a subscription opened with `after_seq`.
-    pub fn new(sub: Subscription, after_seq: Option<u64>) -> Self {
+    pub fn new(sub: Subscription, after_seq: Option<u64>, permit: StreamPermit) -> Self {
         EventStream {
             sub,
+            _permit: permit,
             close_gone: false,
             after_seq,
             last_seq: after_seq.unwrap_or(0),

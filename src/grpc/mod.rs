@@ -6,6 +6,8 @@ pub mod auth;
 pub mod connect;
 pub mod controller;
 pub mod events;
+pub mod layer;
+pub mod limits;
 pub mod status;
 
 use std::future::Future;
@@ -28,6 +30,14 @@ where
     M: actix::Message<Result = CoreResult<T>> + Send + 'static,
     T: Send + 'static,
 {
+    let actor = std::any::type_name::<A>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("actor");
+    let depth = crate::metrics::ACTOR_IN_FLIGHT.with_label_values(&[actor]);
+    depth.inc();
+    // Decremented however the call ends, cancellation included.
+    let _queued = scopeguard::guard(depth, |d| d.dec());
     addr.send(msg).await.map_err(mailbox_error)?
 }
 

@@ -21,6 +21,12 @@ impl From<CoreError> for Status {
             CoreError::PermissionDenied(_) => Status::permission_denied(message),
             CoreError::FailedPrecondition(_) => Status::failed_precondition(message),
             CoreError::ResourceExhausted(_) => Status::resource_exhausted(message),
+            // RetryInfo tells gRPC clients with retry policies when to come back.
+            CoreError::RateLimited { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             CoreError::Unavailable(_) => Status::unavailable(message),
             // Details stay in the log; the client learns only that it was our fault.
             CoreError::Internal(_) => Status::internal("internal error; see the server log"),
@@ -43,4 +49,17 @@ pub fn rpc_status(e: CoreError) -> tonic_types::pb::Status {
         message: status.message().to_string(),
         details: Vec::new(),
     }
+}
+
+/// tonic answers a request larger than the decoding limit with OUT_OF_RANGE; gRPC clients
+/// expect RESOURCE_EXHAUSTED for that, naming the limit. `None` for any other status.
+pub fn too_large(status: &Status) -> Option<Status> {
+    let detail = status
+        .message()
+        .strip_prefix("Error, decoded message length too large: ")?;
+    (status.code() == tonic::Code::OutOfRange).then(|| {
+        Status::resource_exhausted(format!(
+            "request message too large ({detail}); see limits.max_request_bytes"
+        ))
+    })
 }

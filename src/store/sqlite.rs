@@ -1,6 +1,7 @@
 //! The embedded engine: SQLite in WAL mode with `synchronous = FULL`, one writer thread
 //! (see `writer`) and a pool of read-only connections used from tokio's blocking pool.
 
+use crate::core::stats::StoreStats;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -122,7 +123,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) `data_dir/phantom.db` and starts the writer thread;
     /// `retention` is how many durable events each account's log keeps.
-    pub fn open(data_dir: &Path, sink: EventSink, retention: u64) -> CoreResult<Self> {
+    pub fn open(
+        data_dir: &Path,
+        sink: EventSink,
+        retention: u64,
+        stats: StoreStats,
+    ) -> CoreResult<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             CoreError::Internal(format!(
                 "cannot create data dir {}: {e}",
@@ -140,7 +146,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer = std::thread::Builder::new()
             .name("phantom-store-writer".into())
-            .spawn(move || writer::run(conn, rx, sink, retention))
+            .spawn(move || writer::run(conn, rx, sink, retention, stats))
             .map_err(CoreError::internal)?;
         Ok(SqliteStore {
             readers: Arc::new(ReaderPool {

@@ -2,6 +2,7 @@
 //! one fsync (group commit). Each job gets its own savepoint so one failing job never spoils
 //! the others in its batch.
 
+use crate::core::stats::StoreStats;
 use prost::Message as _;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -73,6 +74,7 @@ pub(crate) fn run(
     mut jobs: mpsc::Receiver<Job>,
     sink: EventSink,
     retention: u64,
+    stats: StoreStats,
 ) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -82,7 +84,10 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
+        stats.batch_size.observe(batch.len() as f64);
+        let timer = stats.commit_seconds.start_timer();
         commit_batch(&mut conn, batch, &sink, retention);
+        timer.observe_duration();
     }
 }
 

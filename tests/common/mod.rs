@@ -69,6 +69,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     cfg.storage.data_dir = dir.join("data");
     cfg.auth.admin_token = ADMIN.into();
     cfg.server.shutdown_grace_secs = 5;
+    // Load tests send thousands per account; the rate limit has its own test.
+    cfg.limits.send_rate_per_sec = 1_000_000;
+    cfg.limits.send_burst = 1_000_000;
     cfg
 }
 
