@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use phantom::client::{connect, with_token};
+use std::path::PathBuf;
+
+use phantom::client::{TlsFiles, connect_tls, with_token};
 use phantom::pb::{
     self, event::Kind, phantom_admin_client::PhantomAdminClient,
     phantom_controller_client::PhantomControllerClient,
@@ -25,6 +27,18 @@ struct Cli {
     /// Bearer token: an account token, or the admin token for `account` and `token`.
     #[arg(long, env = "PHANTOM_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA of the server's certificate: speak TLS.
+    #[arg(long, env = "PHANTOM_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// PEM client certificate, for a server with mutual TLS.
+    #[arg(long, env = "PHANTOM_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// PEM client key, with --cert.
+    #[arg(long, env = "PHANTOM_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Name to check the server certificate against (default: the host of --server).
+    #[arg(long, global = true)]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -218,7 +232,13 @@ impl Ctx {
 
 async fn run(cli: Cli) -> Outcome {
     let token = cli.token.unwrap_or_default();
-    let channel = connect(&cli.server).await?;
+    let tls = TlsFiles {
+        ca: cli.ca,
+        cert: cli.cert,
+        key: cli.key,
+        domain: cli.tls_domain,
+    };
+    let channel = connect_tls(&cli.server, &tls).await?;
     let ctx = Ctx { channel, token };
     match cli.cmd {
         Cmd::Account(AccountCmd::Create {
