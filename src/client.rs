@@ -30,7 +30,8 @@ impl TlsFiles {
             }
             return Ok(None);
         };
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
         match (&self.cert, &self.key) {
             (Some(c), Some(k)) => {
                 tls = tls.identity(Identity::from_pem(read("--cert", c)?, read("--key", k)?));
@@ -71,7 +72,11 @@ pub async fn connect_tls(server: &str, tls: &TlsFiles) -> Result<Channel, String
             .await
             .map_err(|e| format!("cannot connect to {server}: {e}"));
     }
-    let scheme = if tls_config.is_some() { "https" } else { "http" };
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = if server.contains("://") {
         server.to_string()
     } else {

@@ -126,7 +126,7 @@ impl Default for AuthConfig {
         AuthConfig {
             mode: AuthMode::Token,
             admin_token: String::new(),
-            local_account: "me".into(),
+            local_account: "local".into(),
         }
     }
 }
@@ -330,6 +330,13 @@ mod tests {
         let cfg = Config::parse(include_str!("../config.toml")).unwrap();
         assert_eq!(cfg.server.listen, "127.0.0.1:50051");
         assert_eq!(cfg.limits.max_text_bytes, 16 * 1024);
+    }
+
+    #[test]
+    fn the_default_local_account_is_a_valid_handle() {
+        let mut cfg = Config::default();
+        cfg.auth.mode = AuthMode::None;
+        assert_eq!(cfg.validate(), Ok(()));
     }
 
     #[test]

@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use phantom::pb::{self, client_frame::Body as C, event::Kind, server_frame::Body as S};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 /// One Connect stream.
@@ -18,12 +17,7 @@ struct Conn {
 
 impl Conn {
     async fn open(user: &mut User) -> Conn {
-        let (tx, rx) = mpsc::channel(64);
-        let rx = user
-            .connect(ReceiverStream::new(rx))
-            .await
-            .expect("connect")
-            .into_inner();
+        let (tx, rx) = open_connect(user, 64).await;
         Conn {
             tx,
             rx,

@@ -6,8 +6,6 @@ use std::collections::HashSet;
 
 use common::*;
 use phantom::pb::{self, MessageState, PresenceStatus, client_frame::Body as C, event::Kind};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 /// The state of message `id` in `who`'s conversation with `with`.
@@ -194,13 +192,7 @@ async fn a_stalled_stream_gets_only_the_newest_presence_and_typing_per_contact()
 
     // Alice (online through her Connect feed) types on and off and flips her status while Bob
     // reads nothing. Commands run in order, so the last set_status answer means all are done.
-    let (tx, rx) = mpsc::channel(64);
-    let mut frames = t
-        .user(&a)
-        .connect(ReceiverStream::new(rx))
-        .await
-        .expect("connect")
-        .into_inner();
+    let (tx, mut frames) = open_connect(&mut t.user(&a), 64).await;
     let storm = {
         let bob_id = b.id.clone();
         tokio::spawn(async move {

@@ -36,9 +36,10 @@ impl Ca {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
         if expired {
             params.not_before = date_time_ymd(2020, 1, 1);
             params.not_after = date_time_ymd(2021, 1, 1);
@@ -184,9 +185,13 @@ async fn reloading_certificates_keeps_open_connections_and_serves_new_ones_with_
     let err = t.server.reload_tls().expect_err("garbage is refused");
     assert!(err.contains("tls.cert"), "{err}");
     std::fs::write(&cert_path, good_cert).expect("write");
-    call(t.dial(&old_ca, None).await.expect("old config still in force"))
-        .await
-        .expect("works");
+    call(
+        t.dial(&old_ca, None)
+            .await
+            .expect("old config still in force"),
+    )
+    .await
+    .expect("works");
 
     server_files(t.dir.path(), &new_ca, false);
     t.server.reload_tls().expect("reload");
@@ -209,7 +214,14 @@ async fn phantomctl_speaks_tls_and_mtls() {
     let ctl = |extra: &[&Path]| {
         // tokio's Command: the server under test runs on this test's runtime.
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_phantomctl"));
-        cmd.args(["--server", &t.addr(), "--token", ADMIN, "--tls-domain", "localhost"]);
+        cmd.args([
+            "--server",
+            &t.addr(),
+            "--token",
+            ADMIN,
+            "--tls-domain",
+            "localhost",
+        ]);
         cmd.arg("--ca").arg(&ca);
         if let [c, k] = extra {
             cmd.arg("--cert").arg(c).arg("--key").arg(k);

@@ -28,7 +28,43 @@ impl Actor for MessagingActor {
     type Context = Context<Self>;
 }
 
-type Reply<T> = ResponseFuture<CoreResult<T>>;
+/// A store round-trip that is dropped, not finished, when the caller stops waiting (its
+/// deadline passed, it went away): the store then skips the write if it had not started it.
+/// Safe here because this actor keeps no state that must follow the store.
+pub struct Reply<T>(std::pin::Pin<Box<dyn std::future::Future<Output = CoreResult<T>>>>);
+
+impl<T: 'static> Reply<T> {
+    fn new(fut: impl std::future::Future<Output = CoreResult<T>> + 'static) -> Self {
+        Reply(Box::pin(fut))
+    }
+}
+
+impl<M, T> actix::dev::MessageResponse<MessagingActor, M> for Reply<T>
+where
+    M: actix::Message<Result = CoreResult<T>>,
+    T: 'static,
+{
+    fn handle(
+        self,
+        _: &mut Context<MessagingActor>,
+        tx: Option<actix::dev::OneshotSender<M::Result>>,
+    ) {
+        actix::spawn(async move {
+            match tx {
+                Some(mut tx) => tokio::select! {
+                    result = self.0 => {
+                        let _ = tx.send(result);
+                    }
+                    _ = tx.closed() => {}
+                },
+                // `do_send`: nobody waits, so nobody can stop waiting.
+                None => {
+                    let _ = self.0.await;
+                }
+            }
+        });
+    }
+}
 
 /// A validated SendMessage.
 #[derive(Message)]
@@ -52,7 +88,7 @@ impl Handler<SendMessage> for MessagingActor {
     type Result = Reply<SentMessage>;
     fn handle(&mut self, msg: SendMessage, _: &mut Context<Self>) -> Self::Result {
         if msg.sender == msg.recipient {
-            return Box::pin(async {
+            return Reply::new(async {
                 Err(CoreError::invalid(
                     "recipient_id",
                     "you cannot send a message to yourself",
@@ -70,7 +106,7 @@ impl Handler<SendMessage> for MessagingActor {
             sent_at: Some(to_timestamp(now_micros())),
             state: MessageState::Sent as i32,
         };
-        Box::pin(self.store.send_message(message))
+        Reply::new(self.store.send_message(message))
     }
 }
 
@@ -89,7 +125,7 @@ pub struct ListMessages {
 impl Handler<ListMessages> for MessagingActor {
     type Result = Reply<Page<pb::Message>>;
     fn handle(&mut self, msg: ListMessages, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.store.list_messages(msg.me, msg.peer, msg.page))
+        Reply::new(self.store.list_messages(msg.me, msg.peer, msg.page))
     }
 }
 
@@ -108,7 +144,7 @@ pub struct MarkRead {
 impl Handler<MarkRead> for MessagingActor {
     type Result = Reply<Vec<String>>;
     fn handle(&mut self, msg: MarkRead, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.store.mark_read(msg.reader, msg.sender, msg.up_to))
+        Reply::new(self.store.mark_read(msg.reader, msg.sender, msg.up_to))
     }
 }
 
@@ -125,6 +161,6 @@ pub struct Delivered {
 impl Handler<Delivered> for MessagingActor {
     type Result = Reply<Vec<String>>;
     fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.store.mark_delivered(msg.recipient, msg.ids))
+        Reply::new(self.store.mark_delivered(msg.recipient, msg.ids))
     }
 }

@@ -18,8 +18,9 @@ use super::status::too_large;
 use crate::metrics::CallMetrics;
 
 /// tonic's own `grpc-timeout` handling sits outside this layer and answers CANCELLED; ending
-/// the call this much earlier means the client gets the right code, DEADLINE_EXCEEDED.
-const AHEAD_OF_TONIC: Duration = Duration::from_millis(2);
+/// the call a little earlier (a twentieth of the deadline, at most this much) means the client
+/// gets the right code, DEADLINE_EXCEEDED, and has it before its own timer fires.
+const AHEAD_OF_CLIENT: Duration = Duration::from_millis(20);
 
 /// Builds [`CallService`]s.
 #[derive(Clone)]
@@ -125,7 +126,7 @@ where
         };
         let deadline = match grpc_timeout(req.headers()) {
             Some(client) => client
-                .saturating_sub(AHEAD_OF_TONIC)
+                .saturating_sub((client / 20).clamp(Duration::from_millis(1), AHEAD_OF_CLIENT))
                 .min(self.layer.default_deadline),
             None => self.layer.default_deadline,
         };

@@ -97,6 +97,11 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sink: &EventSink, retent
     let outcome = (|| -> CoreResult<()> {
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch {
+            // The caller is gone (its deadline passed, it was cancelled): it was told the call
+            // failed, so the write is not made.
+            if job.reply.is_closed() {
+                continue;
+            }
             let mut job_events = Vec::new();
             let sp = tx.savepoint()?;
             let result = apply(

@@ -270,6 +270,23 @@ impl Events {
     }
 }
 
+/// Opens a Connect stream: the command sender and the frames coming back.
+pub async fn open_connect(
+    user: &mut User,
+    capacity: usize,
+) -> (
+    tokio::sync::mpsc::Sender<pb::ClientFrame>,
+    tonic::Streaming<pb::ServerFrame>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let frames = user
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("connect")
+        .into_inner();
+    (tx, frames)
+}
+
 /// Asserts a call failed with `code` and a message naming `field`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, field: &str) -> Status {
