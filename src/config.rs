@@ -238,7 +238,29 @@ impl Config {
 
     /// Parses config text, refusing unknown keys and wrong types.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        // One line naming the key and what it expects: "limits.send_burst: invalid type:
+        // string \"lots\", expected u32 (line 2)".
+        let at = |span: Option<std::ops::Range<usize>>| {
+            span.map(|r| {
+                let before = &text.as_bytes()[..r.start.min(text.len())];
+                format!(
+                    " (line {})",
+                    before.iter().filter(|&&b| b == b'\n').count() + 1
+                )
+            })
+            .unwrap_or_default()
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| format!("{}{}", e.message(), at(e.span())))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let what = inner.message().trim().replace('\n', " ");
+            match path.as_str() {
+                "" | "." => format!("{what}{}", at(inner.span())),
+                _ => format!("{path}: {what}{}", at(inner.span())),
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

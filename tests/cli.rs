@@ -178,3 +178,41 @@ async fn config_errors_name_the_file_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn check_config_refuses_unsafe_exposures_and_wrong_types_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, words) in [
+        (
+            "[server]\nlisten = \"0.0.0.0:50051\"\n",
+            &["allow_insecure", "[tls]"][..],
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:50051\"\nallow_insecure = true\n[auth]\nmode = \"none\"\n",
+            &["mode", "none"][..],
+        ),
+        (
+            "[limits]\nsend_burst = \"lots\"\n",
+            &["limits.send_burst", "expected u32", "line 2"][..],
+        ),
+        (
+            "[server]\nsocket_mode = 0o7777\n",
+            &["server.socket_mode"][..],
+        ),
+    ] {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
+            .args(["--check-config", "--config"])
+            .arg(&file)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("c.toml"), "names the file: {err}");
+        for w in words {
+            assert!(err.contains(w), "{err:?} should mention {w:?}");
+        }
+    }
+}

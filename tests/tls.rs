@@ -239,3 +239,95 @@ async fn phantomctl_speaks_tls_and_mtls() {
     let no_cert = ctl(&[]).await.expect("phantomctl runs");
     assert!(!no_cert.status.success(), "no client certificate: refused");
 }
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_reloads_certificates_on_sighup() {
+    use std::io::{BufRead, BufReader};
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = server_files(dir.path(), &old_ca, false);
+    let config = write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n\
+             [auth]\nadmin_token = \"{ADMIN}\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            dir.path().join("data"),
+            cert,
+            key
+        ),
+    );
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PHANTOM_ADMIN_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn server"),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("first line");
+    let addr = line
+        .trim()
+        .strip_prefix("phantom-grpc-api listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let dial = |ca: &Ca| {
+        let d = tempfile::tempdir().expect("temp dir");
+        let files = TlsFiles {
+            ca: Some(write(d.path(), "ca.pem", &ca.pem)),
+            domain: Some("localhost".into()),
+            ..Default::default()
+        };
+        let addr = addr.clone();
+        async move {
+            let channel = connect_tls(&addr, &files).await;
+            drop(d);
+            channel
+        }
+    };
+    let open = dial(&old_ca).await.expect("connects");
+    call(open.clone()).await.expect("works");
+
+    server_files(dir.path(), &new_ca, false);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    // The server logs the reload: that is the event to wait for.
+    let stderr = child.0.stderr.take().expect("stderr");
+    let reloaded = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("TLS certificates reloaded"))
+    });
+    assert!(
+        tokio::time::timeout(WAIT, reloaded)
+            .await
+            .expect("reload logged in time")
+            .expect("reader"),
+        "the server logged the reload"
+    );
+    call(dial(&new_ca).await.expect("new certificate"))
+        .await
+        .expect("works");
+    call(open)
+        .await
+        .expect("the connection from before SIGHUP still works");
+}
