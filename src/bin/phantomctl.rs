@@ -175,7 +175,14 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Status(s)) => {
-            eprintln!("error: {:?}: {}", s.code(), s.message());
+            // A transport failure (TLS refused, connection reset) says why in its sources.
+            let mut line = format!("error: {:?}: {}", s.code(), s.message());
+            let mut cause = std::error::Error::source(&s);
+            while let Some(c) = cause {
+                line += &format!(": {c}");
+                cause = c.source();
+            }
+            eprintln!("{line}");
             ExitCode::from(1)
         }
         Err(Failure::Local(m)) => {
