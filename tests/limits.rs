@@ -304,3 +304,47 @@ async fn the_default_unary_deadline_applies_without_a_client_deadline() {
     assert!(s.message().contains("200 ms"), "{}", s.message());
     db.execute_batch("ROLLBACK").expect("unlock");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_keepalive_pings_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestServer::start_with(|c| {
+        c.limits.keepalive_interval_secs = 1;
+        c.limits.keepalive_timeout_secs = 1;
+    })
+    .await;
+    let addr = t.server.as_ref().expect("running").local_addr.to_string();
+    // A bare HTTP/2 peer: preface and SETTINGS, acknowledges the server's SETTINGS, then
+    // never answers anything again (as a peer whose network vanished).
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut saw_ping = false;
+    let mut acked = false;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            if tcp.read_exact(&mut head).await.is_err() {
+                return; // the server closed the connection
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if tcp.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match head[3] {
+                // SETTINGS from the server (not an ACK): acknowledge once.
+                4 if head[4] & 1 == 0 && !acked => {
+                    acked = true;
+                    let _ = tcp.write_all(b"\0\0\0\x04\x01\0\0\0\0").await;
+                }
+                6 => saw_ping = true, // PING: deliberately unanswered
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a silent peer");
+    assert!(saw_ping, "the server pinged before dropping the peer");
+}
