@@ -23,6 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto/phantom/v1/phantom.proto")],
             &[PathBuf::from("proto"), wkt_include],
         )?;
+    // The benchmark's ceiling service; not part of the API (nor of its descriptor set).
+    tonic_prost_build::configure().compile_protos(
+        &[PathBuf::from("proto/phantom/bench/v1/echo.proto")],
+        &[PathBuf::from("proto")],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,0 +1,39 @@
+//! The ceiling: a bare tonic echo service (no actors, no storage), served by this same binary
+//! in a child process so that it costs what the real server costs in processes and sockets.
+
+use tonic::{Request, Response, Status};
+
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("phantom.bench.v1");
+}
+
+use pb::echo_server::{Echo, EchoServer};
+
+struct Service;
+
+#[tonic::async_trait]
+impl Echo for Service {
+    async fn unary(
+        &self,
+        req: Request<pb::EchoMessage>,
+    ) -> Result<Response<pb::EchoMessage>, Status> {
+        Ok(Response::new(req.into_inner()))
+    }
+}
+
+/// Serves echo on `listen` until killed; prints the bound address first.
+pub async fn serve(listen: &str) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot bind {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("echo listening on {addr}");
+    tonic::transport::Server::builder()
+        .add_service(EchoServer::new(Service))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,220 @@
+//! `phantom-bench`: load scenarios against a Phantom server it starts itself (the release binary
+//! beside it, on a temp data dir) or against `--target ADDR`, each also run as a ratio to a bare
+//! tonic echo service (the ceiling of this machine). See BENCHMARKS.md.
+
+mod echo;
+mod load;
+mod procs;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use scenarios::{Knobs, Row, Target};
+
+const ALL: [&str; 6] = [
+    "unary-read",
+    "unary-send",
+    "e2e",
+    "fanout",
+    "streams",
+    "replay",
+];
+
+/// Load scenarios for Phantom, each compared with a bare tonic echo service.
+#[derive(Parser, Debug)]
+#[command(name = "phantom-bench", version, about)]
+struct Args {
+    /// Scenarios, comma-separated: unary-read, unary-send, e2e, fanout, streams, replay, all.
+    #[arg(long, default_value = "all")]
+    scenarios: String,
+    /// A running server instead of one started here (give its admin token too).
+    #[arg(long)]
+    target: Option<String>,
+    /// Admin token of --target.
+    #[arg(long, env = "PHANTOM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Process id of --target, for memory figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server binary to start (default: phantom-grpc-api beside this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// HTTP/2 connections for unary load.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent calls in flight, across all connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Warm-up seconds before each measured window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured seconds per load scenario.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Streams for fanout and streams.
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// Events in the replay log.
+    #[arg(long, default_value_t = 100_000)]
+    replay_events: usize,
+    /// e2e send rate per second (default: half the measured unary-send rate).
+    #[arg(long, default_value_t = 0.0)]
+    e2e_rate: f64,
+    /// A few seconds per scenario with small sizes: proves the tool works, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Internal: serve the echo ceiling on this address.
+    #[arg(long, hide = true)]
+    serve_echo: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("phantom-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if let Some(listen) = &args.serve_echo {
+            return echo::serve(listen).await;
+        }
+        run(args).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phantom-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut args: Args) -> Result<(), String> {
+    if args.smoke {
+        args.warmup = args.warmup.min(0.5);
+        args.duration = args.duration.min(1.5);
+        args.streams = args.streams.min(200);
+        args.replay_events = args.replay_events.min(2_000);
+    }
+    let wanted: Vec<&str> = if args.scenarios == "all" {
+        ALL.to_vec()
+    } else {
+        args.scenarios.split(',').map(str::trim).collect()
+    };
+    if let Some(bad) = wanted.iter().find(|s| !ALL.contains(s)) {
+        return Err(format!(
+            "unknown scenario {bad:?}; known: {}",
+            ALL.join(", ")
+        ));
+    }
+    let k = Knobs {
+        connections: args.connections,
+        concurrency: args.concurrency,
+        warmup: Duration::from_secs_f64(args.warmup),
+        window: Duration::from_secs_f64(args.duration),
+        streams: args.streams,
+        replay_events: args.replay_events,
+        e2e_rate: args.e2e_rate,
+    };
+
+    let echo_proc = procs::echo()?;
+    let mut rows = vec![scenarios::echo(&echo_proc.addr, &k).await?];
+    drop(echo_proc);
+    let ceiling = rows[0].per_sec.unwrap_or(0.0);
+    let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
+
+    // The server under test: started here, unless --target.
+    let started;
+    let target = match &args.target {
+        Some(addr) => {
+            let token = args
+                .admin_token
+                .clone()
+                .ok_or("--target needs --admin-token")?;
+            Target::connect(addr, &token, args.server_pid, k.connections).await?
+        }
+        None => {
+            started = procs::phantom(&procs::server_binary(args.server_bin.clone())?)?;
+            Target::connect(
+                &started.addr,
+                procs::ADMIN,
+                Some(started.pid()),
+                k.connections,
+            )
+            .await?
+        }
+    };
+
+    let mut send_rate = None;
+    for name in &wanted {
+        eprintln!("phantom-bench: running {name} ...");
+        let mut row = match *name {
+            "unary-read" => scenarios::unary_read(&target, &k).await?,
+            "unary-send" => {
+                let r = scenarios::unary_send(&target, &k).await?;
+                send_rate = r.per_sec;
+                r
+            }
+            "e2e" => {
+                let rate = if k.e2e_rate > 0.0 {
+                    k.e2e_rate
+                } else {
+                    send_rate.map(|r| r / 2.0).unwrap_or(500.0)
+                };
+                scenarios::e2e(&target, &k, rate).await?
+            }
+            "fanout" => scenarios::fanout(&target, &k).await?,
+            "streams" => scenarios::streams(&target, &k).await?,
+            "replay" => scenarios::replay(&target, &k).await?,
+            _ => unreachable!("checked above"),
+        };
+        row.ratio = match *name {
+            "unary-read" | "unary-send" | "replay" => row.per_sec.map(|r| r / ceiling),
+            "e2e" | "fanout" => row.p99_ms.map(|p| p / ceiling_p99),
+            _ => None,
+        };
+        rows.push(row);
+    }
+    report(&rows, args.json)
+}
+
+fn report(rows: &[Row], json: bool) -> Result<(), String> {
+    if json {
+        let out = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
+        println!("{out}");
+        return Ok(());
+    }
+    let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<16} {:>12} {:>9} {:>9} {:>9} {:>8}  note",
+        "scenario", "per sec", "p50 ms", "p99 ms", "max ms", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:>12} {:>9} {:>9} {:>9} {:>8}  {}",
+            r.scenario,
+            f(r.per_sec, 0),
+            f(r.p50_ms, 3),
+            f(r.p99_ms, 3),
+            f(r.max_ms, 1),
+            f(r.ratio, 3),
+            r.note
+        );
+    }
+    println!(
+        "ratio: throughput / echo throughput (unary-read, unary-send, replay); p99 / echo p99 (e2e, fanout)"
+    );
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The processes under test: the Phantom server (the release binary next to this one, on a temp
+//! data dir) and the echo ceiling (this binary, `--serve-echo`). Both are killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The admin token of a server this tool starts.
+pub const ADMIN: &str = "phantom-bench-admin-token";
+
+/// A child process serving on `addr`.
+pub struct Served {
+    child: Child,
+    /// Where it listens.
+    pub addr: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Served {
+    /// Its process id, for memory figures.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and reads its first stdout line, `<prefix><addr>`.
+fn start(mut cmd: Command, prefix: &str, dir: Option<tempfile::TempDir>) -> Result<Served, String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("unexpected first line from {cmd:?}: {line:?}"))?
+        .to_string();
+    Ok(Served {
+        child,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// The server binary beside this one (same build profile), unless given.
+pub fn server_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = me.with_file_name("phantom-grpc-api");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found: build it (cargo build --release) or pass --server-bin",
+            p.display()
+        ))
+    }
+}
+
+/// Starts the Phantom server on a temp data dir, with limits that do not throttle a load test.
+pub fn phantom(binary: &Path) -> Result<Served, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\ndata_dir = {:?}\n\
+             [auth]\nadmin_token = \"{ADMIN}\"\n\
+             [limits]\nsend_rate_per_sec = 1000000000\nsend_burst = 1000000000\n\
+             max_event_streams_per_account = 1000000\nmax_streams_per_connection = 100000\n\
+             [events]\nretention_per_account = 1000000\n\
+             [log]\nlevel = \"warn\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config")
+        .arg(&config)
+        .env_remove("PHANTOM_ADMIN_TOKEN");
+    start(cmd, "phantom-grpc-api listening on ", Some(dir))
+}
+
+/// Starts the echo ceiling (this binary).
+pub fn echo() -> Result<Served, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(me);
+    cmd.args(["--serve-echo", "127.0.0.1:0"]);
+    start(cmd, "echo listening on ", None)
+}
+
+/// Resident memory of a process, bytes (Linux `/proc`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

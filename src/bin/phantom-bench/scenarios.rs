@@ -1,0 +1,634 @@
+//! The scenarios: set-up through the public API, then measured load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use phantom::pb::{
+    self, event::Kind, phantom_admin_client::PhantomAdminClient,
+    phantom_controller_client::PhantomControllerClient,
+};
+use tokio::sync::Notify;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
+use tonic::transport::Channel;
+
+use crate::echo::pb::{EchoMessage, echo_client::EchoClient};
+use crate::load::{self, Measured, Op};
+use crate::procs;
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct Auth(MetadataValue<Ascii>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+fn auth(token: &str) -> Result<Auth, String> {
+    format!("Bearer {token}")
+        .parse()
+        .map(Auth)
+        .map_err(|_| "token is not ASCII".to_string())
+}
+
+type User = PhantomControllerClient<InterceptedService<Channel, Auth>>;
+type Admin = PhantomAdminClient<InterceptedService<Channel, Auth>>;
+
+/// Settings shared by every scenario.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// HTTP/2 connections for the load.
+    pub connections: usize,
+    /// Concurrent calls (workers) in all.
+    pub concurrency: usize,
+    /// Warm-up before measuring.
+    pub warmup: Duration,
+    /// Measured window.
+    pub window: Duration,
+    /// Streams for `fanout` and `streams`.
+    pub streams: usize,
+    /// Log size for `replay`.
+    pub replay_events: usize,
+    /// Send rate for `e2e`; 0 means half of the measured `unary-send` rate.
+    pub e2e_rate: f64,
+}
+
+/// A server to drive.
+pub struct Target {
+    /// Its address.
+    pub addr: String,
+    /// Its admin token.
+    pub admin_token: String,
+    /// Its process, for memory figures.
+    pub pid: Option<u32>,
+    /// Load connections.
+    pub conns: Vec<Channel>,
+}
+
+impl Target {
+    /// Opens `n` connections to `addr`.
+    pub async fn connect(
+        addr: &str,
+        admin_token: &str,
+        pid: Option<u32>,
+        n: usize,
+    ) -> Result<Target, String> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            conns.push(phantom::client::connect(addr).await?);
+        }
+        Ok(Target {
+            addr: addr.to_string(),
+            admin_token: admin_token.to_string(),
+            pid,
+            conns,
+        })
+    }
+
+    fn conn(&self, i: usize) -> Channel {
+        self.conns[i % self.conns.len()].clone()
+    }
+
+    fn admin(&self) -> Result<Admin, String> {
+        Ok(PhantomAdminClient::with_interceptor(
+            self.conn(0),
+            auth(&self.admin_token)?,
+        ))
+    }
+
+    fn user(&self, token: &str, i: usize) -> Result<User, String> {
+        Ok(PhantomControllerClient::with_interceptor(
+            self.conn(i),
+            auth(token)?,
+        ))
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// Operations (or events) per second, where that is the figure.
+    pub per_sec: Option<f64>,
+    /// Median latency, ms.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency, ms.
+    pub p99_ms: Option<f64>,
+    /// Largest latency, ms.
+    pub max_ms: Option<f64>,
+    /// Anything else worth printing.
+    pub note: String,
+    /// The figure relative to the echo ceiling (throughput ratio, or p99 ratio for latency).
+    pub ratio: Option<f64>,
+}
+
+impl Row {
+    fn from_load(name: &str, m: &Measured, note: String) -> Row {
+        let ms = |q: f64| m.micros.value_at_quantile(q) as f64 / 1000.0;
+        let mut note = note;
+        if m.errors > 0 {
+            note += &format!(
+                " errors={} first: {}",
+                m.errors,
+                m.first_error.clone().unwrap_or_default()
+            );
+        }
+        Row {
+            scenario: name.into(),
+            per_sec: Some(m.rate()),
+            p50_ms: Some(ms(0.5)),
+            p99_ms: Some(ms(0.99)),
+            max_ms: Some(m.micros.max() as f64 / 1000.0),
+            note: note.trim().to_string(),
+            ratio: None,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Unique names per run, so scenarios can share one server.
+fn run_tag() -> String {
+    format!(
+        "{:x}",
+        std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
+    )
+}
+
+/// An account made through the admin API.
+#[derive(Clone)]
+struct Acct {
+    id: String,
+    handle: String,
+    token: String,
+}
+
+/// Creates `n` accounts, `concurrency` at a time.
+async fn accounts(t: &Target, prefix: &str, n: usize) -> Result<Vec<Acct>, String> {
+    let admin = t.admin()?;
+    let tag = run_tag();
+    let made = futures::stream::iter(0..n)
+        .map(|i| {
+            let mut admin = admin.clone();
+            let handle = format!("{prefix}{tag}x{i}");
+            async move {
+                let r = admin
+                    .create_account(pb::CreateAccountRequest {
+                        handle: handle.clone(),
+                        display_name: String::new(),
+                    })
+                    .await
+                    .map_err(|e| format!("create account: {e}"))?
+                    .into_inner();
+                let a = r.account.ok_or("no account in reply")?;
+                Ok::<_, String>(Acct {
+                    id: a.account_id,
+                    handle: a.handle,
+                    token: r.token,
+                })
+            }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+    made.into_iter().collect()
+}
+
+/// `who` adds each of `handles` as a contact.
+async fn befriend(t: &Target, who: &Acct, handles: &[String]) -> Result<(), String> {
+    let user = t.user(&who.token, 0)?;
+    let done = futures::stream::iter(handles.iter().cloned())
+        .map(|h| {
+            let mut user = user.clone();
+            async move {
+                user.add_contact(pb::AddContactRequest {
+                    handle: h,
+                    display_name: String::new(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("add contact: {e}"))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    done.into_iter().collect()
+}
+
+/// The ceiling: the same client against the bare echo service.
+pub async fn echo(addr: &str, k: &Knobs) -> Result<Row, String> {
+    let mut conns = Vec::new();
+    for _ in 0..k.connections.max(1) {
+        conns.push(phantom::client::connect(addr).await?);
+    }
+    let clients: Vec<_> = conns.into_iter().map(EchoClient::new).collect();
+    let body = bytes::Bytes::from(vec![7u8; 64]);
+    let op: Op = Arc::new(move |w| {
+        let mut c = clients[w % clients.len()].clone();
+        let body = body.clone();
+        Box::pin(async move {
+            c.unary(EchoMessage {
+                body: body.to_vec(),
+            })
+            .await
+            .map(|_| ())
+        })
+    });
+    let m = load::run(k.concurrency, k.warmup, k.window, op).await;
+    Ok(Row::from_load("echo (ceiling)", &m, String::new()))
+}
+
+/// GetContacts of an account with 20 contacts.
+pub async fn unary_read(t: &Target, k: &Knobs) -> Result<Row, String> {
+    let people = accounts(t, "rd", 21).await?;
+    let (reader, others) = people.split_first().ok_or("no accounts")?;
+    befriend(
+        t,
+        reader,
+        &others.iter().map(|a| a.handle.clone()).collect::<Vec<_>>(),
+    )
+    .await?;
+    let users: Vec<User> = (0..t.conns.len())
+        .map(|i| t.user(&reader.token, i))
+        .collect::<Result<_, _>>()?;
+    let op: Op = Arc::new(move |w| {
+        let mut u = users[w % users.len()].clone();
+        Box::pin(async move {
+            let r = u
+                .get_contacts(pb::GetContactsRequest {
+                    page_size: 50,
+                    page_token: String::new(),
+                })
+                .await?;
+            debug_assert_eq!(r.get_ref().contacts.len(), 20);
+            Ok(())
+        })
+    });
+    let m = load::run(k.concurrency, k.warmup, k.window, op).await;
+    Ok(Row::from_load(
+        "unary-read",
+        &m,
+        "GetContacts, 20 contacts".into(),
+    ))
+}
+
+/// Account pairs for sending: (sender client per connection, recipient id).
+async fn pairs(t: &Target, n: usize) -> Result<Vec<(Acct, Acct)>, String> {
+    let people = accounts(t, "sd", n * 2).await?;
+    Ok(people
+        .chunks(2)
+        .filter_map(|p| match p {
+            [a, b] => Some((a.clone(), b.clone())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// SendMessage between many pairs; every reply is durable.
+pub async fn unary_send(t: &Target, k: &Knobs) -> Result<Row, String> {
+    let pairs = pairs(t, 64).await?;
+    let senders: Vec<(User, String)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| Ok((t.user(&a.token, i)?, b.id.clone())))
+        .collect::<Result<_, String>>()?;
+    let op: Op = Arc::new(move |w| {
+        let (mut u, to) = senders[w % senders.len()].clone();
+        Box::pin(async move {
+            u.send_message(pb::SendMessageRequest {
+                recipient_id: to,
+                text: "benchmark message, about the size of a chat line".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        })
+    });
+    let m = load::run(k.concurrency, k.warmup, k.window, op).await;
+    Ok(Row::from_load(
+        "unary-send",
+        &m,
+        "64 pairs, fsync'd group commit".into(),
+    ))
+}
+
+/// Send-to-receive latency at a fixed send rate.
+pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
+    let pairs = pairs(t, 32).await?;
+    let clock = Instant::now();
+    let latencies = Arc::new(std::sync::Mutex::new(load::histogram()));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for (i, (_, b)) in pairs.iter().enumerate() {
+        let mut u = t.user(&b.token, i)?;
+        let mut s = u
+            .subscribe_to_events(pb::EventsRequest { after_seq: None })
+            .await
+            .map_err(|e| format!("subscribe: {e}"))?
+            .into_inner();
+        // SubscriptionStarted first.
+        s.message().await.map_err(|e| e.to_string())?;
+        let (lat, got) = (latencies.clone(), received.clone());
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(ev)) = s.message().await {
+                if let Some(Kind::MessageReceived(m)) = ev.kind
+                    && let Some(sent) = m.message.and_then(|m| m.text.parse::<u64>().ok())
+                {
+                    let now = clock.elapsed().as_micros() as u64;
+                    if let Ok(mut h) = lat.lock() {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let senders: Vec<(User, String)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| Ok((t.user(&a.token, i)?, b.id.clone())))
+        .collect::<Result<_, String>>()?;
+    // Open loop: one send every 1/rate s whatever the replies do.
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + k.warmup + k.window;
+    let measure_from = Instant::now() + k.warmup;
+    let mut sent = 0u64;
+    let mut n = 0usize;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let (mut u, to) = senders[n % senders.len()].clone();
+        n += 1;
+        if Instant::now() >= measure_from {
+            sent += 1;
+        }
+        tokio::spawn(async move {
+            let text = clock.elapsed().as_micros().to_string();
+            let _ = u
+                .send_message(pb::SendMessageRequest {
+                    recipient_id: to,
+                    text,
+                    ..Default::default()
+                })
+                .await;
+        });
+        if Instant::now() < measure_from
+            && let Ok(mut h) = latencies.lock()
+        {
+            h.reset();
+        }
+    }
+    // Let the last ones arrive.
+    let settle = Instant::now();
+    while received.load(Ordering::Relaxed) < n as u64 && settle.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in readers {
+        r.abort();
+    }
+    let h = latencies
+        .lock()
+        .map(|h| h.clone())
+        .map_err(|_| "poisoned")?;
+    let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+    Ok(Row {
+        scenario: "e2e".into(),
+        per_sec: Some(sent as f64 / k.window.as_secs_f64()),
+        p50_ms: Some(q(0.5)),
+        p99_ms: Some(q(0.99)),
+        max_ms: Some(h.max() as f64 / 1000.0),
+        note: format!(
+            "SendMessage to MessageReceived at {rate:.0}/s, {} received",
+            h.len()
+        ),
+        ratio: None,
+    })
+}
+
+/// Opens `n` live streams of the given accounts (round-robin), over enough connections.
+/// Returns the streams once each has delivered `SubscriptionStarted`.
+async fn open_streams(
+    t: &Target,
+    accts: &[Acct],
+    n: usize,
+) -> Result<Vec<tonic::Streaming<pb::Event>>, String> {
+    // 200 streams per connection, well inside the server's per-connection limit.
+    let conns = n.div_ceil(200).max(1);
+    let mut channels = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        channels.push(phantom::client::connect(&t.addr).await?);
+    }
+    let opened = futures::stream::iter(0..n)
+        .map(|i| {
+            let channel = channels[i % conns].clone();
+            let token = accts[i % accts.len()].token.clone();
+            async move {
+                let mut u = PhantomControllerClient::with_interceptor(channel, auth(&token)?);
+                let mut s = u
+                    .subscribe_to_events(pb::EventsRequest { after_seq: None })
+                    .await
+                    .map_err(|e| format!("subscribe: {e}"))?
+                    .into_inner();
+                s.message().await.map_err(|e| format!("subscribe: {e}"))?;
+                Ok::<_, String>(s)
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+    opened.into_iter().collect()
+}
+
+/// Resident memory per idle stream at `k.streams` streams.
+pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
+    let owner = accounts(t, "st", 1).await?;
+    let before = t.pid.and_then(procs::rss_bytes);
+    let started = Instant::now();
+    let open = open_streams(t, &owner, k.streams).await?;
+    let took = started.elapsed();
+    let after = t.pid.and_then(procs::rss_bytes);
+    let per = match (before, after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / k.streams as f64),
+        _ => None,
+    };
+    drop(open);
+    Ok(Row {
+        scenario: "streams".into(),
+        per_sec: Some(k.streams as f64 / took.as_secs_f64()),
+        p50_ms: None,
+        p99_ms: None,
+        max_ms: None,
+        note: match (per, after) {
+            (Some(p), Some(a)) => format!(
+                "{} idle streams: {:.1} KiB RSS per stream (server RSS {:.0} MiB); per_sec = streams opened/s",
+                k.streams,
+                p / 1024.0,
+                a as f64 / 1048576.0
+            ),
+            _ => format!(
+                "{} idle streams; memory needs the server's pid (--server-pid)",
+                k.streams
+            ),
+        },
+        ratio: None,
+    })
+}
+
+/// One account's presence change reaching `k.streams` live streams of accounts that have it as
+/// a contact: time until every stream has it.
+pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
+    let hub = accounts(t, "hub", 1).await?.pop().ok_or("no hub")?;
+    // Followers: as many accounts as streams, up to 1,000 (several streams each beyond that).
+    let followers = accounts(t, "fo", k.streams.min(1000)).await?;
+    let hub_handle = [hub.handle.clone()];
+    let done = futures::stream::iter(followers.iter())
+        .map(|f| befriend(t, f, &hub_handle))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    done.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut open = open_streams(t, &followers, k.streams).await?;
+
+    let clock = Instant::now();
+    let t0 = Arc::new(AtomicU64::new(u64::MAX));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(Notify::new());
+    let lat = Arc::new(std::sync::Mutex::new(load::histogram()));
+    let n = open.len();
+    let hub_id = hub.id.clone();
+    for mut s in open.drain(..) {
+        let (t0, arrived, all, lat, hub_id) = (
+            t0.clone(),
+            arrived.clone(),
+            all.clone(),
+            lat.clone(),
+            hub_id.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok(Some(ev)) = s.message().await {
+                if let Some(Kind::ContactStatusChanged(c)) = ev.kind
+                    && c.contact_id == hub_id
+                    && c.status == pb::PresenceStatus::Away as i32
+                {
+                    let at = clock.elapsed().as_micros() as u64;
+                    if let Ok(mut h) = lat.lock() {
+                        let _ = h.record(at.saturating_sub(t0.load(Ordering::Relaxed)).max(1));
+                    }
+                    if arrived.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                        all.notify_one();
+                    }
+                }
+            }
+        });
+    }
+    // The hub comes online (one stream), then goes AWAY: that change is what is timed.
+    let mut hub_user = t.user(&hub.token, 0)?;
+    let mut hub_stream = hub_user
+        .subscribe_to_events(pb::EventsRequest { after_seq: None })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    hub_stream.message().await.map_err(|e| e.to_string())?;
+    t0.store(clock.elapsed().as_micros() as u64, Ordering::Relaxed);
+    hub_user
+        .set_status(pb::SetStatusRequest {
+            status: pb::PresenceStatus::Away as i32,
+            status_text: "fan-out".into(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let waited = tokio::time::timeout(Duration::from_secs(60), all.notified()).await;
+    let h = lat.lock().map(|h| h.clone()).map_err(|_| "poisoned")?;
+    let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+    Ok(Row {
+        scenario: "fanout".into(),
+        per_sec: None,
+        p50_ms: Some(q(0.5)),
+        p99_ms: Some(q(0.99)),
+        max_ms: Some(h.max() as f64 / 1000.0),
+        note: format!(
+            "presence change to {n} streams ({} accounts): max = time until all had it{}",
+            followers.len(),
+            if waited.is_err() {
+                format!("; only {} arrived", arrived.load(Ordering::Relaxed))
+            } else {
+                String::new()
+            }
+        ),
+        ratio: None,
+    })
+}
+
+/// Resume from `after_seq = 0` over a log of `k.replay_events` events.
+pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
+    let people = accounts(t, "rp", 17).await?;
+    let (target, senders) = people.split_first().ok_or("no accounts")?;
+    let users: Vec<User> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, s)| t.user(&s.token, i))
+        .collect::<Result<_, _>>()?;
+    let to = target.id.clone();
+    let filled = futures::stream::iter(0..k.replay_events)
+        .map(|i| {
+            let mut u = users[i % users.len()].clone();
+            let to = to.clone();
+            async move {
+                u.send_message(pb::SendMessageRequest {
+                    recipient_id: to,
+                    text: format!("log entry {i}"),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("fill log: {e}"))
+            }
+        })
+        .buffer_unordered(k.concurrency.max(16))
+        .collect::<Vec<_>>()
+        .await;
+    filled.into_iter().collect::<Result<Vec<_>, _>>()?;
+
+    let mut best: Option<(Duration, u64)> = None;
+    for _ in 0..3 {
+        let mut u = t.user(&target.token, 0)?;
+        let started = Instant::now();
+        let mut s = u
+            .subscribe_to_events(pb::EventsRequest { after_seq: Some(0) })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let mut last = 0u64;
+        while last < k.replay_events as u64 {
+            match s.message().await {
+                Ok(Some(ev)) if ev.seq > 0 => last = ev.seq,
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("replay stream ended early".into()),
+                Err(e) => return Err(format!("replay: {e}")),
+            }
+        }
+        let took = started.elapsed();
+        if best.is_none_or(|(b, _)| took < b) {
+            best = Some((took, last));
+        }
+    }
+    let (took, n) = best.ok_or("no replay")?;
+    Ok(Row {
+        scenario: "replay".into(),
+        per_sec: Some(n as f64 / took.as_secs_f64()),
+        p50_ms: None,
+        p99_ms: None,
+        max_ms: Some(ms(took)),
+        note: format!("{n} events from after_seq = 0 (best of 3); max = whole replay"),
+        ratio: None,
+    })
+}
