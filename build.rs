@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The `Connect` RPC would clash with the generated `connect` constructor; clients build
         // a `Channel` and call `new` instead.
         .build_transport(false)
+        // Small starting buffers: an idle event stream holds one for its whole life.
+        .codec_path("crate::grpc::codec::LeanCodec")
         .compile_protos(
             &[PathBuf::from("proto/phantom/v1/phantom.proto")],
             &[PathBuf::from("proto"), wkt_include],

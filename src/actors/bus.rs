@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::inbox::EphemeralInbox;
 use super::subscriber::{Behind, CloseReason, SubscriberActor};
+use crate::core::events::SharedEvent;
 use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CommittedEvent};
 use crate::pb;
@@ -19,7 +20,7 @@ use crate::pb;
 /// A stream's live feed as the bus sees it.
 struct Link {
     token_id: Option<Uuid>,
-    live: mpsc::Sender<pb::Event>,
+    live: mpsc::Sender<SharedEvent>,
     ephemeral: Arc<EphemeralInbox>,
     /// Set when the stream was told it missed live events; it clears it when it repairs, so
     /// at most one such message is ever queued per stream.
@@ -57,7 +58,7 @@ impl EventBusActor {
     }
 
     /// Hands a durable event to every stream of an account; never waits.
-    fn deliver(&mut self, account: AccountId, event: &pb::Event) {
+    fn deliver(&mut self, account: AccountId, event: &SharedEvent) {
         let Some(links) = self.streams.get_mut(&account) else {
             return;
         };
@@ -87,7 +88,7 @@ impl EventBusActor {
     }
 
     /// Puts an ephemeral event in every stream's conflating inbox of an account.
-    fn deliver_ephemeral(&self, account: AccountId, event: &pb::Event) {
+    fn deliver_ephemeral(&self, account: AccountId, event: &SharedEvent) {
         for link in self
             .streams
             .get(&account)
@@ -137,7 +138,7 @@ pub struct Register {
     /// The token that opened it, for revocation.
     pub token_id: Option<Uuid>,
     /// Where live durable events go.
-    pub live: mpsc::Sender<pb::Event>,
+    pub live: mpsc::Sender<SharedEvent>,
     /// Where presence and typing go.
     pub ephemeral: Arc<EphemeralInbox>,
     /// Shared flag: set by the bus when it told the stream it missed live events.
@@ -206,7 +207,7 @@ impl Handler<Publish> for EventBusActor {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         for c in msg.0 {
-            self.deliver(c.account_id, &c.event);
+            self.deliver(c.account_id, &SharedEvent::new(c.event));
         }
     }
 }
@@ -224,8 +225,9 @@ pub struct Ephemeral {
 impl Handler<Ephemeral> for EventBusActor {
     type Result = ();
     fn handle(&mut self, msg: Ephemeral, _: &mut Context<Self>) {
+        let event = SharedEvent::new(msg.event);
         for account in msg.to {
-            self.deliver_ephemeral(account, &msg.event);
+            self.deliver_ephemeral(account, &event);
         }
     }
 }

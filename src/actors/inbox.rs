@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+use crate::core::events::SharedEvent;
 use crate::pb::{self, event::Kind};
 
 /// What an ephemeral event conflates under.
@@ -16,7 +17,7 @@ type Key = (u8, String);
 #[derive(Default)]
 struct Slots {
     order: VecDeque<Key>,
-    latest: HashMap<Key, pb::Event>,
+    latest: HashMap<Key, SharedEvent>,
 }
 
 /// Conflating inbox shared by the bus and one stream.
@@ -38,7 +39,7 @@ fn key(ev: &pb::Event) -> Option<Key> {
 impl EphemeralInbox {
     /// Keeps `ev`, replacing an older event for the same contact and kind; returns true if it
     /// replaced one (the older one is conflated away). Events of other kinds are not taken.
-    pub fn put(&self, ev: pb::Event) -> bool {
+    pub fn put(&self, ev: SharedEvent) -> bool {
         let Some(k) = key(&ev) else {
             return false;
         };
@@ -57,7 +58,7 @@ impl EphemeralInbox {
     }
 
     /// The oldest waiting event.
-    pub fn take(&self) -> Option<pb::Event> {
+    pub fn take(&self) -> Option<SharedEvent> {
         let mut s = self.slots.lock().ok()?;
         let k = s.order.pop_front()?;
         s.latest.remove(&k)
@@ -73,7 +74,7 @@ impl EphemeralInbox {
 
     /// Puts back an event that could not be sent, ahead of the others, unless a newer one for
     /// the same key arrived meanwhile.
-    pub fn put_back(&self, ev: pb::Event) {
+    pub fn put_back(&self, ev: SharedEvent) {
         let Some(k) = key(&ev) else {
             return;
         };
@@ -90,11 +91,13 @@ impl EphemeralInbox {
 mod tests {
     use super::*;
 
-    fn typing(contact: &str, typing: bool) -> pb::Event {
-        crate::core::events::new_event(Kind::TypingChanged(pb::TypingChanged {
-            contact_id: contact.into(),
-            typing,
-        }))
+    fn typing(contact: &str, typing: bool) -> SharedEvent {
+        SharedEvent::new(crate::core::events::new_event(Kind::TypingChanged(
+            pb::TypingChanged {
+                contact_id: contact.into(),
+                typing,
+            },
+        )))
     }
 
     #[test]
@@ -105,7 +108,7 @@ mod tests {
         assert!(inbox.put(typing("a", false)));
         let first = inbox.take().unwrap();
         assert!(
-            matches!(first.kind, Some(Kind::TypingChanged(t)) if t.contact_id == "a" && !t.typing)
+            matches!(&first.kind, Some(Kind::TypingChanged(t)) if t.contact_id == "a" && !t.typing)
         );
         assert!(inbox.take().is_some());
         assert!(inbox.take().is_none());

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::bus::{Close, EventBusActor, Register, Unregister};
 use super::inbox::EphemeralInbox;
 use super::messaging::{Delivered, MessagingActor};
-use crate::core::events::new_event;
+use crate::core::events::{SharedEvent, new_event};
 use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CoreResult};
 use crate::pb::{self, event::Kind};
@@ -43,7 +43,7 @@ pub enum CloseReason {
 /// The receiving end of a subscription: events, and why it was ended if the server ended it.
 pub struct Subscription {
     /// Events in order: `SubscriptionStarted`, replay, then live.
-    pub events: mpsc::Receiver<pb::Event>,
+    pub events: mpsc::Receiver<SharedEvent>,
     /// Resolves when the server ends the stream.
     pub closed: oneshot::Receiver<CloseReason>,
 }
@@ -109,7 +109,7 @@ pub struct SubscriberActor {
     token_id: Option<Uuid>,
     after_seq: Option<u64>,
     env: Subscriptions,
-    output: mpsc::Sender<pb::Event>,
+    output: mpsc::Sender<SharedEvent>,
     close: Option<oneshot::Sender<CloseReason>>,
     id: Option<u64>,
     /// Highest durable seq handed to the output.
@@ -125,7 +125,7 @@ pub struct SubscriberActor {
     /// Held for as long as the actor lives (see `Subscriptions::tracker`).
     _alive: TaskTrackerToken,
     /// Live durable events, buffered here until the first replay is over.
-    live_rx: Option<mpsc::Receiver<pb::Event>>,
+    live_rx: Option<mpsc::Receiver<SharedEvent>>,
     /// Replay is over: ephemeral events may follow `SubscriptionStarted` and the replay.
     live: bool,
     /// MessageReceived ids handed out and not yet reported as delivered.
@@ -146,7 +146,7 @@ impl SubscriberActor {
     }
 
     /// Hands one live event to the output, by its class.
-    fn forward(&mut self, ev: pb::Event, ctx: &mut Context<Self>) {
+    fn forward(&mut self, ev: SharedEvent, ctx: &mut Context<Self>) {
         let durable = ev.seq != 0;
         if durable {
             if let Some(seen) = &mut self.repair {
@@ -410,7 +410,7 @@ struct Replay {
     store: Arc<dyn Store>,
     messaging: Addr<MessagingActor>,
     stats: Arc<DeliveryStats>,
-    output: mpsc::Sender<pb::Event>,
+    output: mpsc::Sender<SharedEvent>,
     account: AccountId,
     /// Shutdown waits for a replay's receipts too.
     _pending: TaskTrackerToken,
@@ -438,7 +438,7 @@ impl Replay {
             resumed,
             oldest_seq: bounds.oldest,
         }));
-        if self.output.send(started).await.is_err() {
+        if self.output.send(SharedEvent::new(started)).await.is_err() {
             return Ok(None);
         }
         match after_seq {
@@ -479,7 +479,7 @@ impl Replay {
             let mut gone = false;
             for ev in chunk {
                 let (seq, id) = (ev.seq, received_id(&ev));
-                if self.output.send(ev).await.is_err() {
+                if self.output.send(SharedEvent::new(ev)).await.is_err() {
                     gone = true;
                     break;
                 }
@@ -499,8 +499,8 @@ impl Replay {
     }
 }
 
-impl StreamHandler<pb::Event> for SubscriberActor {
-    fn handle(&mut self, ev: pb::Event, ctx: &mut Context<Self>) {
+impl StreamHandler<SharedEvent> for SubscriberActor {
+    fn handle(&mut self, ev: SharedEvent, ctx: &mut Context<Self>) {
         self.forward(ev, ctx);
     }
 

@@ -1,5 +1,9 @@
 //! Builders for events and the resource views they carry.
 
+/// An event on its way to streams: shared, so fan-out copies a pointer, not the event, and
+/// queues hold 8 bytes per slot.
+pub type SharedEvent = std::sync::Arc<crate::pb::Event>;
+
 use uuid::Uuid;
 
 use super::time::{Micros, now_micros, to_timestamp};

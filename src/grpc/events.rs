@@ -94,7 +94,8 @@ impl Stream for EventStream {
             Poll::Ready(Some(ev)) => {
                 this.started = true;
                 this.track(&ev);
-                Poll::Ready(Some(Ok(ev)))
+                // The one copy a stream makes, on the call's own task; usually the only owner by now.
+                Poll::Ready(Some(Ok(std::sync::Arc::unwrap_or_clone(ev))))
             }
             Poll::Ready(None) => {
                 this.done = true;

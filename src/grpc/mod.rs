@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod codec;
 pub mod connect;
 pub mod controller;
 pub mod events;

@@ -176,6 +176,13 @@ async fn run(mut args: Args) -> Result<(), String> {
                 scenarios::e2e(&target, &k, rate).await?
             }
             "fanout" => scenarios::fanout(&target, &k).await?,
+            // On a fresh server when this tool starts it: memory freed by earlier scenarios
+            // would otherwise be reused and hide the cost of new streams.
+            "streams" if args.target.is_none() => {
+                let fresh = procs::phantom(&procs::server_binary(args.server_bin.clone())?)?;
+                let t = Target::connect(&fresh.addr, procs::ADMIN, Some(fresh.pid()), 1).await?;
+                scenarios::streams(&t, &k).await?
+            }
             "streams" => scenarios::streams(&target, &k).await?,
             "replay" => scenarios::replay(&target, &k).await?,
             _ => unreachable!("checked above"),
