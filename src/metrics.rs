@@ -115,7 +115,9 @@ pub async fn serve(
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => tcp,
                     Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "metrics accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 },

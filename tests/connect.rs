@@ -266,8 +266,7 @@ async fn failed_commands_answer_in_band_and_the_stream_goes_on() {
 async fn typing_reaches_the_contact_as_an_ephemeral_event() {
     let t = TestServer::start().await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
-    let mut bob = Events::open(&mut t.user(&b), None).await;
-    bob.started().await;
+    let mut bob = Events::live(&mut t.user(&b)).await;
     let c = Conn::open(&mut t.user(&a)).await;
     c.send(
         "t1",

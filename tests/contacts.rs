@@ -190,19 +190,46 @@ async fn contact_errors_name_their_field() {
     assert_eq!(all.contacts.len(), 1);
 }
 
-#[tokio::test]
-async fn presence_follows_open_streams() {
+/// Alice has Bob as a contact and watches her feed; Bob has one stream open and she saw him
+/// come online.
+struct Presence {
+    t: TestServer,
+    b: Account,
+    alice: User,
+    watch: Events,
+    bob: User,
+    bob_stream: Events,
+}
+
+async fn bob_online_for_alice() -> Presence {
     let t = TestServer::start().await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     t.befriend(&a, &b).await;
     let mut alice = t.user(&a);
-    let mut watch = Events::open(&mut alice, None).await;
-    watch.started().await;
-
+    let mut watch = Events::live(&mut alice).await;
     let mut bob = t.user(&b);
-    let mut s1 = Events::open(&mut bob, None).await;
-    s1.started().await;
+    let bob_stream = Events::live(&mut bob).await;
     watch.status_of(&b.id, PresenceStatus::Online).await;
+    Presence {
+        t,
+        b,
+        alice,
+        watch,
+        bob,
+        bob_stream,
+    }
+}
+
+#[tokio::test]
+async fn presence_follows_open_streams() {
+    let Presence {
+        t: _server,
+        b,
+        mut alice,
+        mut watch,
+        mut bob,
+        bob_stream: s1,
+    } = bob_online_for_alice().await;
     let contacts = alice
         .get_contacts(pb::GetContactsRequest::default())
         .await
@@ -215,8 +242,7 @@ async fn presence_follows_open_streams() {
     );
 
     // A second stream of the same account is the same presence: closing one keeps it online.
-    let mut s2 = Events::open(&mut bob, None).await;
-    s2.started().await;
+    let s2 = Events::live(&mut bob).await;
     drop(s1);
     // Bob goes away by hand: the change comes through, proving he is still seen as online.
     bob.set_status(pb::SetStatusRequest {
@@ -258,8 +284,7 @@ async fn profile_and_status() {
         "no stream: offline"
     );
 
-    let mut s = Events::open(&mut u, None).await;
-    s.started().await;
+    let _s = Events::live(&mut u).await;
     u.set_status(pb::SetStatusRequest {
         status: PresenceStatus::Busy as i32,
         status_text: "in a meeting".into(),
@@ -307,16 +332,14 @@ async fn profile_and_status() {
 
 #[tokio::test]
 async fn invisible_shows_offline_to_contacts() {
-    let t = TestServer::start().await;
-    let (a, b) = (t.account("alice").await, t.account("bob").await);
-    t.befriend(&a, &b).await;
-    let mut alice = t.user(&a);
-    let mut watch = Events::open(&mut alice, None).await;
-    watch.started().await;
-    let mut bob = t.user(&b);
-    let mut s = Events::open(&mut bob, None).await;
-    s.started().await;
-    watch.status_of(&b.id, PresenceStatus::Online).await;
+    let Presence {
+        t: _server,
+        b,
+        mut alice,
+        mut watch,
+        mut bob,
+        bob_stream: _s,
+    } = bob_online_for_alice().await;
     bob.set_status(pb::SetStatusRequest {
         status: PresenceStatus::Offline as i32,
         status_text: String::new(),

@@ -306,8 +306,7 @@ async fn a_stalled_subscriber_is_cut_off_while_others_get_everything_then_resume
     let mut reading = Events::live(&mut t.user(&r)).await;
     let mut stalled = Events::open(&mut stalled_user(tight_channel(&t).await, &r), None).await;
     stalled.started().await;
-    let mut bystander = Events::open(&mut t.user(&other), None).await;
-    bystander.started().await;
+    let mut bystander = Events::live(&mut t.user(&other)).await;
 
     let mut tasks = Vec::new();
     for (i, s) in senders.iter().enumerate() {

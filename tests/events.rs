@@ -240,8 +240,7 @@ async fn shutdown_ends_streams_with_unavailable_and_refuses_new_calls() {
     let mut t = TestServer::start().await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     let mut alice = t.user(&a);
-    let mut s = Events::open(&mut alice, None).await;
-    s.started().await;
+    let mut s = Events::live(&mut alice).await;
     t.send(&b, &a, "before").await;
     assert_eq!(s.durable().await.seq, 1);
     let mut watch = HealthClient::new(t.channel.clone())
@@ -290,10 +289,8 @@ async fn revoking_a_token_ends_its_streams_only() {
         .await
         .unwrap()
         .into_inner();
-    let mut keep = Events::open(&mut t.user(&a), None).await;
-    keep.started().await;
-    let mut doomed = Events::open(&mut t.user_token(&second.token), None).await;
-    doomed.started().await;
+    let mut keep = Events::live(&mut t.user(&a)).await;
+    let mut doomed = Events::live(&mut t.user_token(&second.token)).await;
     t.admin()
         .revoke_token(pb::RevokeTokenRequest {
             token_id: second.token_id,

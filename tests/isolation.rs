@@ -143,12 +143,9 @@ async fn presence_reaches_only_those_who_have_the_account_as_a_contact() {
         t.account("mallory").await,
     );
     t.befriend(&a, &b).await;
-    let mut mal = Events::open(&mut t.user(&m), None).await;
-    mal.started().await;
-    let mut alice = Events::open(&mut t.user(&a), None).await;
-    alice.started().await;
-    let mut bob = Events::open(&mut t.user(&b), None).await;
-    bob.started().await;
+    let mut mal = Events::live(&mut t.user(&m)).await;
+    let mut alice = Events::live(&mut t.user(&a)).await;
+    let _bob = Events::live(&mut t.user(&b)).await;
     alice.status_of(&b.id, pb::PresenceStatus::Online).await;
     // Mallory (not bob's watcher) gets nothing; her next event is her own message.
     t.send(&a, &m, "ping").await;

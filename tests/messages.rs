@@ -290,8 +290,7 @@ async fn mark_read_moves_state_forward_and_tells_the_sender_once() {
     let t = TestServer::start().await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     let mut alice = t.user(&a);
-    let mut feed = Events::open(&mut alice, None).await;
-    feed.started().await;
+    let mut feed = Events::live(&mut alice).await;
     let m1 = t.send(&a, &b, "one").await;
     let m2 = t.send(&a, &b, "two").await;
     let m3 = t.send(&a, &b, "three").await;
