@@ -295,14 +295,7 @@ async fn mark_read_moves_state_forward_and_tells_the_sender_once() {
     let m2 = t.send(&a, &b, "two").await;
     let m3 = t.send(&a, &b, "three").await;
     let mut bob = t.user(&b);
-    let r = bob
-        .mark_read(pb::MarkReadRequest {
-            contact_id: a.id.clone(),
-            up_to_message_id: m2.message_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = mark_read(&mut bob, &a.id, &m2.message_id).await.unwrap();
     assert_eq!(r.updated, 2);
     // Alice's feed: three MessageSent, then one MessageStateChanged naming m1 and m2.
     for _ in 0..3 {
@@ -320,23 +313,9 @@ async fn mark_read_moves_state_forward_and_tells_the_sender_once() {
         other => panic!("expected MessageStateChanged, got {other:?}"),
     }
     // Again: nothing changes, no event.
-    let r = bob
-        .mark_read(pb::MarkReadRequest {
-            contact_id: a.id.clone(),
-            up_to_message_id: m1.message_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = mark_read(&mut bob, &a.id, &m1.message_id).await.unwrap();
     assert_eq!(r.updated, 0);
-    let r = bob
-        .mark_read(pb::MarkReadRequest {
-            contact_id: a.id.clone(),
-            up_to_message_id: m3.message_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = mark_read(&mut bob, &a.id, &m3.message_id).await.unwrap();
     assert_eq!(r.updated, 1);
     match kind(&feed.durable().await) {
         Kind::MessageStateChanged(s) => assert_eq!(s.message_ids, vec![m3.message_id.clone()]),

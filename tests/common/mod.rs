@@ -270,6 +270,20 @@ impl Events {
     }
 }
 
+/// MarkRead as `user`: `contact_id`'s messages up to `up_to`.
+pub async fn mark_read(
+    user: &mut User,
+    contact_id: &str,
+    up_to: &str,
+) -> Result<pb::MarkReadResponse, Status> {
+    user.mark_read(pb::MarkReadRequest {
+        contact_id: contact_id.into(),
+        up_to_message_id: up_to.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
 /// Opens a Connect stream: the command sender and the frames coming back.
 pub async fn open_connect(
     user: &mut User,
