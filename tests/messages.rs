@@ -393,3 +393,59 @@ async fn requests_over_the_decoding_limit_are_refused() {
     // The server is fine afterwards.
     t.send(&a, &b, "still working").await;
 }
+
+#[tokio::test]
+async fn a_failing_write_in_a_busy_batch_refuses_only_itself() {
+    let t = TestServer::start().await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    let nobody = uuid::Uuid::new_v4().to_string();
+    // Sent all at once so that the store commits them together: the good ones must not pay
+    // for the bad ones.
+    let calls = (0..60).map(|i| {
+        let mut u = t.user(&a);
+        let to = if i % 5 == 0 {
+            nobody.clone()
+        } else {
+            b.id.clone()
+        };
+        async move {
+            u.send_message(pb::SendMessageRequest {
+                recipient_id: to,
+                text: format!("m{i}"),
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut sent = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        if i % 5 == 0 {
+            assert_status(r, Code::NotFound, "recipient_id");
+        } else {
+            sent.push(
+                r.expect("a good send")
+                    .into_inner()
+                    .message
+                    .expect("message")
+                    .text,
+            );
+        }
+    }
+    assert_eq!(sent.len(), 48);
+    let history = t
+        .user(&a)
+        .list_messages(pb::ListMessagesRequest {
+            contact_id: b.id.clone(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .messages;
+    let mut stored: Vec<_> = history.into_iter().map(|m| m.text).collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored, sent, "every acknowledged send, and nothing else");
+}

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS messages (
     state             INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conv ON messages (conv, row);
-CREATE INDEX IF NOT EXISTS messages_pair ON messages (sender, recipient, row);
+-- MarkRead walks messages_conv; a second per-pair index cost every send a page write.
+DROP INDEX IF EXISTS messages_pair;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
     ON messages (sender, client_message_id) WHERE client_message_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
