@@ -1,6 +1,6 @@
 //! The single writer thread: every durable change runs here, batched into one transaction and
-//! one fsync (group commit). Each job gets its own savepoint so one failing job never spoils
-//! the others in its batch.
+//! one fsync (group commit). A batch first runs whole; if a job fails, it runs again with each
+//! job in its own savepoint, so one failing job never spoils the others in its batch.
 
 use crate::core::stats::StoreStats;
 use prost::Message as _;
