@@ -269,22 +269,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
         for (key, v) in [
-            ("limits.max_text_bytes", l.max_text_bytes),
-            ("limits.max_payload_bytes", l.max_payload_bytes),
-            ("limits.subscriber_buffer", l.subscriber_buffer),
-            ("limits.max_request_bytes", l.max_request_bytes),
-        ] {
-            if v == 0 {
-                return Err(format!("{key} must be greater than 0"));
-            }
-        }
-        if l.max_request_bytes < l.max_text_bytes + l.max_payload_bytes {
-            return Err(
-                "limits.max_request_bytes must be at least max_text_bytes + max_payload_bytes"
-                    .into(),
-            );
-        }
-        for (key, v) in [
+            ("limits.max_text_bytes", l.max_text_bytes as u64),
+            ("limits.max_payload_bytes", l.max_payload_bytes as u64),
+            ("limits.subscriber_buffer", l.subscriber_buffer as u64),
+            ("limits.max_request_bytes", l.max_request_bytes as u64),
             (
                 "limits.max_streams_per_connection",
                 l.max_streams_per_connection as u64,
@@ -302,6 +290,12 @@ impl Config {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
             }
+        }
+        if l.max_request_bytes < l.max_text_bytes + l.max_payload_bytes {
+            return Err(
+                "limits.max_request_bytes must be at least max_text_bytes + max_payload_bytes"
+                    .into(),
+            );
         }
         if self.server.socket_mode > 0o777 {
             return Err(format!(

@@ -6,6 +6,7 @@ pub mod config;
 pub mod core;
 pub mod grpc;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -110,17 +110,9 @@ pub async fn serve(
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         loop {
-            let tcp = tokio::select! {
+            let (tcp, _) = tokio::select! {
                 _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "metrics accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = crate::net::accept(&listener, "metrics") => accepted,
             };
             let metrics = metrics.clone();
             let stop = stop.clone();

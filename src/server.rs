@@ -441,13 +441,13 @@ type ServeFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
 >;
 
-/// Binds the listener and returns the future that serves it until `signal` completes.
 /// A bound listener.
 enum Bound {
     Tcp(tokio::net::TcpListener, SocketAddr),
     Unix(tokio::net::UnixListener, PathBuf),
 }
 
+/// Binds the listener (a Unix socket with `socket_mode`).
 async fn bind(listen: &Listen, socket_mode: u32) -> Result<Bound, String> {
     match listen {
         Listen::Tcp(addr) => {

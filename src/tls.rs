@@ -123,15 +123,7 @@ pub fn incoming(
             let (tcp, peer) = tokio::select! {
                 // The server stopped taking connections.
                 _ = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = crate::net::accept(&listener, "tls") => accepted,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();

@@ -152,26 +152,28 @@ async fn errors_print_the_code_and_exit_non_zero() {
     assert!(err.contains("not one of your contacts"), "{err}");
 }
 
+/// `phantom-grpc-api --check-config --config FILE`.
+async fn check_config(file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(file)
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn config_errors_name_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
-        .args(["--check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .await
-        .unwrap();
+    let out = check_config(&bad).await;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("lisen"), "{err}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
-        .args(["--check-config", "--config", "config.toml"])
-        .output()
-        .await
-        .unwrap();
+    let out = check_config("config.toml".as_ref()).await;
     assert!(
         out.status.success(),
         "{}",
@@ -202,12 +204,7 @@ async fn check_config_refuses_unsafe_exposures_and_wrong_types_in_one_line() {
     ] {
         let file = dir.path().join("c.toml");
         std::fs::write(&file, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
-            .args(["--check-config", "--config"])
-            .arg(&file)
-            .output()
-            .await
-            .unwrap();
+        let out = check_config(&file).await;
         assert_eq!(out.status.code(), Some(2), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("c.toml"), "names the file: {err}");

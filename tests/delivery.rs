@@ -10,18 +10,9 @@ use tonic::Code;
 
 /// The state of message `id` in `who`'s conversation with `with`.
 async fn state_of(t: &TestServer, who: &Account, with: &Account, id: &str) -> MessageState {
-    let page = t
-        .user(who)
-        .list_messages(pb::ListMessagesRequest {
-            contact_id: with.id.clone(),
-            page_size: 500,
-            page_token: String::new(),
-        })
+    let m = t
+        .conversation(who, with)
         .await
-        .expect("list messages")
-        .into_inner();
-    let m = page
-        .messages
         .into_iter()
         .find(|m| m.message_id == id)
         .expect("message in history");

@@ -270,17 +270,7 @@ async fn a_deadline_that_expires_mid_call_cancels_the_write() {
     db.execute_batch("ROLLBACK").expect("unlock");
     // The server goes on, and the cancelled message was never written.
     t.send(&a, &b, "on time").await;
-    let history = t
-        .user(&a)
-        .list_messages(pb::ListMessagesRequest {
-            contact_id: b.id.clone(),
-            page_size: 10,
-            page_token: String::new(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .messages;
+    let history = t.conversation(&a, &b).await;
     let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["on time"]);
 }

@@ -433,17 +433,7 @@ async fn a_failing_write_in_a_busy_batch_refuses_only_itself() {
         }
     }
     assert_eq!(sent.len(), 48);
-    let history = t
-        .user(&a)
-        .list_messages(pb::ListMessagesRequest {
-            contact_id: b.id.clone(),
-            page_size: 100,
-            page_token: String::new(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .messages;
+    let history = t.conversation(&a, &b).await;
     let mut stored: Vec<_> = history.into_iter().map(|m| m.text).collect();
     stored.sort();
     sent.sort();

@@ -212,12 +212,10 @@ impl World {
         }
         for (id, &(from, to)) in &self.acked {
             if !self.clients[from].delivered.contains(id) {
-                let history = conversation_messages(
-                    &self.t,
-                    &self.clients[from].account,
-                    &self.clients[to].account,
-                )
-                .await;
+                let history = self
+                    .t
+                    .conversation(&self.clients[from].account, &self.clients[to].account)
+                    .await;
                 let m = history.iter().find(|m| &m.message_id == id);
                 out += &format!("\n undelivered {id} {from}->{to}: {m:?}");
             }
@@ -326,7 +324,12 @@ async fn random_disconnects_resumes_and_a_restart_lose_and_repeat_nothing() {
         assert_eq!(started.head_seq, c.last_seq, "seed {seed}: account {i}");
         let mut history = HashSet::new();
         for j in (0..ACCOUNTS).filter(|&j| j != i) {
-            history.extend(conversation(&w.t, &c.account, &w.clients[j].account).await);
+            history.extend(
+                w.t.conversation(&c.account, &w.clients[j].account)
+                    .await
+                    .into_iter()
+                    .map(|m| m.message_id),
+            );
         }
         let mine: HashSet<String> = w
             .acked
@@ -335,37 +338,5 @@ async fn random_disconnects_resumes_and_a_restart_lose_and_repeat_nothing() {
             .map(|(id, _)| id.clone())
             .collect();
         assert_eq!(history, mine, "seed {seed}: account {i}'s history");
-    }
-}
-
-/// Every message id of `a`'s conversation with `b`, following pages.
-async fn conversation(t: &TestServer, a: &Account, b: &Account) -> Vec<String> {
-    conversation_messages(t, a, b)
-        .await
-        .into_iter()
-        .map(|m| m.message_id)
-        .collect()
-}
-
-/// Every message of `a`'s conversation with `b`, following pages.
-async fn conversation_messages(t: &TestServer, a: &Account, b: &Account) -> Vec<pb::Message> {
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = t
-            .user(a)
-            .list_messages(pb::ListMessagesRequest {
-                contact_id: b.id.clone(),
-                page_size: 100,
-                page_token,
-            })
-            .await
-            .expect("list messages")
-            .into_inner();
-        ids.extend(page.messages);
-        if page.next_page_token.is_empty() {
-            return ids;
-        }
-        page_token = page.next_page_token;
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;

@@ -145,41 +145,33 @@ impl SubscriberActor {
         ctx.stop();
     }
 
-    /// Hands one live event to the output, by its class.
+    /// Hands one live durable event to the output (presence and typing come through the
+    /// inbox instead).
     fn forward(&mut self, ev: SharedEvent, ctx: &mut Context<Self>) {
-        let durable = ev.seq != 0;
-        if durable {
-            if let Some(seen) = &mut self.repair {
-                // The repair reads it from the log.
-                *seen = (*seen).max(ev.seq);
-                return;
-            }
-            if ev.seq <= self.last_seq {
-                return; // already replayed
-            }
-            if ev.seq != self.last_seq + 1 {
-                // The bus could not hand us some events live: never hand out a gap, fetch it.
-                self.start_repair(ev.seq, ctx);
-                return;
-            }
+        if let Some(seen) = &mut self.repair {
+            // The repair reads it from the log.
+            *seen = (*seen).max(ev.seq);
+            return;
+        }
+        if ev.seq <= self.last_seq {
+            return; // already replayed
+        }
+        if ev.seq != self.last_seq + 1 {
+            // The bus could not hand us some events live: never hand out a gap, fetch it.
+            self.start_repair(ev.seq, ctx);
+            return;
         }
         let seq = ev.seq;
         let received = received_id(&ev);
         match self.output.try_send(ev) {
             Ok(()) => {
                 self.env.stats.delivered.inc();
-                if durable {
-                    self.last_seq = seq;
-                }
+                self.last_seq = seq;
                 if let Some(id) = received {
                     self.receipt(id, ctx);
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) if durable => {
-                self.end(CloseReason::Overflow, ctx)
-            }
-            // Only durable events come this way; ephemeral ones come through the inbox.
-            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.end(CloseReason::Overflow, ctx),
             Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
         }
     }
@@ -327,22 +319,32 @@ fn received_id(ev: &pb::Event) -> Option<String> {
     }
 }
 
-/// Sends delivery receipts to the messaging actor; waits for mailbox room, never drops them.
-/// Spawned on the arbiter rather than on the actor, so that the receipt is recorded even if
-/// this stream ends right now.
+/// Records `ids` as DELIVERED to `recipient`; waits for mailbox room, never drops them.
+async fn record_delivered(
+    messaging: &Addr<MessagingActor>,
+    recipient: AccountId,
+    ids: Vec<String>,
+) {
+    if ids.is_empty() {
+        return;
+    }
+    match messaging.send(Delivered { recipient, ids }).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
+        Err(e) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
+    }
+}
+
+/// `record_delivered`, spawned on the arbiter rather than on the actor, so that the receipt is
+/// recorded even if this stream ends right now (and shutdown waits for it).
 fn report_delivered(env: &Subscriptions, recipient: AccountId, ids: Vec<String>) {
     if ids.is_empty() {
         return;
     }
-    let sent = env.messaging.send(Delivered { recipient, ids });
-    let pending = env.tracker.token();
+    let (messaging, pending) = (env.messaging.clone(), env.tracker.token());
     actix::spawn(async move {
         let _pending = pending;
-        match sent.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
-            Err(e) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
-        }
+        record_delivered(&messaging, recipient, ids).await;
     });
 }
 
@@ -447,24 +449,6 @@ impl Replay {
         }
     }
 
-    /// Records messages this replay handed out as DELIVERED. Awaited: a replay never outruns
-    /// the receipts it owes.
-    async fn record_delivered(&self, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
-        }
-        let recorded = self
-            .messaging
-            .send(Delivered {
-                recipient: self.account,
-                ids,
-            })
-            .await;
-        if let Ok(Err(e)) = recorded {
-            tracing::warn!(account = %self.account, error = %e, "could not record delivery");
-        }
-    }
-
     /// Sends every logged event after `cursor`, reading past the head seen at the start so that
     /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
     /// seq sent, or `None` if the client went away.
@@ -488,7 +472,8 @@ impl Replay {
                 self.stats.delivered.inc();
             }
             // Owed even when the client just left: it may have read them before it went.
-            self.record_delivered(receipts).await;
+            // Awaited: a replay never outruns the receipts it owes.
+            record_delivered(&self.messaging, self.account, receipts).await;
             if gone {
                 return Ok(None);
             }

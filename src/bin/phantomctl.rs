@@ -1,10 +1,9 @@
 //! `phantomctl`: Phantom from the command line, for people and scripts.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
-
 use phantom::client::{TlsFiles, connect_tls, with_token};
 use phantom::pb::{
     self, event::Kind, phantom_admin_client::PhantomAdminClient,

@@ -1,14 +1,14 @@
 //! Builders for events and the resource views they carry.
 
-/// An event on its way to streams: shared, so fan-out copies a pointer, not the event, and
-/// queues hold 8 bytes per slot.
-pub type SharedEvent = std::sync::Arc<crate::pb::Event>;
-
 use uuid::Uuid;
 
 use super::time::{Micros, now_micros, to_timestamp};
 use super::{AccountRecord, ContactRecord, PresenceStatus};
 use crate::pb::{self, event::Kind};
+
+/// An event on its way to streams: shared, so fan-out copies a pointer, not the event, and
+/// queues hold 8 bytes per slot.
+pub type SharedEvent = std::sync::Arc<pb::Event>;
 
 /// A new event with a fresh id and the current time; `seq` is 0 until the store assigns one.
 pub fn new_event(kind: Kind) -> pb::Event {

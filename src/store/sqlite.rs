@@ -1,7 +1,6 @@
 //! The embedded engine: SQLite in WAL mode with `synchronous = FULL`, one writer thread
 //! (see `writer`) and a pool of read-only connections used from tokio's blocking pool.
 
-use crate::core::stats::StoreStats;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,6 +14,7 @@ use uuid::Uuid;
 
 use super::writer::{self, Job, WriteOp, WriteOutput};
 use super::{EventSink, LogBounds, SentMessage, Store, schema::SCHEMA};
+use crate::core::stats::StoreStats;
 use crate::core::time::to_timestamp;
 use crate::core::{
     AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,

@@ -2,7 +2,6 @@
 //! one fsync (group commit). A batch first runs whole; if a job fails, it runs again with each
 //! job in its own savepoint, so one failing job never spoils the others in its batch.
 
-use crate::core::stats::StoreStats;
 use prost::Message as _;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -11,6 +10,7 @@ use uuid::Uuid;
 use super::sqlite::{MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row};
 use super::{EventSink, SentMessage};
 use crate::core::events::new_event;
+use crate::core::stats::StoreStats;
 use crate::core::time::now_micros;
 use crate::core::{
     AccountId, AccountRecord, CommittedEvent, ContactRecord, CoreError, CoreResult, MessageState,
@@ -92,13 +92,7 @@ pub(crate) fn run(
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sink: &EventSink, retention: u64) {
-    // The caller is gone (its deadline passed, it was cancelled): it was told the call failed,
-    // so the write is not made.
-    let jobs: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
-    if jobs.is_empty() {
-        return;
-    }
+fn commit_batch(conn: &mut Connection, jobs: Vec<Job>, sink: &EventSink, retention: u64) {
     // Nearly every batch succeeds whole, so it first runs without a savepoint per job (each
     // costs the writer journal work, profiled); only if a job fails is the batch run again with
     // each job isolated, so that the failure refuses that job alone.
@@ -144,8 +138,9 @@ fn run_batch(
     let mut results = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
     for job in jobs {
-        // Checked again now that the lock is held: the caller may have given up while this
-        // transaction waited for it.
+        // The caller is gone (its deadline passed, it was cancelled): it was told the call
+        // failed, so the write is not made. Checked once the lock is held, since the caller
+        // may have given up while this transaction waited for it.
         if job.reply.is_closed() {
             results.push(Err(CoreError::Unavailable("the caller left".into())));
             continue;

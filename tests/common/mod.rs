@@ -120,6 +120,29 @@ impl TestServer {
         PhantomAdminClient::with_interceptor(self.channel.clone(), Bearer::new(ADMIN))
     }
 
+    /// Every message of `who`'s conversation with `with`, newest first, following pages.
+    pub async fn conversation(&self, who: &Account, with: &Account) -> Vec<pb::Message> {
+        let mut messages = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .user(who)
+                .list_messages(pb::ListMessagesRequest {
+                    contact_id: with.id.clone(),
+                    page_size: 100,
+                    page_token,
+                })
+                .await
+                .expect("list messages")
+                .into_inner();
+            messages.extend(page.messages);
+            if page.next_page_token.is_empty() {
+                return messages;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// The server's delivery counters.
     pub async fn stats(&self) -> pb::GetServerStatsResponse {
         self.admin()

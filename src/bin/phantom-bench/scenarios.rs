@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use hdrhistogram::Histogram;
 use phantom::pb::{
     self, event::Kind, phantom_admin_client::PhantomAdminClient,
     phantom_controller_client::PhantomControllerClient,
@@ -129,9 +130,21 @@ pub struct Row {
 }
 
 impl Row {
-    fn from_load(name: &str, m: &Measured, note: String) -> Row {
-        let ms = |q: f64| m.micros.value_at_quantile(q) as f64 / 1000.0;
-        let mut note = note;
+    /// A row with the latencies of `h` (µs) in ms.
+    fn from_histogram(name: &str, per_sec: Option<f64>, h: &Histogram<u64>, note: String) -> Row {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Row {
+            scenario: name.into(),
+            per_sec,
+            p50_ms: Some(ms(0.5)),
+            p99_ms: Some(ms(0.99)),
+            max_ms: Some(h.max() as f64 / 1000.0),
+            note: note.trim().to_string(),
+            ratio: None,
+        }
+    }
+
+    fn from_load(name: &str, m: &Measured, mut note: String) -> Row {
         if m.errors > 0 {
             note += &format!(
                 " errors={} first: {}",
@@ -139,16 +152,31 @@ impl Row {
                 m.first_error.clone().unwrap_or_default()
             );
         }
-        Row {
-            scenario: name.into(),
-            per_sec: Some(m.rate()),
-            p50_ms: Some(ms(0.5)),
-            p99_ms: Some(ms(0.99)),
-            max_ms: Some(m.micros.max() as f64 / 1000.0),
-            note: note.trim().to_string(),
-            ratio: None,
-        }
+        Row::from_histogram(name, Some(m.rate()), &m.micros, note)
     }
+}
+
+/// Subscribes as `u` and waits for the stream's `SubscriptionStarted`.
+async fn subscribe(
+    u: &mut User,
+    after_seq: Option<u64>,
+) -> Result<tonic::Streaming<pb::Event>, String> {
+    let mut s = u
+        .subscribe_to_events(pb::EventsRequest { after_seq })
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?
+        .into_inner();
+    s.message().await.map_err(|e| format!("subscribe: {e}"))?;
+    Ok(s)
+}
+
+/// A client per pair's sender (spread over the connections), with its recipient's id.
+fn senders(t: &Target, pairs: &[(Acct, Acct)]) -> Result<Vec<(User, String)>, String> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| Ok((t.user(&a.token, i)?, b.id.clone())))
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -295,12 +323,7 @@ async fn pairs(t: &Target, n: usize) -> Result<Vec<(Acct, Acct)>, String> {
 
 /// SendMessage between many pairs; every reply is durable.
 pub async fn unary_send(t: &Target, k: &Knobs) -> Result<Row, String> {
-    let pairs = pairs(t, 64).await?;
-    let senders: Vec<(User, String)> = pairs
-        .iter()
-        .enumerate()
-        .map(|(i, (a, b))| Ok((t.user(&a.token, i)?, b.id.clone())))
-        .collect::<Result<_, String>>()?;
+    let senders = senders(t, &pairs(t, 64).await?)?;
     let op: Op = Arc::new(move |w| {
         let (mut u, to) = senders[w % senders.len()].clone();
         Box::pin(async move {
@@ -329,14 +352,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for (i, (_, b)) in pairs.iter().enumerate() {
-        let mut u = t.user(&b.token, i)?;
-        let mut s = u
-            .subscribe_to_events(pb::EventsRequest { after_seq: None })
-            .await
-            .map_err(|e| format!("subscribe: {e}"))?
-            .into_inner();
-        // SubscriptionStarted first.
-        s.message().await.map_err(|e| e.to_string())?;
+        let mut s = subscribe(&mut t.user(&b.token, i)?, None).await?;
         let (lat, got) = (latencies.clone(), received.clone());
         readers.push(tokio::spawn(async move {
             while let Ok(Some(ev)) = s.message().await {
@@ -352,11 +368,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
             }
         }));
     }
-    let senders: Vec<(User, String)> = pairs
-        .iter()
-        .enumerate()
-        .map(|(i, (a, b))| Ok((t.user(&a.token, i)?, b.id.clone())))
-        .collect::<Result<_, String>>()?;
+    let senders = senders(t, &pairs)?;
     // Open loop: one send every 1/rate s whatever the replies do.
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -364,11 +376,19 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let measure_from = Instant::now() + k.warmup;
     let mut sent = 0u64;
     let mut n = 0usize;
+    let mut warming = true;
     while Instant::now() < deadline {
         tick.tick().await;
         let (mut u, to) = senders[n % senders.len()].clone();
         n += 1;
         if Instant::now() >= measure_from {
+            if warming {
+                // Forget what arrived during the warm-up.
+                warming = false;
+                if let Ok(mut h) = latencies.lock() {
+                    h.reset();
+                }
+            }
             sent += 1;
         }
         tokio::spawn(async move {
@@ -381,11 +401,6 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
                 })
                 .await;
         });
-        if Instant::now() < measure_from
-            && let Ok(mut h) = latencies.lock()
-        {
-            h.reset();
-        }
     }
     // Let the last ones arrive.
     let settle = Instant::now();
@@ -399,19 +414,15 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
         .lock()
         .map(|h| h.clone())
         .map_err(|_| "poisoned")?;
-    let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-    Ok(Row {
-        scenario: "e2e".into(),
-        per_sec: Some(sent as f64 / k.window.as_secs_f64()),
-        p50_ms: Some(q(0.5)),
-        p99_ms: Some(q(0.99)),
-        max_ms: Some(h.max() as f64 / 1000.0),
-        note: format!(
+    Ok(Row::from_histogram(
+        "e2e",
+        Some(sent as f64 / k.window.as_secs_f64()),
+        &h,
+        format!(
             "SendMessage to MessageReceived at {rate:.0}/s, {} received",
             h.len()
         ),
-        ratio: None,
-    })
+    ))
 }
 
 /// Opens `n` live streams of the given accounts (round-robin), over enough connections.
@@ -433,13 +444,7 @@ async fn open_streams(
             let token = accts[i % accts.len()].token.clone();
             async move {
                 let mut u = PhantomControllerClient::with_interceptor(channel, auth(&token)?);
-                let mut s = u
-                    .subscribe_to_events(pb::EventsRequest { after_seq: None })
-                    .await
-                    .map_err(|e| format!("subscribe: {e}"))?
-                    .into_inner();
-                s.message().await.map_err(|e| format!("subscribe: {e}"))?;
-                Ok::<_, String>(s)
+                subscribe(&mut u, None).await
             }
         })
         .buffer_unordered(256)
@@ -532,12 +537,7 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
     }
     // The hub comes online (one stream), then goes AWAY: that change is what is timed.
     let mut hub_user = t.user(&hub.token, 0)?;
-    let mut hub_stream = hub_user
-        .subscribe_to_events(pb::EventsRequest { after_seq: None })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    hub_stream.message().await.map_err(|e| e.to_string())?;
+    let _hub_stream = subscribe(&mut hub_user, None).await?;
     t0.store(clock.elapsed().as_micros() as u64, Ordering::Relaxed);
     hub_user
         .set_status(pb::SetStatusRequest {
@@ -548,14 +548,11 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
         .map_err(|e| e.to_string())?;
     let waited = tokio::time::timeout(Duration::from_secs(60), all.notified()).await;
     let h = lat.lock().map(|h| h.clone()).map_err(|_| "poisoned")?;
-    let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-    Ok(Row {
-        scenario: "fanout".into(),
-        per_sec: None,
-        p50_ms: Some(q(0.5)),
-        p99_ms: Some(q(0.99)),
-        max_ms: Some(h.max() as f64 / 1000.0),
-        note: format!(
+    Ok(Row::from_histogram(
+        "fanout",
+        None,
+        &h,
+        format!(
             "presence change to {n} streams ({} accounts): max = time until all had it{}",
             followers.len(),
             if waited.is_err() {
@@ -564,8 +561,7 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
                 String::new()
             }
         ),
-        ratio: None,
-    })
+    ))
 }
 
 /// Resume from `after_seq = 0` over a log of `k.replay_events` events.
@@ -602,11 +598,7 @@ pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
     for _ in 0..3 {
         let mut u = t.user(&target.token, 0)?;
         let started = Instant::now();
-        let mut s = u
-            .subscribe_to_events(pb::EventsRequest { after_seq: Some(0) })
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
+        let mut s = subscribe(&mut u, Some(0)).await?;
         let mut last = 0u64;
         while last < k.replay_events as u64 {
             match s.message().await {
