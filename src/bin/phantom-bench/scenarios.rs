@@ -183,11 +183,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Unique names per run, so scenarios can share one server.
+/// Unique names per call, so scenarios (and several bench runs) can share one server:
+/// the process id, the wall clock and a per-process counter.
 fn run_tag() -> String {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
     format!(
-        "{:x}",
-        std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
+        "{:x}{:x}{}",
+        std::process::id(),
+        nanos,
+        CALLS.fetch_add(1, Ordering::Relaxed)
     )
 }
 
