@@ -14,6 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("phantom_descriptor.bin"))
         // google.rpc.Status is the same type tonic-types uses for rich errors.
         .extern_path(".google.rpc", "::tonic_types::pb")
+        // Written by hand so the server can send a page it encoded once (src/wire.rs).
+        .extern_path(
+            ".phantom.v1.GetContactsResponse",
+            "crate::wire::GetContactsResponse",
+        )
         // Payloads are shared, not copied, on their way through the actors.
         .bytes(".phantom.v1")
         // The `Connect` RPC would clash with the generated `connect` constructor; clients build

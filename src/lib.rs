@@ -11,11 +11,14 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;
 
 /// Generated protobuf types and tonic services for `phantom.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("phantom.v1");
+
+    pub use crate::wire::GetContactsResponse;
 
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

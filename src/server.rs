@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use crate::actors::ActorRuntime;
 use crate::actors::accounts::AccountsActor;
 use crate::actors::bus::{CloseStreams, EventBusActor, Publish, SetPresenceListener};
+use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::ContactsActor;
 use crate::actors::messaging::MessagingActor;
 use crate::actors::subscriber::{CloseReason, Subscriptions};
@@ -261,9 +262,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         store.load_tokens().map_err(|e| e.to_string())?,
     ));
 
-    let (s, b) = (store.clone(), bus.clone());
+    let contact_pages = Arc::new(ContactPages::default());
+    let (s, b, p) = (store.clone(), bus.clone(), contact_pages.clone());
     let contacts = ContactsActor::start_in_arbiter(&runtime.arbiter, move |_| {
-        ContactsActor::new(s, b, accounts, contact_rows)
+        ContactsActor::new(s, b, p, accounts, contact_rows)
     });
     bus.do_send(SetPresenceListener(contacts.clone().recipient()));
     let s = store.clone();
@@ -299,6 +301,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let controller = PhantomControllerServer::new(ControllerService::new(
         auth.clone(),
         contacts,
+        contact_pages,
         messaging,
         subscriptions,
         cfg.limits.clone(),

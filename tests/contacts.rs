@@ -354,3 +354,105 @@ async fn invisible_shows_offline_to_contacts() {
         .into_inner();
     assert_eq!(c.contacts[0].status, PresenceStatus::Offline as i32);
 }
+
+/// GetContacts serves pages the ContactsActor published; every change to what the owner sees
+/// must drop them. Each step reads first (so a page is published), changes one thing, and
+/// reads again.
+#[tokio::test]
+async fn published_pages_follow_every_change() {
+    let t = TestServer::start().await;
+    let (a, b, c) = (
+        t.account("alice").await,
+        t.account("bob").await,
+        t.account("carol").await,
+    );
+    t.befriend(&a, &b).await;
+    t.befriend(&a, &c).await;
+    let mut alice = t.user(&a);
+    let mut watch = Events::live(&mut alice).await;
+    let read = async |size: i32, token: &str| {
+        t.user(&a)
+            .get_contacts(pb::GetContactsRequest {
+                page_size: size,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let bob_of = |r: &pb::GetContactsResponse| {
+        r.contacts
+            .iter()
+            .find(|x| x.contact_id == b.id)
+            .cloned()
+            .expect("bob listed")
+    };
+
+    // Pages of one, read twice: the second read (published) is the same.
+    let first = read(1, "").await;
+    assert_eq!(first.contacts.len(), 1);
+    assert_eq!(read(1, "").await, first);
+    let second = read(1, &first.next_page_token).await;
+    assert_eq!(second.contacts[0].contact_id, c.id);
+    assert!(second.next_page_token.is_empty());
+
+    // Rename.
+    assert_eq!(bob_of(&read(0, "").await).display_name, "bob");
+    alice
+        .update_contact(pb::UpdateContactRequest {
+            contact_id: b.id.clone(),
+            display_name: "Bobby".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob_of(&read(0, "").await).display_name, "Bobby");
+    assert_eq!(read(1, "").await.contacts[0].display_name, "Bobby");
+
+    // Presence from a stream, then status and text, then going offline.
+    let offline = PresenceStatus::Offline as i32;
+    assert_eq!(bob_of(&read(0, "").await).status, offline);
+    let mut bob = t.user(&b);
+    let bob_stream = Events::live(&mut bob).await;
+    watch.status_of(&b.id, PresenceStatus::Online).await;
+    assert_eq!(
+        bob_of(&read(0, "").await).status,
+        PresenceStatus::Online as i32
+    );
+    bob.set_status(pb::SetStatusRequest {
+        status: PresenceStatus::Busy as i32,
+        status_text: "in a meeting".into(),
+    })
+    .await
+    .unwrap();
+    watch.status_of(&b.id, PresenceStatus::Busy).await;
+    let busy = bob_of(&read(0, "").await);
+    assert_eq!(busy.status, PresenceStatus::Busy as i32);
+    assert_eq!(busy.status_text, "in a meeting");
+    drop(bob_stream);
+    watch.status_of(&b.id, PresenceStatus::Offline).await;
+    let gone = bob_of(&read(0, "").await);
+    assert_eq!(gone.status, offline);
+    assert!(gone.last_seen.is_some());
+
+    // Remove and add back.
+    alice
+        .remove_contact(pb::RemoveContactRequest {
+            contact_id: c.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read(0, "").await.contacts.len(), 1);
+    assert!(read(1, "").await.next_page_token.is_empty());
+    t.befriend(&a, &c).await;
+    assert_eq!(read(0, "").await.contacts.len(), 2);
+    assert!(!read(1, "").await.next_page_token.is_empty());
+
+    // Another account's pages are its own.
+    let carol_view = t
+        .user(&c)
+        .get_contacts(pb::GetContactsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(carol_view.contacts.is_empty());
+}

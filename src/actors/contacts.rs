@@ -5,12 +5,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytes::Bytes;
+use prost::Message as _;
 
 use super::bus::{Ephemeral, EventBusActor, PresenceChanged};
+use super::contact_pages::ContactPages;
 use crate::core::events::{
     EffectivePresence, account_view, contact_view, new_event, status_changed,
 };
 use crate::core::time::now_micros;
+use crate::core::validate::encode_page_token;
 use crate::core::{
     AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,
     PresenceStatus,
@@ -41,13 +45,16 @@ pub struct ContactsActor {
     /// peer → owners that have it as a contact.
     watchers: HashMap<AccountId, HashSet<AccountId>>,
     online: HashSet<AccountId>,
+    /// Pages published for readers; dropped for an owner whenever what it would see changes.
+    pages: Arc<ContactPages>,
 }
 
 impl ContactsActor {
-    /// Builds the cache from the store's accounts and contacts.
+    /// Builds the cache from the store's accounts and contacts; publishes pages to `pages`.
     pub fn new(
         store: Arc<dyn Store>,
         bus: Addr<EventBusActor>,
+        pages: Arc<ContactPages>,
         accounts: Vec<AccountRecord>,
         contacts: Vec<ContactRecord>,
     ) -> Self {
@@ -60,6 +67,7 @@ impl ContactsActor {
             rows: HashMap::new(),
             watchers: HashMap::new(),
             online: HashSet::new(),
+            pages,
         };
         for a in accounts {
             actor.add_account(a);
@@ -76,12 +84,14 @@ impl ContactsActor {
     }
 
     fn insert_contact(&mut self, c: ContactRecord) {
+        self.pages.invalidate(c.owner);
         self.rows.insert((c.owner, c.peer), c.row);
         self.watchers.entry(c.peer).or_default().insert(c.owner);
         self.lists.entry(c.owner).or_default().insert(c.row, c);
     }
 
     fn remove_contact(&mut self, owner: AccountId, peer: AccountId) {
+        self.pages.invalidate(owner);
         if let Some(row) = self.rows.remove(&(owner, peer))
             && let Some(list) = self.lists.get_mut(&owner)
         {
@@ -128,6 +138,11 @@ impl ContactsActor {
         let Some((rec, after)) = self.presence(id) else {
             return;
         };
+        // Every owner's pages go, whatever changed (last_seen moves even when the status
+        // others see does not), before the change is announced.
+        for owner in self.watchers.get(&id).into_iter().flatten() {
+            self.pages.invalidate(*owner);
+        }
         if after != before || rec.status_text != before_text {
             let event = status_changed(rec, after);
             let to: Vec<AccountId> = self
@@ -183,9 +198,10 @@ impl Handler<PresenceChanged> for ContactsActor {
     }
 }
 
-/// A page of an owner's contacts with live presence.
+/// A page of an owner's contacts with live presence, as an encoded `GetContactsResponse`
+/// (also published to `ContactPages` for the reads that follow).
 #[derive(Message)]
-#[rtype(result = "CoreResult<Page<pb::Contact>>")]
+#[rtype(result = "CoreResult<Bytes>")]
 pub struct GetContacts {
     /// Whose list.
     pub owner: AccountId,
@@ -193,25 +209,40 @@ pub struct GetContacts {
     pub page: PageRequest,
 }
 
-impl Handler<GetContacts> for ContactsActor {
-    type Result = CoreResult<Page<pb::Contact>>;
-    fn handle(&mut self, msg: GetContacts, _: &mut Context<Self>) -> Self::Result {
-        let Some(list) = self.lists.get(&msg.owner) else {
+impl ContactsActor {
+    fn page(&self, owner: AccountId, page: PageRequest) -> CoreResult<Page<pb::Contact>> {
+        let Some(list) = self.lists.get(&owner) else {
             return Ok(Page {
                 items: Vec::new(),
                 next: None,
             });
         };
-        let start = msg.page.after.map_or(i64::MIN, |r| r.saturating_add(1));
+        let start = page.after.map_or(i64::MIN, |r| r.saturating_add(1));
         let mut rows = list.range(start..);
-        let mut items = Vec::with_capacity(msg.page.size.min(list.len()));
+        let mut items = Vec::with_capacity(page.size.min(list.len()));
         let mut last = None;
-        for (row, c) in rows.by_ref().take(msg.page.size) {
+        for (row, c) in rows.by_ref().take(page.size) {
             items.push(self.view(c)?);
             last = Some(*row);
         }
         let next = rows.next().and(last);
         Ok(Page { items, next })
+    }
+}
+
+impl Handler<GetContacts> for ContactsActor {
+    type Result = CoreResult<Bytes>;
+    fn handle(&mut self, msg: GetContacts, _: &mut Context<Self>) -> Self::Result {
+        let page = self.page(msg.owner, msg.page)?;
+        let body = Bytes::from(
+            crate::wire::GetContactsResponse::new(
+                page.items,
+                page.next.map(encode_page_token).unwrap_or_default(),
+            )
+            .encode_to_vec(),
+        );
+        self.pages.publish(msg.owner, msg.page, body.clone());
+        Ok(body)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod contact_pages;
 pub mod contacts;
 pub mod inbox;
 pub mod messaging;

@@ -16,6 +16,7 @@ use super::connect;
 use super::events::EventStream;
 use super::limits::AccountLimits;
 use super::{ask, observe, page_parts};
+use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::{self, ContactsActor};
 use crate::actors::messaging::{self, MessagingActor};
 use crate::actors::subscriber::Subscriptions;
@@ -32,6 +33,8 @@ use crate::pb::{self, phantom_controller_server::PhantomController};
 pub struct ControllerService {
     pub(super) auth: Arc<Authenticator>,
     contacts: Addr<ContactsActor>,
+    /// Pages the ContactsActor published, read without a round trip to it.
+    contact_pages: Arc<ContactPages>,
     messaging: Addr<MessagingActor>,
     pub(super) subscriptions: Subscriptions,
     limits: LimitsConfig,
@@ -46,6 +49,7 @@ impl ControllerService {
     pub fn new(
         auth: Arc<Authenticator>,
         contacts: Addr<ContactsActor>,
+        contact_pages: Arc<ContactPages>,
         messaging: Addr<MessagingActor>,
         subscriptions: Subscriptions,
         limits: LimitsConfig,
@@ -54,6 +58,7 @@ impl ControllerService {
         ControllerService {
             auth,
             contacts,
+            contact_pages,
             messaging,
             subscriptions,
             account_limits: AccountLimits::new(&limits),
@@ -261,19 +266,13 @@ impl PhantomController for ControllerService {
     ) -> Result<Response<pb::GetContactsResponse>, Status> {
         self.call("GetContacts", req, |caller, r| async move {
             let page = validate::page(r.page_size, &r.page_token)?;
-            let page = ask(
-                &self.contacts,
-                contacts::GetContacts {
-                    owner: caller.account_id,
-                    page,
-                },
-            )
-            .await?;
-            let (contacts, next_page_token) = page_parts(page);
-            Ok(pb::GetContactsResponse {
-                contacts,
-                next_page_token,
-            })
+            let owner = caller.account_id;
+            // A page the ContactsActor published and has not dropped since is current.
+            let body = match self.contact_pages.get(owner, page) {
+                Some(body) => body,
+                None => ask(&self.contacts, contacts::GetContacts { owner, page }).await?,
+            };
+            Ok(pb::GetContactsResponse::preencoded(body))
         })
         .await
     }

@@ -38,6 +38,48 @@ fn auth(token: &str) -> Result<Auth, String> {
 }
 
 type User = PhantomControllerClient<InterceptedService<Channel, Auth>>;
+
+/// A reply the load client receives whole (framing, status, trailers) but does not build into
+/// structs: prost walks and skips every field. A load generator's own decoding is not the
+/// server's cost, and it would grow with the reply (20 contacts cost the client about as much
+/// as the server); h2load does not decode either. The echo ceiling goes through the same
+/// client, so the ratios compare like with like.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+struct Skipped {}
+
+/// One unary method called through [`Skipped`] replies, as the load's operation.
+#[derive(Clone)]
+struct LeanCall {
+    grpc: tonic::client::Grpc<Channel>,
+    path: http::uri::PathAndQuery,
+    auth: Option<MetadataValue<Ascii>>,
+}
+
+impl LeanCall {
+    fn new(channel: Channel, path: &'static str, auth: Option<&Auth>) -> Self {
+        LeanCall {
+            grpc: tonic::client::Grpc::new(channel),
+            path: http::uri::PathAndQuery::from_static(path),
+            auth: auth.map(|a| a.0.clone()),
+        }
+    }
+
+    async fn call<Req>(mut self, req: Req) -> Result<(), tonic::Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+    {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut request = tonic::Request::new(req);
+        if let Some(a) = self.auth {
+            request.metadata_mut().insert("authorization", a);
+        }
+        let codec = tonic_prost::ProstCodec::<Req, Skipped>::default();
+        self.grpc.unary(request, self.path, codec).await.map(|_| ())
+    }
+}
 type Admin = PhantomAdminClient<InterceptedService<Channel, Auth>>;
 
 /// Settings shared by every scenario.
@@ -266,18 +308,21 @@ pub async fn echo(addr: &str, k: &Knobs) -> Result<Row, String> {
     for _ in 0..k.connections.max(1) {
         conns.push(phantom::client::connect(addr).await?);
     }
-    let clients: Vec<_> = conns.into_iter().map(EchoClient::new).collect();
-    let body = bytes::Bytes::from(vec![7u8; 64]);
+    // Checked once with the generated client, then driven like every other scenario.
+    let reply = EchoClient::new(conns[0].clone())
+        .unary(EchoMessage { body: vec![7; 64] })
+        .await
+        .map_err(|e| format!("echo: {e}"))?;
+    if reply.get_ref().body.len() != 64 {
+        return Err("echo answered another body".into());
+    }
+    let calls: Vec<_> = conns
+        .into_iter()
+        .map(|c| LeanCall::new(c, "/phantom.bench.v1.Echo/Unary", None))
+        .collect();
     let op: Op = Arc::new(move |w| {
-        let mut c = clients[w % clients.len()].clone();
-        let body = body.clone();
-        Box::pin(async move {
-            c.unary(EchoMessage {
-                body: body.to_vec(),
-            })
-            .await
-            .map(|_| ())
-        })
+        let c = calls[w % calls.len()].clone();
+        Box::pin(c.call(EchoMessage { body: vec![7; 64] }))
     });
     let m = load::run(k.concurrency, k.warmup, k.window, op).await;
     Ok(Row::from_load("echo (ceiling)", &m, String::new()))
@@ -293,21 +338,31 @@ pub async fn unary_read(t: &Target, k: &Knobs) -> Result<Row, String> {
         &others.iter().map(|a| a.handle.clone()).collect::<Vec<_>>(),
     )
     .await?;
-    let users: Vec<User> = (0..t.conns.len())
-        .map(|i| t.user(&reader.token, i))
-        .collect::<Result<_, _>>()?;
-    let op: Op = Arc::new(move |w| {
-        let mut u = users[w % users.len()].clone();
-        Box::pin(async move {
-            let r = u
-                .get_contacts(pb::GetContactsRequest {
-                    page_size: 50,
-                    page_token: String::new(),
-                })
-                .await?;
-            debug_assert_eq!(r.get_ref().contacts.len(), 20);
-            Ok(())
+    let request = pb::GetContactsRequest {
+        page_size: 50,
+        page_token: String::new(),
+    };
+    // Checked once with the generated client, then driven through lean calls.
+    let got = t
+        .user(&reader.token, 0)?
+        .get_contacts(request.clone())
+        .await
+        .map_err(|e| format!("get contacts: {e}"))?;
+    if got.get_ref().contacts.len() != others.len() {
+        return Err(format!("{} contacts, not 20", got.get_ref().contacts.len()));
+    }
+    let token = auth(&reader.token)?;
+    let calls: Vec<_> = t
+        .conns
+        .iter()
+        .map(|c| {
+            let path = "/phantom.v1.PhantomController/GetContacts";
+            LeanCall::new(c.clone(), path, Some(&token))
         })
+        .collect();
+    let op: Op = Arc::new(move |w| {
+        let c = calls[w % calls.len()].clone();
+        Box::pin(c.call(request.clone()))
     });
     let m = load::run(k.concurrency, k.warmup, k.window, op).await;
     Ok(Row::from_load(
