@@ -230,7 +230,7 @@ pub fn preflight(cfg: &Config) -> Result<(Listen, Option<Arc<TlsReloader>>), Str
 /// Starts a server from a validated config. Returns once it is listening.
 pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let (listen, tls) = preflight(&cfg)?;
-    let admin_hash = tokens::hash(&admin_token(&cfg)?);
+    let admin_digest = tokens::digest(&admin_token(&cfg)?);
 
     let mut runtime = ActorRuntime::start().map_err(|e| e.to_string())?;
     let stats = Arc::new(DeliveryStats::default());
@@ -282,7 +282,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
 
     let auth = Arc::new(Authenticator::new(
         token_index,
-        admin_hash,
+        admin_digest,
         cfg.auth.mode,
         local,
     ));

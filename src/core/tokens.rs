@@ -26,15 +26,31 @@ pub fn generate() -> Result<String, getrandom::Error> {
     ))
 }
 
-/// SHA-256 of a token, hex: what is stored and compared.
-pub fn hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+/// SHA-256 of a token: what every call's token is compared by.
+pub type TokenDigest = [u8; 32];
+
+/// The digest of a token.
+pub fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
 }
 
-/// Live token hashes → (token id, account).
+/// SHA-256 of a token, hex: what is stored.
+pub fn hash(token: &str) -> String {
+    hex::encode(digest(token))
+}
+
+/// A stored hex hash as a digest; `None` for anything that is not 64 hex digits.
+fn parse(hash: &str) -> Option<TokenDigest> {
+    let mut d = [0u8; 32];
+    hex::decode_to_slice(hash, &mut d).ok()?;
+    Some(d)
+}
+
+/// Live token digests → (token id, account). Keyed by the raw digest, so a call's lookup
+/// hashes its token and nothing more (no hex string per call).
 #[derive(Default)]
 pub struct TokenIndex {
-    by_hash: RwLock<HashMap<String, (Uuid, AccountId)>>,
+    by_hash: RwLock<HashMap<TokenDigest, (Uuid, AccountId)>>,
 }
 
 impl TokenIndex {
@@ -49,20 +65,24 @@ impl TokenIndex {
 
     /// Adds a token.
     pub fn insert(&self, t: &TokenRecord) {
+        let Some(d) = parse(&t.hash) else {
+            tracing::warn!(token_id = %t.id, "stored token hash is not SHA-256 hex; token ignored");
+            return;
+        };
         if let Ok(mut m) = self.by_hash.write() {
-            m.insert(t.hash.clone(), (t.id, t.account_id));
+            m.insert(d, (t.id, t.account_id));
         }
     }
 
-    /// Removes a token by its hash.
+    /// Removes a token by its stored hash.
     pub fn remove(&self, hash: &str) {
-        if let Ok(mut m) = self.by_hash.write() {
-            m.remove(hash);
+        if let (Some(d), Ok(mut m)) = (parse(hash), self.by_hash.write()) {
+            m.remove(&d);
         }
     }
 
-    /// Finds the token with this hash.
-    pub fn lookup(&self, hash: &str) -> Option<(Uuid, AccountId)> {
-        self.by_hash.read().ok()?.get(hash).copied()
+    /// Finds the token with this digest.
+    pub fn lookup(&self, digest: &TokenDigest) -> Option<(Uuid, AccountId)> {
+        self.by_hash.read().ok()?.get(digest).copied()
     }
 }

@@ -3,36 +3,36 @@
 use std::sync::Arc;
 
 use crate::config::AuthMode;
-use crate::core::tokens::{TokenIndex, hash};
+use crate::core::tokens::{TokenDigest, TokenIndex, digest};
 use crate::core::{AccountId, Caller, CoreError, CoreResult};
 use tonic::metadata::MetadataMap;
 
 /// Decides who a call is.
 pub struct Authenticator {
     tokens: Arc<TokenIndex>,
-    admin_hash: String,
+    admin: TokenDigest,
     mode: AuthMode,
     local_account: Option<AccountId>,
 }
 
 impl Authenticator {
-    /// `admin_hash` is the SHA-256 of the admin token; `local_account` is used under mode none.
+    /// `admin` is the digest of the admin token; `local_account` is used under mode none.
     pub fn new(
         tokens: Arc<TokenIndex>,
-        admin_hash: String,
+        admin: TokenDigest,
         mode: AuthMode,
         local_account: Option<AccountId>,
     ) -> Self {
         Authenticator {
             tokens,
-            admin_hash,
+            admin,
             mode,
             local_account,
         }
     }
 
-    /// The token hash from `authorization: Bearer <token>`.
-    fn bearer_hash(md: &MetadataMap) -> CoreResult<String> {
+    /// The token digest from `authorization: Bearer <token>`.
+    fn bearer_digest(md: &MetadataMap) -> CoreResult<TokenDigest> {
         let value = md.get("authorization").ok_or_else(|| {
             CoreError::Unauthenticated("missing `authorization: Bearer <token>` metadata".into())
         })?;
@@ -47,7 +47,7 @@ impl Authenticator {
             .ok_or_else(|| {
                 CoreError::Unauthenticated("authorization metadata must be `Bearer <token>`".into())
             })?;
-        Ok(hash(token))
+        Ok(digest(token))
     }
 
     /// The account a `PhantomController` call acts as.
@@ -58,14 +58,14 @@ impl Authenticator {
                 token_id: None,
             });
         }
-        let h = Self::bearer_hash(md)?;
+        let h = Self::bearer_digest(md)?;
         if let Some((token_id, account_id)) = self.tokens.lookup(&h) {
             return Ok(Caller {
                 account_id,
                 token_id: Some(token_id),
             });
         }
-        if h == self.admin_hash {
+        if h == self.admin {
             return Err(CoreError::PermissionDenied(
                 "the admin token cannot call PhantomController; use an account token".into(),
             ));
@@ -77,8 +77,8 @@ impl Authenticator {
 
     /// Checks that a `PhantomAdmin` call carries the admin token.
     pub fn admin(&self, md: &MetadataMap) -> CoreResult<()> {
-        let h = Self::bearer_hash(md)?;
-        if h == self.admin_hash {
+        let h = Self::bearer_digest(md)?;
+        if h == self.admin {
             return Ok(());
         }
         if self.tokens.lookup(&h).is_some() {

@@ -34,6 +34,41 @@ impl Measured {
     pub fn rate(&self) -> f64 {
         self.ops as f64 / self.secs
     }
+
+    /// Adds another window's figures to these.
+    fn merge(&mut self, other: Measured) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.secs += other.secs;
+        let _ = self.micros.add(&other.micros);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Runs `a` and `b` in `rounds` alternating windows that add up to `window` each, so that a
+/// change in what the machine gives us (a noisy neighbour, a frequency step) falls on both
+/// alike and their ratio stays meaningful. The first window of each gets the full warm-up,
+/// later ones a short one to bring the connections back to a steady state.
+pub async fn paired(
+    workers: usize,
+    warmup: Duration,
+    window: Duration,
+    rounds: u32,
+    a: Op,
+    b: Op,
+) -> (Measured, Measured) {
+    let rounds = rounds.max(1);
+    let slice = window / rounds;
+    let rewarm = warmup.min(Duration::from_millis(500));
+    let mut ma = run(workers, warmup, slice, a.clone()).await;
+    let mut mb = run(workers, warmup, slice, b.clone()).await;
+    for _ in 1..rounds {
+        ma.merge(run(workers, rewarm, slice, a.clone()).await);
+        mb.merge(run(workers, rewarm, slice, b.clone()).await);
+    }
+    (ma, mb)
 }
 
 /// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.

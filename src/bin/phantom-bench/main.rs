@@ -63,6 +63,9 @@ struct Args {
     /// e2e send rate per second (default: half the measured unary-send rate).
     #[arg(long, default_value_t = 0.0)]
     e2e_rate: f64,
+    /// Alternating windows of echo and scenario for unary-read and unary-send (their ratio)
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// A few seconds per scenario with small sizes: proves the tool works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -107,6 +110,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         args.duration = args.duration.min(1.5);
         args.streams = args.streams.min(200);
         args.replay_events = args.replay_events.min(2_000);
+        args.rounds = args.rounds.min(2);
     }
     let wanted: Vec<&str> = if args.scenarios == "all" {
         ALL.to_vec()
@@ -129,9 +133,11 @@ async fn run(mut args: Args) -> Result<(), String> {
         e2e_rate: args.e2e_rate,
     };
 
+    // The echo server stays up (idle) for the runs paired with it.
     let echo_proc = procs::echo()?;
-    let mut rows = vec![scenarios::echo(&echo_proc.addr, &k).await?];
-    drop(echo_proc);
+    let ceiling_op = scenarios::echo(&echo_proc.addr, &k).await?;
+    let echo_op = ceiling_op.op.clone();
+    let mut rows = vec![ceiling_op.run(&k).await];
     let ceiling = rows[0].per_sec.unwrap_or(0.0);
     let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
 
@@ -161,9 +167,13 @@ async fn run(mut args: Args) -> Result<(), String> {
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
         let mut row = match *name {
-            "unary-read" => scenarios::unary_read(&target, &k).await?,
+            "unary-read" => {
+                let p = scenarios::unary_read(&target).await?;
+                p.run_paired(&echo_op, &k, args.rounds).await
+            }
             "unary-send" => {
-                let r = scenarios::unary_send(&target, &k).await?;
+                let p = scenarios::unary_send(&target).await?;
+                let r = p.run_paired(&echo_op, &k, args.rounds).await;
                 send_rate = r.per_sec;
                 r
             }
@@ -188,7 +198,8 @@ async fn run(mut args: Args) -> Result<(), String> {
             _ => unreachable!("checked above"),
         };
         row.ratio = match *name {
-            "unary-read" | "unary-send" | "replay" => row.per_sec.map(|r| r / ceiling),
+            "unary-read" | "unary-send" => row.ratio,
+            "replay" => row.per_sec.map(|r| r / ceiling),
             "e2e" | "fanout" => row.p99_ms.map(|p| p / ceiling_p99),
             _ => None,
         };
@@ -221,7 +232,9 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
         );
     }
     println!(
-        "ratio: throughput / echo throughput (unary-read, unary-send, replay); p99 / echo p99 (e2e, fanout)"
+        "ratio: throughput / echo throughput (unary-read, unary-send: echo run in windows \
+         alternating with the scenario's, see note; replay: the echo row); \
+         p99 / echo p99 (e2e, fanout)"
     );
     Ok(())
 }

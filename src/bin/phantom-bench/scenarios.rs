@@ -302,8 +302,48 @@ async fn befriend(t: &Target, who: &Acct, handles: &[String]) -> Result<(), Stri
     done.into_iter().collect()
 }
 
+/// A throughput scenario set up and ready to run: its operation and its line in the report.
+pub struct Prepared {
+    /// Scenario name.
+    pub name: &'static str,
+    /// One call.
+    pub op: Op,
+    /// What the report says of it.
+    pub note: String,
+}
+
+impl Prepared {
+    /// Runs the scenario alone.
+    pub async fn run(self, k: &Knobs) -> Row {
+        let m = load::run(k.concurrency, k.warmup, k.window, self.op).await;
+        Row::from_load(self.name, &m, self.note)
+    }
+
+    /// Runs the scenario in windows alternating with `ceiling`'s (see `load::paired`); the
+    /// row's ratio is to the ceiling's throughput over the same rounds.
+    pub async fn run_paired(self, ceiling: &Op, k: &Knobs, rounds: u32) -> Row {
+        let (e, m) = load::paired(
+            k.concurrency,
+            k.warmup,
+            k.window,
+            rounds,
+            ceiling.clone(),
+            self.op,
+        )
+        .await;
+        let note = format!(
+            "{}; echo {:.0}/s in the same {rounds} rounds",
+            self.note,
+            e.rate()
+        );
+        let mut row = Row::from_load(self.name, &m, note);
+        row.ratio = Some(m.rate() / e.rate());
+        row
+    }
+}
+
 /// The ceiling: the same client against the bare echo service.
-pub async fn echo(addr: &str, k: &Knobs) -> Result<Row, String> {
+pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
     let mut conns = Vec::new();
     for _ in 0..k.connections.max(1) {
         conns.push(phantom::client::connect(addr).await?);
@@ -324,12 +364,15 @@ pub async fn echo(addr: &str, k: &Knobs) -> Result<Row, String> {
         let c = calls[w % calls.len()].clone();
         Box::pin(c.call(EchoMessage { body: vec![7; 64] }))
     });
-    let m = load::run(k.concurrency, k.warmup, k.window, op).await;
-    Ok(Row::from_load("echo (ceiling)", &m, String::new()))
+    Ok(Prepared {
+        name: "echo (ceiling)",
+        op,
+        note: String::new(),
+    })
 }
 
 /// GetContacts of an account with 20 contacts.
-pub async fn unary_read(t: &Target, k: &Knobs) -> Result<Row, String> {
+pub async fn unary_read(t: &Target) -> Result<Prepared, String> {
     let people = accounts(t, "rd", 21).await?;
     let (reader, others) = people.split_first().ok_or("no accounts")?;
     befriend(
@@ -364,12 +407,11 @@ pub async fn unary_read(t: &Target, k: &Knobs) -> Result<Row, String> {
         let c = calls[w % calls.len()].clone();
         Box::pin(c.call(request.clone()))
     });
-    let m = load::run(k.concurrency, k.warmup, k.window, op).await;
-    Ok(Row::from_load(
-        "unary-read",
-        &m,
-        "GetContacts, 20 contacts".into(),
-    ))
+    Ok(Prepared {
+        name: "unary-read",
+        op,
+        note: "GetContacts, 20 contacts".into(),
+    })
 }
 
 /// Account pairs for sending: (sender client per connection, recipient id).
@@ -385,26 +427,32 @@ async fn pairs(t: &Target, n: usize) -> Result<Vec<(Acct, Acct)>, String> {
 }
 
 /// SendMessage between many pairs; every reply is durable.
-pub async fn unary_send(t: &Target, k: &Knobs) -> Result<Row, String> {
-    let senders = senders(t, &pairs(t, 64).await?)?;
-    let op: Op = Arc::new(move |w| {
-        let (mut u, to) = senders[w % senders.len()].clone();
-        Box::pin(async move {
-            u.send_message(pb::SendMessageRequest {
-                recipient_id: to,
-                text: "benchmark message, about the size of a chat line".into(),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
+pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
+    let calls = pairs(t, 64)
+        .await?
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let path = "/phantom.v1.PhantomController/SendMessage";
+            Ok((
+                LeanCall::new(t.conn(i), path, Some(&auth(&a.token)?)),
+                b.id.clone(),
+            ))
         })
+        .collect::<Result<Vec<_>, String>>()?;
+    let op: Op = Arc::new(move |w| {
+        let (c, to) = calls[w % calls.len()].clone();
+        Box::pin(c.call(pb::SendMessageRequest {
+            recipient_id: to,
+            text: "benchmark message, about the size of a chat line".into(),
+            ..Default::default()
+        }))
     });
-    let m = load::run(k.concurrency, k.warmup, k.window, op).await;
-    Ok(Row::from_load(
-        "unary-send",
-        &m,
-        "64 pairs, fsync'd group commit".into(),
-    ))
+    Ok(Prepared {
+        name: "unary-send",
+        op,
+        note: "64 pairs, fsync'd group commit".into(),
+    })
 }
 
 /// Send-to-receive latency at a fixed send rate.
