@@ -225,18 +225,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Unique names per call, so scenarios (and several bench runs) can share one server:
-/// the process id, the wall clock and a per-process counter.
+/// Unique names per call, so scenarios (and several bench runs) can share one server: the
+/// process id and a per-process counter. Short, because handles travel in every contact view
+/// and the read scenario's reply size should be a realistic one.
 fn run_tag() -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
     format!(
-        "{:x}{:x}{}",
+        "{:x}_{}",
         std::process::id(),
-        nanos,
         CALLS.fetch_add(1, Ordering::Relaxed)
     )
 }
