@@ -63,6 +63,10 @@ struct Args {
     /// e2e send rate per second (default: half the measured unary-send rate).
     #[arg(long, default_value_t = 0.0)]
     e2e_rate: f64,
+    /// Body of each echo call, both ways; 64 is the ceiling of the targets, a larger one shows
+    /// what a reply's size costs on its own
+    #[arg(long, default_value_t = 64)]
+    echo_bytes: usize,
     /// Alternating windows of echo and scenario for unary-read and unary-send (their ratio)
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -131,6 +135,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         streams: args.streams,
         replay_events: args.replay_events,
         e2e_rate: args.e2e_rate,
+        echo_bytes: args.echo_bytes,
     };
 
     // The echo server stays up (idle) for the runs paired with it.

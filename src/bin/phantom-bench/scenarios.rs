@@ -99,6 +99,8 @@ pub struct Knobs {
     pub replay_events: usize,
     /// Send rate for `e2e`; 0 means half of the measured `unary-send` rate.
     pub e2e_rate: f64,
+    /// Body of each echo call (both ways).
+    pub echo_bytes: usize,
 }
 
 /// A server to drive.
@@ -346,19 +348,24 @@ pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
     }
     // Checked once with the generated client, then driven like every other scenario.
     let reply = EchoClient::new(conns[0].clone())
-        .unary(EchoMessage { body: vec![7; 64] })
+        .unary(EchoMessage {
+            body: vec![7; k.echo_bytes],
+        })
         .await
         .map_err(|e| format!("echo: {e}"))?;
-    if reply.get_ref().body.len() != 64 {
+    if reply.get_ref().body.len() != k.echo_bytes {
         return Err("echo answered another body".into());
     }
     let calls: Vec<_> = conns
         .into_iter()
         .map(|c| LeanCall::new(c, "/phantom.bench.v1.Echo/Unary", None))
         .collect();
+    let body = bytes::Bytes::from(vec![7u8; k.echo_bytes]);
     let op: Op = Arc::new(move |w| {
         let c = calls[w % calls.len()].clone();
-        Box::pin(c.call(EchoMessage { body: vec![7; 64] }))
+        Box::pin(c.call(EchoMessage {
+            body: body.to_vec(),
+        }))
     });
     Ok(Prepared {
         name: "echo (ceiling)",
