@@ -286,6 +286,10 @@ impl Config {
             ("limits.unary_deadline_ms", l.unary_deadline_ms),
             ("limits.keepalive_interval_secs", l.keepalive_interval_secs),
             ("limits.keepalive_timeout_secs", l.keepalive_timeout_secs),
+            (
+                "events.retention_per_account",
+                self.events.retention_per_account,
+            ),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
@@ -317,9 +321,6 @@ impl Config {
                 "metrics.listen must be host:port (e.g. 127.0.0.1:9090) or empty, got {:?}",
                 self.metrics.listen
             ));
-        }
-        if self.events.retention_per_account == 0 {
-            return Err("events.retention_per_account must be greater than 0".into());
         }
         if self.auth.mode == AuthMode::None {
             crate::core::validate::handle("auth.local_account", &self.auth.local_account)

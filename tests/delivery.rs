@@ -117,11 +117,7 @@ async fn read_before_delivery_skips_delivered_and_states_never_go_back() {
     let m = t.send(&a, &b, "read me").await;
 
     // Bob reads it (say, from a notification) before any stream of his took it.
-    t.user(&b)
-        .mark_read(pb::MarkReadRequest {
-            contact_id: a.id.clone(),
-            up_to_message_id: m.message_id.clone(),
-        })
+    mark_read(&mut t.user(&b), &a.id, &m.message_id)
         .await
         .expect("mark read");
     let c = state_change(&mut alice).await;
@@ -178,8 +174,7 @@ async fn a_stalled_stream_gets_only_the_newest_presence_and_typing_per_contact()
     );
     t.befriend(&b, &a).await;
     t.befriend(&b, &c).await;
-    let mut bob = Events::open(&mut stalled_user(tight_channel(&t).await, &b), None).await;
-    bob.started().await;
+    let mut bob = Events::live(&mut stalled_user(tight_channel(&t).await, &b)).await;
 
     // Alice (online through her Connect feed) types on and off and flips her status while Bob
     // reads nothing. Commands run in order, so the last set_status answer means all are done.
@@ -295,8 +290,7 @@ async fn a_stalled_subscriber_is_cut_off_while_others_get_everything_then_resume
 
     // The same account reads on one stream and stalls on another; a second account reads too.
     let mut reading = Events::live(&mut t.user(&r)).await;
-    let mut stalled = Events::open(&mut stalled_user(tight_channel(&t).await, &r), None).await;
-    stalled.started().await;
+    let mut stalled = Events::live(&mut stalled_user(tight_channel(&t).await, &r)).await;
     let mut bystander = Events::live(&mut t.user(&other)).await;
 
     let mut tasks = Vec::new();

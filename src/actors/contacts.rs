@@ -14,7 +14,6 @@ use crate::core::events::{
     EffectivePresence, account_view, contact_view, new_event, status_changed,
 };
 use crate::core::time::now_micros;
-use crate::core::validate::encode_page_token;
 use crate::core::{
     AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,
     PresenceStatus,
@@ -233,13 +232,9 @@ impl ContactsActor {
 impl Handler<GetContacts> for ContactsActor {
     type Result = CoreResult<Bytes>;
     fn handle(&mut self, msg: GetContacts, _: &mut Context<Self>) -> Self::Result {
-        let page = self.page(msg.owner, msg.page)?;
+        let (contacts, next_page_token) = self.page(msg.owner, msg.page)?.into_parts();
         let body = Bytes::from(
-            crate::wire::GetContactsResponse::new(
-                page.items,
-                page.next.map(encode_page_token).unwrap_or_default(),
-            )
-            .encode_to_vec(),
+            crate::wire::GetContactsResponse::new(contacts, next_page_token).encode_to_vec(),
         );
         self.pages.publish(msg.owner, msg.page, body.clone());
         Ok(body)

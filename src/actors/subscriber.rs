@@ -328,10 +328,9 @@ async fn record_delivered(
     if ids.is_empty() {
         return;
     }
-    match messaging.send(Delivered { recipient, ids }).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
-        Err(e) => tracing::warn!(%recipient, error = %e, "could not record delivery"),
+    let sent = messaging.send(Delivered { recipient, ids }).await;
+    if let Err(e) = sent.map_err(super::mailbox_error).and_then(|r| r) {
+        tracing::warn!(%recipient, error = %e, "could not record delivery");
     }
 }
 

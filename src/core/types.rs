@@ -91,3 +91,14 @@ pub struct Page<T> {
     /// Where the next page starts, `None` on the last page.
     pub next: Option<i64>,
 }
+
+impl<T> Page<T> {
+    /// The items and the wire `next_page_token` (empty on the last page).
+    pub fn into_parts(self) -> (Vec<T>, String) {
+        let token = self
+            .next
+            .map(super::validate::encode_page_token)
+            .unwrap_or_default();
+        (self.items, token)
+    }
+}

@@ -6,7 +6,7 @@ use actix::Addr;
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
-use super::{ask, observe, page_parts};
+use super::{ask, observe};
 use crate::actors::accounts::{self, AccountsActor};
 use crate::core::CoreResult;
 use crate::core::stats::DeliveryStats;
@@ -103,8 +103,9 @@ impl PhantomAdmin for AdminService {
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         self.call("ListAccounts", req, |r| async move {
             let page = validate::page(r.page_size, &r.page_token)?;
-            let (accounts, next_page_token) =
-                page_parts(ask(&self.accounts, accounts::ListAccounts(page)).await?);
+            let (accounts, next_page_token) = ask(&self.accounts, accounts::ListAccounts(page))
+                .await?
+                .into_parts();
             Ok(pb::ListAccountsResponse {
                 accounts,
                 next_page_token,

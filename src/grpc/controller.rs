@@ -15,7 +15,7 @@ use super::auth::Authenticator;
 use super::connect;
 use super::events::EventStream;
 use super::limits::AccountLimits;
-use super::{ask, observe, page_parts};
+use super::{ask, observe};
 use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::{self, ContactsActor};
 use crate::actors::messaging::{self, MessagingActor};
@@ -243,7 +243,7 @@ impl PhantomController for ControllerService {
                 },
             )
             .await?;
-            let (messages, next_page_token) = page_parts(page);
+            let (messages, next_page_token) = page.into_parts();
             Ok(pb::ListMessagesResponse {
                 messages,
                 next_page_token,

@@ -207,25 +207,18 @@ impl HttpBody for Observed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(record) = self.record.take()
-                {
-                    record.finish(code_of(trailers).unwrap_or(Code::Unknown));
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(record) = self.record.take() {
-                    record.finish(Code::Internal);
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(record) = self.record.take() {
-                    record.finish(Code::Ok);
-                }
-            }
-            Poll::Pending => {}
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| code_of(trailers).unwrap_or(Code::Unknown)),
+            Poll::Ready(Some(Err(_))) => Some(Code::Internal),
+            Poll::Ready(None) => Some(Code::Ok),
+            Poll::Pending => None,
+        };
+        if let Some(code) = ended
+            && let Some(record) = self.record.take()
+        {
+            record.finish(code);
         }
         polled
     }

@@ -20,8 +20,7 @@ use tonic::{Response, Status};
 use tracing::Instrument;
 
 use crate::actors::mailbox_error;
-use crate::core::validate::encode_page_token;
-use crate::core::{CoreError, CoreResult, Page};
+use crate::core::{CoreError, CoreResult};
 
 /// Sends a message to an actor and flattens mailbox failures into the domain error.
 pub async fn ask<A, M, T>(addr: &Addr<A>, msg: M) -> CoreResult<T>
@@ -76,12 +75,4 @@ pub async fn observe<T>(
         .await
         .map(Response::new)
         .map_err(Status::from)
-}
-
-/// Splits a page into its items and the wire `next_page_token`.
-pub fn page_parts<T>(page: Page<T>) -> (Vec<T>, String) {
-    (
-        page.items,
-        page.next.map(encode_page_token).unwrap_or_default(),
-    )
 }

@@ -146,25 +146,19 @@ async fn run(mut args: Args) -> Result<(), String> {
     let ceiling = rows[0].per_sec.unwrap_or(0.0);
     let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
 
-    // The server under test: started here, unless --target.
-    let started;
-    let target = match &args.target {
+    // The server under test: started here (and kept until the end), unless --target.
+    let (_started, target) = match &args.target {
         Some(addr) => {
             let token = args
                 .admin_token
                 .clone()
                 .ok_or("--target needs --admin-token")?;
-            Target::connect(addr, &token, args.server_pid, k.connections).await?
+            let t = Target::connect(addr, &token, args.server_pid, k.connections).await?;
+            (None, t)
         }
         None => {
-            started = procs::phantom(&procs::server_binary(args.server_bin.clone())?)?;
-            Target::connect(
-                &started.addr,
-                procs::ADMIN,
-                Some(started.pid()),
-                k.connections,
-            )
-            .await?
+            let (served, t) = start_server(args.server_bin.clone(), k.connections).await?;
+            (Some(served), t)
         }
     };
 
@@ -194,8 +188,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             // On a fresh server when this tool starts it: memory freed by earlier scenarios
             // would otherwise be reused and hide the cost of new streams.
             "streams" if args.target.is_none() => {
-                let fresh = procs::phantom(&procs::server_binary(args.server_bin.clone())?)?;
-                let t = Target::connect(&fresh.addr, procs::ADMIN, Some(fresh.pid()), 1).await?;
+                let (_fresh, t) = start_server(args.server_bin.clone(), 1).await?;
                 scenarios::streams(&t, &k).await?
             }
             "streams" => scenarios::streams(&target, &k).await?,
@@ -211,6 +204,17 @@ async fn run(mut args: Args) -> Result<(), String> {
         rows.push(row);
     }
     report(&rows, args.json)
+}
+
+/// Starts a server here (the binary beside this tool, a temp data dir) with `conns`
+/// connections to it; it stops when the returned `Served` drops.
+async fn start_server(
+    bin: Option<PathBuf>,
+    conns: usize,
+) -> Result<(procs::Served, Target), String> {
+    let served = procs::phantom(&procs::server_binary(bin)?)?;
+    let t = Target::connect(&served.addr, procs::ADMIN, Some(served.pid()), conns).await?;
+    Ok((served, t))
 }
 
 fn report(rows: &[Row], json: bool) -> Result<(), String> {

@@ -38,6 +38,7 @@ fn auth(token: &str) -> Result<Auth, String> {
 }
 
 type User = PhantomControllerClient<InterceptedService<Channel, Auth>>;
+type Admin = PhantomAdminClient<InterceptedService<Channel, Auth>>;
 
 /// A reply the load client receives whole (framing, status, trailers) but does not build into
 /// structs: prost walks and skips every field. A load generator's own decoding is not the
@@ -80,7 +81,6 @@ impl LeanCall {
         self.grpc.unary(request, self.path, codec).await.map(|_| ())
     }
 }
-type Admin = PhantomAdminClient<InterceptedService<Channel, Auth>>;
 
 /// Settings shared by every scenario.
 #[derive(Clone, Debug)]
@@ -115,6 +115,15 @@ pub struct Target {
     pub conns: Vec<Channel>,
 }
 
+/// `n` (at least one) HTTP/2 connections to `addr`.
+async fn channels(addr: &str, n: usize) -> Result<Vec<Channel>, String> {
+    let mut conns = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        conns.push(phantom::client::connect(addr).await?);
+    }
+    Ok(conns)
+}
+
 impl Target {
     /// Opens `n` connections to `addr`.
     pub async fn connect(
@@ -123,15 +132,11 @@ impl Target {
         pid: Option<u32>,
         n: usize,
     ) -> Result<Target, String> {
-        let mut conns = Vec::with_capacity(n);
-        for _ in 0..n.max(1) {
-            conns.push(phantom::client::connect(addr).await?);
-        }
         Ok(Target {
             addr: addr.to_string(),
             admin_token: admin_token.to_string(),
             pid,
-            conns,
+            conns: channels(addr, n).await?,
         })
     }
 
@@ -184,6 +189,19 @@ impl Row {
             p99_ms: Some(ms(0.99)),
             max_ms: Some(h.max() as f64 / 1000.0),
             note: note.trim().to_string(),
+            ratio: None,
+        }
+    }
+
+    /// A row of one throughput figure (and, optionally, one duration as `max`).
+    fn figure(name: &str, per_sec: f64, max_ms: Option<f64>, note: String) -> Row {
+        Row {
+            scenario: name.into(),
+            per_sec: Some(per_sec),
+            p50_ms: None,
+            p99_ms: None,
+            max_ms,
+            note,
             ratio: None,
         }
     }
@@ -342,30 +360,25 @@ impl Prepared {
 
 /// The ceiling: the same client against the bare echo service.
 pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
-    let mut conns = Vec::new();
-    for _ in 0..k.connections.max(1) {
-        conns.push(phantom::client::connect(addr).await?);
-    }
+    let conns = channels(addr, k.connections).await?;
+    let request = EchoMessage {
+        body: vec![7; k.echo_bytes],
+    };
     // Checked once with the generated client, then driven like every other scenario.
     let reply = EchoClient::new(conns[0].clone())
-        .unary(EchoMessage {
-            body: vec![7; k.echo_bytes],
-        })
+        .unary(request.clone())
         .await
         .map_err(|e| format!("echo: {e}"))?;
-    if reply.get_ref().body.len() != k.echo_bytes {
+    if reply.get_ref().body != request.body {
         return Err("echo answered another body".into());
     }
     let calls: Vec<_> = conns
         .into_iter()
         .map(|c| LeanCall::new(c, "/phantom.bench.v1.Echo/Unary", None))
         .collect();
-    let body = bytes::Bytes::from(vec![7u8; k.echo_bytes]);
     let op: Op = Arc::new(move |w| {
         let c = calls[w % calls.len()].clone();
-        Box::pin(c.call(EchoMessage {
-            body: body.to_vec(),
-        }))
+        Box::pin(c.call(request.clone()))
     });
     Ok(Prepared {
         name: "echo (ceiling)",
@@ -417,7 +430,7 @@ pub async fn unary_read(t: &Target) -> Result<Prepared, String> {
     })
 }
 
-/// Account pairs for sending: (sender client per connection, recipient id).
+/// `n` (sender, recipient) account pairs.
 async fn pairs(t: &Target, n: usize) -> Result<Vec<(Acct, Acct)>, String> {
     let people = accounts(t, "sd", n * 2).await?;
     Ok(people
@@ -547,14 +560,10 @@ async fn open_streams(
     n: usize,
 ) -> Result<Vec<tonic::Streaming<pb::Event>>, String> {
     // 200 streams per connection, well inside the server's per-connection limit.
-    let conns = n.div_ceil(200).max(1);
-    let mut channels = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        channels.push(phantom::client::connect(&t.addr).await?);
-    }
+    let conns = channels(&t.addr, n.div_ceil(200)).await?;
     let opened = futures::stream::iter(0..n)
         .map(|i| {
-            let channel = channels[i % conns].clone();
+            let channel = conns[i % conns.len()].clone();
             let token = accts[i % accts.len()].token.clone();
             async move {
                 let mut u = PhantomControllerClient::with_interceptor(channel, auth(&token)?);
@@ -580,13 +589,11 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
         _ => None,
     };
     drop(open);
-    Ok(Row {
-        scenario: "streams".into(),
-        per_sec: Some(k.streams as f64 / took.as_secs_f64()),
-        p50_ms: None,
-        p99_ms: None,
-        max_ms: None,
-        note: match (per, after) {
+    Ok(Row::figure(
+        "streams",
+        k.streams as f64 / took.as_secs_f64(),
+        None,
+        match (per, after) {
             (Some(p), Some(a)) => format!(
                 "{} idle streams: {:.1} KiB RSS per stream (server RSS {:.0} MiB); per_sec = streams opened/s",
                 k.streams,
@@ -598,8 +605,7 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
                 k.streams
             ),
         },
-        ratio: None,
-    })
+    ))
 }
 
 /// One account's presence change reaching `k.streams` live streams of accounts that have it as
@@ -728,13 +734,10 @@ pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
         }
     }
     let (took, n) = best.ok_or("no replay")?;
-    Ok(Row {
-        scenario: "replay".into(),
-        per_sec: Some(n as f64 / took.as_secs_f64()),
-        p50_ms: None,
-        p99_ms: None,
-        max_ms: Some(ms(took)),
-        note: format!("{n} events from after_seq = 0 (best of 3); max = whole replay"),
-        ratio: None,
-    })
+    Ok(Row::figure(
+        "replay",
+        n as f64 / took.as_secs_f64(),
+        Some(ms(took)),
+        format!("{n} events from after_seq = 0 (best of 3); max = whole replay"),
+    ))
 }
