@@ -88,12 +88,16 @@ impl Default for ServerConfig {
 pub struct StorageConfig {
     /// Directory of the SQLite database (created if missing).
     pub data_dir: PathBuf,
+    /// WAL pages after which a background checkpoint copies them into the database; the
+    /// writer finishes one itself at four times this (see `store::checkpointer`).
+    pub checkpoint_pages: u32,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("data"),
+            checkpoint_pages: 1000,
         }
     }
 }
@@ -289,6 +293,10 @@ impl Config {
             (
                 "events.retention_per_account",
                 self.events.retention_per_account,
+            ),
+            (
+                "storage.checkpoint_pages",
+                u64::from(self.storage.checkpoint_pages),
             ),
         ] {
             if v == 0 {

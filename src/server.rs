@@ -246,6 +246,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
             // The bus only routes in memory, so it keeps up with the writer.
             Box::new(move |events| sink_bus.do_send(Publish(events))),
             cfg.events.retention_per_account,
+            cfg.storage.checkpoint_pages,
             store_stats,
         )
         .map_err(|e| e.to_string())?,

@@ -2,11 +2,15 @@
 //! and the gRPC layer. They are Prometheus metrics (atomics inside), so `GetServerStats` and
 //! `/metrics` read the same numbers.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 fn counter(name: &str, help: &str) -> IntCounter {
     // Names are constants: a failure here is a programming error caught by any test.
     IntCounter::new(name, help).expect("valid metric name")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name")
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -67,8 +71,12 @@ impl Default for DeliveryStats {
 pub struct StoreStats {
     /// Jobs per committed transaction.
     pub batch_size: Histogram,
-    /// Time to commit one batch, fsync included.
+    /// Time to run and commit one batch (its fsync runs on the syncer, overlapping the next).
     pub commit_seconds: Histogram,
+    /// WAL checkpoints, by where they ran: `background` or `inline` (on the writer).
+    pub checkpoints: IntCounterVec,
+    /// Pages in the WAL after the last commit.
+    pub wal_pages: IntGauge,
 }
 
 impl Default for StoreStats {
@@ -81,8 +89,17 @@ impl Default for StoreStats {
             ),
             commit_seconds: histogram(
                 "phantom_store_commit_duration_seconds",
-                "Time to run and commit one batch, fsync included.",
+                "Time to run and commit one batch (its fsync overlaps the next batch).",
                 prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+            ),
+            checkpoints: counter_vec(
+                "phantom_store_checkpoints_total",
+                "WAL checkpoints, by where they ran (background thread, or inline on the writer).",
+                &["where"],
+            ),
+            wal_pages: gauge(
+                "phantom_store_wal_pages",
+                "Pages in the WAL after the last commit.",
             ),
         }
     }
@@ -104,6 +121,8 @@ impl StoreStats {
     /// Adds these metrics to `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.batch_size.clone()))?;
-        registry.register(Box::new(self.commit_seconds.clone()))
+        registry.register(Box::new(self.commit_seconds.clone()))?;
+        registry.register(Box::new(self.checkpoints.clone()))?;
+        registry.register(Box::new(self.wal_pages.clone()))
     }
 }

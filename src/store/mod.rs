@@ -4,8 +4,10 @@
 //! threads, so actors never wait on disk. A write's future resolves after its transaction is
 //! committed and fsync'd, and after its events have been handed to the event sink.
 
+mod checkpointer;
 pub mod schema;
 pub mod sqlite;
+mod syncer;
 mod writer;
 
 use futures::future::BoxFuture;

@@ -1,5 +1,7 @@
-//! The embedded engine: SQLite in WAL mode with `synchronous = FULL`, one writer thread
-//! (see `writer`) and a pool of read-only connections used from tokio's blocking pool.
+//! The embedded engine: SQLite in WAL mode, one writer thread (`writer`), the syncer that
+//! makes its commits durable before anything is answered (`syncer`), WAL checkpoints on a
+//! thread of their own (`checkpointer`), and a pool of read-only connections used from
+//! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::checkpointer;
+use super::syncer::{self, Durable, SYNC_QUEUE};
 use super::writer::{self, Job, WriteOp, WriteOutput};
 use super::{EventSink, LogBounds, SentMessage, Store, schema::SCHEMA};
 use crate::core::stats::StoreStats;
@@ -119,17 +123,22 @@ fn open_reader(path: &Path) -> CoreResult<Connection> {
 /// The SQLite engine.
 pub struct SqliteStore {
     readers: Arc<ReaderPool>,
+    /// What readers may return: nothing the syncer has not made durable yet.
+    durable: Arc<Durable>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) `data_dir/phantom.db` and starts the writer thread;
-    /// `retention` is how many durable events each account's log keeps.
+    /// `retention` is how many durable events each account's log keeps, `checkpoint_pages`
+    /// how many WAL pages start a background checkpoint.
     pub fn open(
         data_dir: &Path,
         sink: EventSink,
         retention: u64,
+        checkpoint_pages: u32,
         stats: StoreStats,
     ) -> CoreResult<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -139,10 +148,12 @@ impl SqliteStore {
             ))
         })?;
         let path = data_dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk (WAL fsync'd) before any reply goes out.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // NORMAL: SQLite does not fsync the WAL at commit; the syncer thread does, before any
+        // reply or event goes out, so a reply still means the write is on disk (as with FULL),
+        // while the next batch runs during the flush. Checkpoints still sync WAL and database.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // The writer's I/O is the cost of every write (profiled): keep each job's savepoint
         // journal in memory instead of a temp file, and hot pages cached rather than re-read.
@@ -151,12 +162,26 @@ impl SqliteStore {
         conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        checkpointer::start(&path, &mut conn, checkpoint_pages, &stats)?;
+        let newest_message: Option<i64> =
+            conn.query_row("SELECT MAX(row) FROM messages", [], |r| r.get(0))?;
+        let durable = Arc::new(Durable::new(newest_message.unwrap_or(0)));
+        let (to_syncer, committed) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+        let wal = data_dir.join(format!("{DB_FILE}-wal"));
+        let syncer_durable = durable.clone();
+        let syncer = std::thread::Builder::new()
+            .name("phantom-store-syncer".into())
+            .spawn(move || syncer::run(wal, committed, sink, syncer_durable))
+            .map_err(CoreError::internal)?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer_durable = durable.clone();
         let writer = std::thread::Builder::new()
             .name("phantom-store-writer".into())
-            .spawn(move || writer::run(conn, rx, sink, retention, stats))
+            .spawn(move || writer::run(conn, rx, to_syncer, writer_durable, retention, stats))
             .map_err(CoreError::internal)?;
         Ok(SqliteStore {
+            durable,
+            syncer: Mutex::new(Some(syncer)),
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -371,6 +396,7 @@ impl Store for SqliteStore {
         peer: AccountId,
         page: PageRequest,
     ) -> BoxFuture<'static, CoreResult<Page<pb::Message>>> {
+        let durable = self.durable.message_row();
         self.read(move |c| {
             if !account_exists(c, peer)? {
                 return Err(CoreError::not_found("contact_id", "no such account"));
@@ -379,11 +405,16 @@ impl Store for SqliteStore {
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv = ?1 AND row < ?2
                  ORDER BY row DESC LIMIT ?3"
             );
+            // Rows past the durable one are committed but not yet fsync'd: not shown yet.
+            let before = page
+                .after
+                .unwrap_or(i64::MAX)
+                .min(durable.saturating_add(1));
             let mut rows = Vec::new();
             let mut stmt = c.prepare_cached(&sql)?;
             let mut q = stmt.query(params![
                 conversation_key(me, peer),
-                page.after.unwrap_or(i64::MAX),
+                before,
                 page.size as i64 + 1
             ])?;
             while let Some(r) = q.next()? {
@@ -427,11 +458,18 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>> {
+        let newest = self.durable.head(account).unwrap_or(i64::MAX as u64) as i64;
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT body FROM events WHERE account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT body FROM events WHERE account_id = ?1 AND seq > ?2 AND seq <= ?4
+                 ORDER BY seq LIMIT ?3",
             )?;
-            let mut q = stmt.query(params![account.to_string(), after as i64, limit as i64])?;
+            let mut q = stmt.query(params![
+                account.to_string(),
+                after as i64,
+                limit as i64,
+                newest
+            ])?;
             let mut out = Vec::new();
             while let Some(r) = q.next()? {
                 let body = r.get_ref(0)?.as_blob().map_err(CoreError::internal)?;
@@ -442,6 +480,7 @@ impl Store for SqliteStore {
     }
 
     fn log_bounds(&self, account: AccountId) -> BoxFuture<'static, CoreResult<LogBounds>> {
+        let durable = self.durable.head(account);
         self.read(move |c| {
             let id = account.to_string();
             let head: i64 = c
@@ -452,9 +491,10 @@ impl Store for SqliteStore {
             let oldest: Option<i64> = c
                 .prepare_cached("SELECT MIN(seq) FROM events WHERE account_id = ?1")?
                 .query_row([&id], |r| r.get(0))?;
+            let head = head as u64;
             Ok(LogBounds {
                 oldest: oldest.unwrap_or(0) as u64,
-                head: head as u64,
+                head: durable.map_or(head, |d| d.min(head)),
             })
         })
     }
@@ -464,11 +504,15 @@ impl Store for SqliteStore {
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("store writer thread panicked");
+        // The writer hands its last batch to the syncer and returns; the syncer then answers
+        // it and returns in turn.
+        for (thread, name) in [(&self.writer, "writer"), (&self.syncer, "syncer")] {
+            let handle = thread.lock().ok().and_then(|mut t| t.take());
+            if let Some(handle) = handle
+                && handle.join().is_err()
+            {
+                tracing::error!("store {name} thread panicked");
+            }
         }
     }
 }

@@ -1,14 +1,18 @@
-//! The single writer thread: every durable change runs here, batched into one transaction and
-//! one fsync (group commit). A batch first runs whole; if a job fails, it runs again with each
+//! The single writer thread: every durable change runs here, batched into one transaction
+//! (group commit) whose fsync the syncer thread does while the next batch runs. A batch first runs whole; if a job fails, it runs again with each
 //! job in its own savepoint, so one failing job never spoils the others in its batch.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prost::Message as _;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::SentMessage;
 use super::sqlite::{MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row};
-use super::{EventSink, SentMessage};
+use super::syncer::{Committed, Durable};
 use crate::core::events::new_event;
 use crate::core::stats::StoreStats;
 use crate::core::time::now_micros;
@@ -69,11 +73,12 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<CoreResult<WriteOutput>>,
 }
 
-/// Runs until every sender is gone, then returns (the last batch is committed first).
+/// Runs until every sender is gone, then returns (the last batch is handed to the syncer first).
 pub(crate) fn run(
     mut conn: Connection,
     mut jobs: mpsc::Receiver<Job>,
-    sink: EventSink,
+    synced: std::sync::mpsc::SyncSender<Committed>,
+    durable: Arc<Durable>,
     retention: u64,
     stats: StoreStats,
 ) {
@@ -87,43 +92,62 @@ pub(crate) fn run(
         }
         stats.batch_size.observe(batch.len() as f64);
         let timer = stats.commit_seconds.start_timer();
-        commit_batch(&mut conn, batch, &sink, retention);
+        let committed = commit_batch(&mut conn, batch, &durable, retention);
         timer.observe_duration();
+        if let Some(committed) = committed
+            && synced.send(committed).is_err()
+        {
+            tracing::error!("store syncer is gone; writes are no longer answered");
+        }
     }
 }
 
-fn commit_batch(conn: &mut Connection, jobs: Vec<Job>, sink: &EventSink, retention: u64) {
+/// Runs a batch; what committed goes on to the syncer, a failure is answered here at once.
+fn commit_batch(
+    conn: &mut Connection,
+    jobs: Vec<Job>,
+    durable: &Durable,
+    retention: u64,
+) -> Option<Committed> {
+    if durable.broken.load(Ordering::Acquire) {
+        refuse(jobs, "storage sync failed earlier; writes are refused");
+        return None;
+    }
     // Nearly every batch succeeds whole, so it first runs without a savepoint per job (each
     // costs the writer journal work, profiled); only if a job fails is the batch run again with
     // each job isolated, so that the failure refuses that job alone.
-    let outcome = match run_batch(conn, &jobs, retention, false) {
-        Ok(None) => run_batch(conn, &jobs, retention, true),
+    let outcome = match run_batch(conn, &jobs, durable, retention, false) {
+        Ok(None) => run_batch(conn, &jobs, durable, retention, true),
         other => other,
     };
     match outcome {
-        Ok(Some((results, events))) => {
-            if !events.is_empty() {
-                sink(events);
-            }
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(result);
-            }
-        }
+        Ok(Some((results, events, message_row))) => Some(Committed {
+            replies: jobs.into_iter().map(|j| j.reply).zip(results).collect(),
+            events,
+            message_row,
+        }),
         Ok(None) | Err(_) => {
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "store commit failed; the whole batch is refused");
             }
-            for job in jobs {
-                let _ = job.reply.send(Err(CoreError::Unavailable(
-                    "storage commit failed; nothing was stored".into(),
-                )));
-            }
+            refuse(jobs, "storage commit failed; nothing was stored");
+            None
         }
     }
 }
 
-/// Results per job and the committed events.
-type Committed = (Vec<CoreResult<WriteOutput>>, Vec<CommittedEvent>);
+fn refuse(jobs: Vec<Job>, why: &str) {
+    for job in jobs {
+        let _ = job.reply.send(Err(CoreError::Unavailable(why.into())));
+    }
+}
+
+/// Results per job, the committed events and the newest message row.
+type Ran = (
+    Vec<CoreResult<WriteOutput>>,
+    Vec<CommittedEvent>,
+    Option<i64>,
+);
 
 /// Runs `jobs` in one transaction and commits it. With `isolate`, each job has its own
 /// savepoint and a failing job is rolled back alone; without, the first failure rolls back
@@ -131,9 +155,10 @@ type Committed = (Vec<CoreResult<WriteOutput>>, Vec<CommittedEvent>);
 fn run_batch(
     conn: &mut Connection,
     jobs: &[Job],
+    durable: &Durable,
     retention: u64,
     isolate: bool,
-) -> CoreResult<Option<Committed>> {
+) -> CoreResult<Option<Ran>> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
@@ -169,8 +194,13 @@ fn run_batch(
         }
         results.push(result);
     }
+    // Readers must not see these rows before the syncer has made them durable.
+    durable.fence(&events);
+    let message_row = tx
+        .prepare_cached("SELECT MAX(row) FROM messages")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))?;
     tx.commit()?;
-    Ok(Some((results, events)))
+    Ok(Some((results, events, message_row)))
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
