@@ -106,6 +106,122 @@ async fn the_wal_stays_bounded_under_continuous_writes() {
     }
 }
 
+/// Message events are logged with a stub in place of the message (stored once, in
+/// `messages`) and replayed whole; a data dir written before that (whole bodies, no `msg`
+/// column) is migrated at start and replays the same, old events and new ones alike.
+#[tokio::test]
+async fn replayed_message_events_are_whole_in_old_and_new_logs() {
+    use prost::Message as _;
+    let mut t = TestServer::start().await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    let old = t.send(&a, &b, "written before the change").await;
+    t.stop().await;
+    rewrite_as_old_format(&t.data_dir().join("phantom.db"));
+    t.restart().await;
+    let new = t
+        .user(&a)
+        .send_message(pb::SendMessageRequest {
+            recipient_id: b.id.clone(),
+            text: "written after".into(),
+            payload: vec![1, 2, 3].into(),
+            content_type: "application/x-test".into(),
+            client_message_id: "c-1".into(),
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    // Bob reads both: the stored messages become READ, the events still say SENT.
+    mark_read(&mut t.user(&b), &a.id, &new.message_id)
+        .await
+        .expect("mark read");
+    let replayed = |ev: pb::Event| match ev.kind {
+        Some(pb::event::Kind::MessageReceived(r)) => r.message.expect("whole message"),
+        Some(pb::event::Kind::MessageSent(s)) => s.message.expect("whole message"),
+        other => panic!("not a message event: {other:?}"),
+    };
+    for (who, seqs) in [(&b, [1u64, 2]), (&a, [1, 2])] {
+        let mut s = Events::open(&mut t.user(who), Some(0)).await;
+        s.started().await;
+        for (seq, want) in seqs.into_iter().zip([&old, &new]) {
+            let ev = s.durable().await;
+            assert_eq!(ev.seq, seq);
+            let got = replayed(ev);
+            assert_eq!(&got, want, "replayed event {seq} of {}", who.handle);
+            assert_eq!(got.state, pb::MessageState::Sent as i32);
+        }
+    }
+    // The new rows hold a stub: far smaller than the message they refer to.
+    let db = rusqlite::Connection::open(t.data_dir().join("phantom.db")).expect("open");
+    let (stub, msg): (Vec<u8>, Option<i64>) = db
+        .query_row(
+            "SELECT body, msg FROM events WHERE account_id = ?1 AND seq = 2",
+            [&b.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("bob's second event");
+    assert!(msg.is_some());
+    assert!(stub.len() < new.encoded_len(), "{} bytes", stub.len());
+}
+
+/// Makes a stopped server's database look as it did before `events.msg` existed: every
+/// message event's body holds the whole message again, and the column is gone.
+fn rewrite_as_old_format(path: &std::path::Path) {
+    use prost::Message as _;
+    let db = rusqlite::Connection::open(path).expect("open");
+    let rows: Vec<(String, i64, Vec<u8>, i64)> = db
+        .prepare("SELECT account_id, seq, body, msg FROM events WHERE msg IS NOT NULL")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .expect("read events");
+    assert!(!rows.is_empty());
+    for (account, seq, body, msg) in rows {
+        let full = db
+            .query_row(
+                "SELECT id, sender, recipient, text, payload, content_type, \
+                 COALESCE(client_message_id, ''), sent_at, state FROM messages WHERE row = ?1",
+                [msg],
+                |r| {
+                    let micros: i64 = r.get(7)?;
+                    Ok(pb::Message {
+                        message_id: r.get(0)?,
+                        sender_id: r.get(1)?,
+                        recipient_id: r.get(2)?,
+                        text: r.get(3)?,
+                        payload: r.get::<_, Vec<u8>>(4)?.into(),
+                        content_type: r.get(5)?,
+                        client_message_id: r.get(6)?,
+                        sent_at: Some(prost_types::Timestamp {
+                            seconds: micros.div_euclid(1_000_000),
+                            nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+                        }),
+                        state: r.get(8)?,
+                    })
+                },
+            )
+            .expect("the message");
+        let mut event = pb::Event::decode(body.as_slice()).expect("decodes");
+        match event.kind.as_mut() {
+            Some(pb::event::Kind::MessageSent(pb::MessageSent { message }))
+            | Some(pb::event::Kind::MessageReceived(pb::MessageReceived { message })) => {
+                let state = message.as_ref().map_or(full.state, |m| m.state);
+                *message = Some(pb::Message { state, ..full });
+            }
+            other => panic!("msg set on {other:?}"),
+        }
+        db.execute(
+            "UPDATE events SET body = ?3 WHERE account_id = ?1 AND seq = ?2",
+            rusqlite::params![account, seq, event.encode_to_vec()],
+        )
+        .expect("rewrite");
+    }
+    db.execute_batch("ALTER TABLE events DROP COLUMN msg")
+        .expect("drop column");
+}
+
 /// Checks the state written by both tests.
 async fn verify(
     channel: &tonic::transport::Channel,

@@ -53,3 +53,29 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (account_id, seq)
 ) WITHOUT ROWID;
 "#;
+
+/// Columns added after a table was first shipped: (table, column, its definition).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The message row a MessageSent/MessageReceived event refers to. Such an event's body
+    // then holds a stub instead of the message (stored once, in `messages`), and reads join
+    // it back: a send writes a third of the bytes. Older rows (NULL) keep whole bodies.
+    ("events", "msg", "INTEGER"),
+];
+
+/// Brings an existing database up to `SCHEMA` and `ADDED_COLUMNS` (idempotent).
+pub fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}

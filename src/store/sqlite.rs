@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::checkpointer;
 use super::syncer::{self, Durable, SYNC_QUEUE};
 use super::writer::{self, Job, WriteOp, WriteOutput};
-use super::{EventSink, LogBounds, SentMessage, Store, schema::SCHEMA};
+use super::{EventSink, LogBounds, SentMessage, Store, schema};
 use crate::core::stats::StoreStats;
 use crate::core::time::to_timestamp;
 use crate::core::{
@@ -43,17 +43,34 @@ pub(crate) fn conversation_key(a: AccountId, b: AccountId) -> String {
 
 /// Reads a message row selected with `MESSAGE_COLUMNS`.
 pub(crate) fn message_from_row(r: &Row) -> rusqlite::Result<pb::Message> {
+    message_at(r, 0)
+}
+
+/// Reads a message selected with `MESSAGE_COLUMNS` starting at column `at`.
+fn message_at(r: &Row, at: usize) -> rusqlite::Result<pb::Message> {
     Ok(pb::Message {
-        message_id: r.get(1)?,
-        sender_id: r.get(2)?,
-        recipient_id: r.get(3)?,
-        text: r.get(4)?,
-        payload: Bytes::from(r.get::<_, Vec<u8>>(5)?),
-        content_type: r.get(6)?,
-        client_message_id: r.get(7)?,
-        sent_at: Some(to_timestamp(r.get(8)?)),
-        state: r.get(9)?,
+        message_id: r.get(at + 1)?,
+        sender_id: r.get(at + 2)?,
+        recipient_id: r.get(at + 3)?,
+        text: r.get(at + 4)?,
+        payload: Bytes::from(r.get::<_, Vec<u8>>(at + 5)?),
+        content_type: r.get(at + 6)?,
+        client_message_id: r.get(at + 7)?,
+        sent_at: Some(to_timestamp(r.get(at + 8)?)),
+        state: r.get(at + 9)?,
     })
+}
+
+/// Puts a joined message back into the event whose body holds its stub; the stub keeps the
+/// state the message had when the event happened.
+fn fill_message(event: &mut pb::Event, full: pb::Message) {
+    use pb::event::Kind;
+    if let Some(Kind::MessageSent(pb::MessageSent { message }))
+    | Some(Kind::MessageReceived(pb::MessageReceived { message })) = event.kind.as_mut()
+    {
+        let state = message.as_ref().map_or(full.state, |m| m.state);
+        *message = Some(pb::Message { state, ..full });
+    }
 }
 
 fn parse_uuid(s: String) -> rusqlite::Result<Uuid> {
@@ -161,7 +178,7 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", -65536)?; // KiB: 64 MiB
         conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&conn)?;
         checkpointer::start(&path, &mut conn, checkpoint_pages, &stats)?;
         let newest_message: Option<i64> =
             conn.query_row("SELECT MAX(row) FROM messages", [], |r| r.get(0))?;
@@ -460,10 +477,11 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>> {
         let newest = self.durable.head(account).unwrap_or(i64::MAX as u64) as i64;
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT body FROM events WHERE account_id = ?1 AND seq > ?2 AND seq <= ?4
-                 ORDER BY seq LIMIT ?3",
-            )?;
+            let sql = format!(
+                "SELECT e.body, {MESSAGE_COLUMNS} FROM events e LEFT JOIN messages m ON m.row = e.msg
+                 WHERE e.account_id = ?1 AND e.seq > ?2 AND e.seq <= ?4 ORDER BY e.seq LIMIT ?3"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
             let mut q = stmt.query(params![
                 account.to_string(),
                 after as i64,
@@ -473,7 +491,11 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             while let Some(r) = q.next()? {
                 let body = r.get_ref(0)?.as_blob().map_err(CoreError::internal)?;
-                out.push(pb::Event::decode(body).map_err(CoreError::internal)?);
+                let mut event = pb::Event::decode(body).map_err(CoreError::internal)?;
+                if r.get_ref(1)? != rusqlite::types::ValueRef::Null {
+                    fill_message(&mut event, message_at(r, 1)?);
+                }
+                out.push(event);
             }
             Ok(out)
         })

@@ -215,10 +215,17 @@ struct Log<'a> {
 
 /// Appends a durable event to an account's log, assigning the account's next seq and pruning
 /// what falls out of retention.
-fn append(
+fn append(tx: &Connection, account: AccountId, event: pb::Event, log: &mut Log) -> CoreResult<()> {
+    append_with(tx, account, event, None, log)
+}
+
+/// `append`, for an event that carries the message stored at row `msg`: the log keeps a stub
+/// in its place (the message is stored once; reads join it back).
+fn append_with(
     tx: &Connection,
     account: AccountId,
     mut event: pb::Event,
+    msg: Option<i64>,
     log: &mut Log,
 ) -> CoreResult<()> {
     let id = account.to_string();
@@ -228,8 +235,12 @@ fn append(
         )?
         .query_row([&id], |r| r.get(0))?;
     event.seq = seq as u64;
-    tx.prepare_cached("INSERT INTO events (account_id, seq, body) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, seq, event.encode_to_vec()])?;
+    let body = match msg {
+        Some(_) => message_stub(&event).encode_to_vec(),
+        None => event.encode_to_vec(),
+    };
+    tx.prepare_cached("INSERT INTO events (account_id, seq, body, msg) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, seq, body, msg])?;
     let keep = log.retention as i64;
     if seq > keep {
         tx.prepare_cached("DELETE FROM events WHERE account_id = ?1 AND seq <= ?2")?
@@ -240,6 +251,31 @@ fn append(
         event,
     });
     Ok(())
+}
+
+/// The event with its message reduced to what the stored row cannot tell: its state then.
+fn message_stub(event: &pb::Event) -> pb::Event {
+    let stub = |m: &Option<pb::Message>| {
+        m.as_ref().map(|m| pb::Message {
+            state: m.state,
+            ..Default::default()
+        })
+    };
+    let kind = match &event.kind {
+        Some(Kind::MessageSent(s)) => Some(Kind::MessageSent(pb::MessageSent {
+            message: stub(&s.message),
+        })),
+        Some(Kind::MessageReceived(r)) => Some(Kind::MessageReceived(pb::MessageReceived {
+            message: stub(&r.message),
+        })),
+        other => other.clone(),
+    };
+    pb::Event {
+        seq: event.seq,
+        event_id: event.event_id.clone(),
+        time: event.time,
+        kind,
+    }
 }
 
 /// Logs a contact change's event, or refuses it when no row matched.
@@ -435,8 +471,9 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
     let received = Kind::MessageReceived(pb::MessageReceived {
         message: Some(m.clone()),
     });
-    append(tx, sender, new_event(sent), events)?;
-    append(tx, recipient, new_event(received), events)?;
+    let row = Some(tx.last_insert_rowid());
+    append_with(tx, sender, new_event(sent), row, events)?;
+    append_with(tx, recipient, new_event(received), row, events)?;
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,
