@@ -108,6 +108,10 @@ async fn the_metrics_endpoint_counts_calls_codes_events_and_commits() {
     // Two accounts, two sends, one receipt at least: several commits.
     assert!(value(&s, "phantom_store_commit_batch_size_count", &[]).unwrap_or(0.0) >= 4.0);
     assert!(value(&s, "phantom_store_commit_duration_seconds_sum", &[]).unwrap_or(0.0) > 0.0);
+    // Every commit writes pages to the WAL; the WAL holds pages until a checkpoint.
+    let written = value(&s, "phantom_store_wal_pages_written_total", &[]).unwrap_or(0.0);
+    assert!(written >= 4.0, "{written} WAL pages written");
+    assert!(value(&s, "phantom_store_wal_pages", &[]).unwrap_or(0.0) > 0.0);
     assert!(
         value(
             &s,

@@ -77,6 +77,8 @@ pub struct StoreStats {
     pub checkpoints: IntCounterVec,
     /// Pages in the WAL after the last commit.
     pub wal_pages: IntGauge,
+    /// Pages written to the WAL (each a 4 KiB frame): the store's write volume.
+    pub wal_pages_written: IntCounter,
 }
 
 impl Default for StoreStats {
@@ -101,6 +103,10 @@ impl Default for StoreStats {
                 "phantom_store_wal_pages",
                 "Pages in the WAL after the last commit.",
             ),
+            wal_pages_written: counter(
+                "phantom_store_wal_pages_written_total",
+                "Pages written to the WAL by commits (4 KiB each).",
+            ),
         }
     }
 }
@@ -123,6 +129,7 @@ impl StoreStats {
         registry.register(Box::new(self.batch_size.clone()))?;
         registry.register(Box::new(self.commit_seconds.clone()))?;
         registry.register(Box::new(self.checkpoints.clone()))?;
-        registry.register(Box::new(self.wal_pages.clone()))
+        registry.register(Box::new(self.wal_pages.clone()))?;
+        registry.register(Box::new(self.wal_pages_written.clone()))
     }
 }

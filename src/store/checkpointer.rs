@@ -53,9 +53,18 @@ pub(crate) fn start(
     let background_at = i32::try_from(pages).unwrap_or(i32::MAX);
     let inline_at = background_at.saturating_mul(4);
     let inline = stats.checkpoints.with_label_values(&["inline"]);
-    let wal_pages = stats.wal_pages.clone();
+    let (wal_pages, written) = (stats.wal_pages.clone(), stats.wal_pages_written.clone());
+    let mut last = 0i32;
     // Replaces SQLite's automatic checkpoint (the two share this hook).
     writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames: i32| {
+        // After the WAL starts over, a commit's pages count from zero.
+        let appended = if frames >= last {
+            frames - last
+        } else {
+            frames
+        };
+        last = frames;
+        written.inc_by(appended.unsigned_abs().into());
         wal_pages.set(i64::from(frames));
         if frames >= inline_at {
             // An error here would be reported as the commit's, which has already happened;
