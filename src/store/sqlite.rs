@@ -475,19 +475,14 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>> {
-        let newest = self.durable.head(account).unwrap_or(i64::MAX as u64) as i64;
+        let durable = self.durable.clone();
         self.read(move |c| {
             let sql = format!(
                 "SELECT e.body, {MESSAGE_COLUMNS} FROM events e LEFT JOIN messages m ON m.row = e.msg
-                 WHERE e.account_id = ?1 AND e.seq > ?2 AND e.seq <= ?4 ORDER BY e.seq LIMIT ?3"
+                 WHERE e.account_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let mut q = stmt.query(params![
-                account.to_string(),
-                after as i64,
-                limit as i64,
-                newest
-            ])?;
+            let mut q = stmt.query(params![account.to_string(), after as i64, limit as i64])?;
             let mut out = Vec::new();
             while let Some(r) = q.next()? {
                 let body = r.get_ref(0)?.as_blob().map_err(CoreError::internal)?;
@@ -497,12 +492,13 @@ impl Store for SqliteStore {
                 }
                 out.push(event);
             }
+            durable.keep_durable(account, &mut out);
             Ok(out)
         })
     }
 
     fn log_bounds(&self, account: AccountId) -> BoxFuture<'static, CoreResult<LogBounds>> {
-        let durable = self.durable.head(account);
+        let durable = self.durable.clone();
         self.read(move |c| {
             let id = account.to_string();
             let head: i64 = c
@@ -513,10 +509,11 @@ impl Store for SqliteStore {
             let oldest: Option<i64> = c
                 .prepare_cached("SELECT MIN(seq) FROM events WHERE account_id = ?1")?
                 .query_row([&id], |r| r.get(0))?;
+            // Read after the queries, as in `Durable::keep_durable`.
             let head = head as u64;
             Ok(LogBounds {
                 oldest: oldest.unwrap_or(0) as u64,
-                head: durable.map_or(head, |d| d.min(head)),
+                head: durable.head(account).map_or(head, |d| d.min(head)),
             })
         })
     }

@@ -83,9 +83,20 @@ impl Durable {
         }
     }
 
-    /// The newest seq of `account` a reader may return (`None`: every committed one).
+    /// The newest seq of `account` a reader may return (`None`: every committed one). Read it
+    /// after the query it caps, never before: the writer fences an account before the commit
+    /// that makes its new rows visible, so a fence read afterwards covers every row the query
+    /// saw, while one read before could miss an account's first fence since start-up.
     pub fn head(&self, account: AccountId) -> Option<u64> {
         self.heads.lock().ok()?.get(&account).copied()
+    }
+
+    /// Drops from `events` (read from `account`'s log, in seq order) what is not durable yet.
+    pub fn keep_durable(&self, account: AccountId, events: &mut Vec<crate::pb::Event>) {
+        if let Some(head) = self.head(account) {
+            let keep = events.partition_point(|e| e.seq <= head);
+            events.truncate(keep);
+        }
     }
 
     /// The newest message row a reader may return.
@@ -199,6 +210,17 @@ mod tests {
         );
         d.advance(&second);
         assert_eq!((d.head(a), d.message_row()), (Some(7), 13));
+        // What a reader got is cut at the account's durable head; an account never fenced
+        // keeps everything.
+        let read = |account, seqs: &[u64]| {
+            let mut events: Vec<pb::Event> =
+                seqs.iter().map(|&s| event(account, s).event).collect();
+            d.keep_durable(account, &mut events);
+            events.iter().map(|e| e.seq).collect::<Vec<_>>()
+        };
+        d.fence(&[event(b, 2), event(b, 3)]);
+        assert_eq!(read(b, &[1, 2, 3]), vec![1]);
+        assert_eq!(read(AccountId::now_v7(), &[8, 9]), vec![8, 9]);
     }
 
     #[test]

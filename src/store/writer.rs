@@ -1,6 +1,7 @@
 //! The single writer thread: every durable change runs here, batched into one transaction
-//! (group commit) whose fsync the syncer thread does while the next batch runs. A batch first runs whole; if a job fails, it runs again with each
-//! job in its own savepoint, so one failing job never spoils the others in its batch.
+//! (group commit) whose fsync the syncer thread does while the next batch runs. A batch first
+//! runs whole; if a job fails, it runs again with each job in its own savepoint, so one failing
+//! job never spoils the others in its batch.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
