@@ -107,8 +107,8 @@ async fn the_wal_stays_bounded_under_continuous_writes() {
 }
 
 /// Message events are logged with a stub in place of the message (stored once, in
-/// `messages`) and replayed whole; a data dir written before that (whole bodies, no `msg`
-/// column) is migrated at start and replays the same, old events and new ones alike.
+/// `messages`) and replayed whole; a data dir written before that (the log keyed by account id
+/// text, whole bodies) is migrated at start and replays the same, old events and new ones alike.
 #[tokio::test]
 async fn replayed_message_events_are_whole_in_old_and_new_logs() {
     use prost::Message as _;
@@ -156,7 +156,8 @@ async fn replayed_message_events_are_whole_in_old_and_new_logs() {
     let db = rusqlite::Connection::open(t.data_dir().join("phantom.db")).expect("open");
     let (stub, msg): (Vec<u8>, Option<i64>) = db
         .query_row(
-            "SELECT body, msg FROM events WHERE account_id = ?1 AND seq = 2",
+            "SELECT body, msg FROM events
+             WHERE account = (SELECT row FROM accounts WHERE id = ?1) AND seq = 2",
             [&b.id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -165,61 +166,74 @@ async fn replayed_message_events_are_whole_in_old_and_new_logs() {
     assert!(stub.len() < new.encoded_len(), "{} bytes", stub.len());
 }
 
-/// Makes a stopped server's database look as it did before `events.msg` existed: every
-/// message event's body holds the whole message again, and the column is gone.
+/// Makes a stopped server's database look as it did before the commit-ordered log: keyed by
+/// account id text, every message event's body holding the whole message, no `msg` column.
 fn rewrite_as_old_format(path: &std::path::Path) {
     use prost::Message as _;
     let db = rusqlite::Connection::open(path).expect("open");
-    let rows: Vec<(String, i64, Vec<u8>, i64)> = db
-        .prepare("SELECT account_id, seq, body, msg FROM events WHERE msg IS NOT NULL")
+    let rows: Vec<(String, i64, Vec<u8>, Option<i64>)> = db
+        .prepare(
+            "SELECT a.id, e.seq, e.body, e.msg FROM events e JOIN accounts a ON a.row = e.account",
+        )
         .and_then(|mut s| {
             s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect()
         })
         .expect("read events");
-    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().any(|r| r.3.is_some()),
+        "message events refer to rows"
+    );
+    db.execute_batch(
+        "DROP TABLE events;
+         CREATE TABLE events (
+             account_id TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
+             PRIMARY KEY (account_id, seq)
+         ) WITHOUT ROWID;",
+    )
+    .expect("old table");
     for (account, seq, body, msg) in rows {
-        let full = db
-            .query_row(
-                "SELECT id, sender, recipient, text, payload, content_type, \
-                 COALESCE(client_message_id, ''), sent_at, state FROM messages WHERE row = ?1",
-                [msg],
-                |r| {
-                    let micros: i64 = r.get(7)?;
-                    Ok(pb::Message {
-                        message_id: r.get(0)?,
-                        sender_id: r.get(1)?,
-                        recipient_id: r.get(2)?,
-                        text: r.get(3)?,
-                        payload: r.get::<_, Vec<u8>>(4)?.into(),
-                        content_type: r.get(5)?,
-                        client_message_id: r.get(6)?,
-                        sent_at: Some(prost_types::Timestamp {
-                            seconds: micros.div_euclid(1_000_000),
-                            nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-                        }),
-                        state: r.get(8)?,
-                    })
-                },
-            )
-            .expect("the message");
         let mut event = pb::Event::decode(body.as_slice()).expect("decodes");
-        match event.kind.as_mut() {
-            Some(pb::event::Kind::MessageSent(pb::MessageSent { message }))
-            | Some(pb::event::Kind::MessageReceived(pb::MessageReceived { message })) => {
-                let state = message.as_ref().map_or(full.state, |m| m.state);
-                *message = Some(pb::Message { state, ..full });
+        if let Some(msg) = msg {
+            let full = db
+                .query_row(
+                    "SELECT id, sender, recipient, text, payload, content_type, \
+                     COALESCE(client_message_id, ''), sent_at, state FROM messages WHERE row = ?1",
+                    [msg],
+                    |r| {
+                        let micros: i64 = r.get(7)?;
+                        Ok(pb::Message {
+                            message_id: r.get(0)?,
+                            sender_id: r.get(1)?,
+                            recipient_id: r.get(2)?,
+                            text: r.get(3)?,
+                            payload: r.get::<_, Vec<u8>>(4)?.into(),
+                            content_type: r.get(5)?,
+                            client_message_id: r.get(6)?,
+                            sent_at: Some(prost_types::Timestamp {
+                                seconds: micros.div_euclid(1_000_000),
+                                nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+                            }),
+                            state: r.get(8)?,
+                        })
+                    },
+                )
+                .expect("the message");
+            match event.kind.as_mut() {
+                Some(pb::event::Kind::MessageSent(pb::MessageSent { message }))
+                | Some(pb::event::Kind::MessageReceived(pb::MessageReceived { message })) => {
+                    let state = message.as_ref().map_or(full.state, |m| m.state);
+                    *message = Some(pb::Message { state, ..full });
+                }
+                other => panic!("msg set on {other:?}"),
             }
-            other => panic!("msg set on {other:?}"),
         }
         db.execute(
-            "UPDATE events SET body = ?3 WHERE account_id = ?1 AND seq = ?2",
+            "INSERT INTO events (account_id, seq, body) VALUES (?1, ?2, ?3)",
             rusqlite::params![account, seq, event.encode_to_vec()],
         )
-        .expect("rewrite");
+        .expect("old row");
     }
-    db.execute_batch("ALTER TABLE events DROP COLUMN msg")
-        .expect("drop column");
 }
 
 /// Checks the state written by both tests.

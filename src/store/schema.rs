@@ -46,36 +46,56 @@ CREATE INDEX IF NOT EXISTS messages_conv ON messages (conv, row);
 DROP INDEX IF EXISTS messages_pair;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
     ON messages (sender, client_message_id) WHERE client_message_id IS NOT NULL;
+-- The event log. Rows go in commit order (`pos`), so a commit's event rows share the last
+-- pages of the table instead of each landing on its account's own page; the per-account
+-- order is a small index of integers. `account` is `accounts.row`. A MessageSent or
+-- MessageReceived row refers to its message (`msg`, a `messages.row`) and its body holds a
+-- stub with only the message's state then: the message is stored once, and reads join it back.
 CREATE TABLE IF NOT EXISTS events (
-    account_id TEXT    NOT NULL,
-    seq        INTEGER NOT NULL,
-    body       BLOB    NOT NULL,
-    PRIMARY KEY (account_id, seq)
-) WITHOUT ROWID;
+    pos     INTEGER PRIMARY KEY,
+    account INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    body    BLOB    NOT NULL,
+    msg     INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_log ON events (account, seq);
 "#;
 
-/// Columns added after a table was first shipped: (table, column, its definition).
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
-    // The message row a MessageSent/MessageReceived event refers to. Such an event's body
-    // then holds a stub instead of the message (stored once, in `messages`), and reads join
-    // it back: a send writes a third of the bytes. Older rows (NULL) keep whole bodies.
-    ("events", "msg", "INTEGER"),
-];
+/// Whether `table` has `column`.
+fn has_column(conn: &rusqlite::Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )
+}
 
-/// Brings an existing database up to `SCHEMA` and `ADDED_COLUMNS` (idempotent).
+/// Brings an existing database up to `SCHEMA`, in one transaction (idempotent).
+///
+/// Earlier databases keyed the event log by `(account_id TEXT, seq)` with whole bodies (and,
+/// for a while, a `msg` column): their rows are copied into the new table as they are; old
+/// bodies keep their whole messages and read as before.
 pub fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)?;
-    for (table, column, definition) in ADDED_COLUMNS {
-        let present: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-            [table, column],
-            |r| r.get(0),
-        )?;
-        if !present {
-            conn.execute_batch(&format!(
-                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
-            ))?;
-        }
+    let tx = conn.unchecked_transaction()?;
+    let old_log = has_column(&tx, "events", "account_id")?;
+    if old_log {
+        tx.execute_batch("ALTER TABLE events RENAME TO events_by_text_id")?;
     }
-    Ok(())
+    tx.execute_batch(SCHEMA)?;
+    if old_log {
+        let msg = if has_column(&tx, "events_by_text_id", "msg")? {
+            "o.msg"
+        } else {
+            "NULL"
+        };
+        tx.execute_batch(&format!(
+            "INSERT INTO events (account, seq, body, msg)
+                 SELECT a.row, o.seq, o.body, {msg}
+                 FROM events_by_text_id o JOIN accounts a ON a.id = o.account_id
+                 ORDER BY o.account_id, o.seq;
+             DROP TABLE events_by_text_id;"
+        ))?;
+        tracing::info!("event log moved to the commit-ordered layout");
+    }
+    tx.commit()
 }

@@ -479,7 +479,8 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let sql = format!(
                 "SELECT e.body, {MESSAGE_COLUMNS} FROM events e LEFT JOIN messages m ON m.row = e.msg
-                 WHERE e.account_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+                 WHERE e.account = (SELECT row FROM accounts WHERE id = ?1) AND e.seq > ?2
+                 ORDER BY e.seq LIMIT ?3"
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let mut q = stmt.query(params![account.to_string(), after as i64, limit as i64])?;
@@ -507,7 +508,7 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or(0);
             let oldest: Option<i64> = c
-                .prepare_cached("SELECT MIN(seq) FROM events WHERE account_id = ?1")?
+                .prepare_cached("SELECT MIN(seq) FROM events WHERE account = (SELECT row FROM accounts WHERE id = ?1)")?
                 .query_row([&id], |r| r.get(0))?;
             // Read after the queries, as in `Durable::keep_durable`.
             let head = head as u64;

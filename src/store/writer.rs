@@ -230,22 +230,22 @@ fn append_with(
     log: &mut Log,
 ) -> CoreResult<()> {
     let id = account.to_string();
-    let seq: i64 = tx
+    let (seq, account_row): (i64, i64) = tx
         .prepare_cached(
-            "UPDATE accounts SET head_seq = head_seq + 1 WHERE id = ?1 RETURNING head_seq",
+            "UPDATE accounts SET head_seq = head_seq + 1 WHERE id = ?1 RETURNING head_seq, row",
         )?
-        .query_row([&id], |r| r.get(0))?;
+        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     event.seq = seq as u64;
     let body = match msg {
         Some(_) => message_stub(&event).encode_to_vec(),
         None => event.encode_to_vec(),
     };
-    tx.prepare_cached("INSERT INTO events (account_id, seq, body, msg) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![id, seq, body, msg])?;
+    tx.prepare_cached("INSERT INTO events (account, seq, body, msg) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![account_row, seq, body, msg])?;
     let keep = log.retention as i64;
     if seq > keep {
-        tx.prepare_cached("DELETE FROM events WHERE account_id = ?1 AND seq <= ?2")?
-            .execute(params![id, seq - keep])?;
+        tx.prepare_cached("DELETE FROM events WHERE account = ?1 AND seq <= ?2")?
+            .execute(params![account_row, seq - keep])?;
     }
     log.events.push(CommittedEvent {
         account_id: account,
