@@ -35,6 +35,16 @@ pub const DB_FILE: &str = "phantom.db";
 pub(crate) const MESSAGE_COLUMNS: &str = "row, id, sender, recipient, text, payload, content_type, \
      COALESCE(client_message_id, ''), sent_at, state";
 
+/// SQL for the conversation between the accounts whose ids are the expressions `a` and `b`, as
+/// `messages.pair`: both accounts' `row`s in one integer, smaller first (either side finds the
+/// same rows).
+pub(crate) fn pair_of(a: &str, b: &str) -> String {
+    format!(
+        "(SELECT (MIN(x.row, y.row) << 32) | MAX(x.row, y.row) \
+         FROM accounts x, accounts y WHERE x.id = {a} AND y.id = {b})"
+    )
+}
+
 /// The conversation key: both ids, smaller first, so either side finds the same rows.
 pub(crate) fn conversation_key(a: AccountId, b: AccountId) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
@@ -419,8 +429,9 @@ impl Store for SqliteStore {
                 return Err(CoreError::not_found("contact_id", "no such account"));
             }
             let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv = ?1 AND row < ?2
-                 ORDER BY row DESC LIMIT ?3"
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE pair = {} AND row < ?3
+                 ORDER BY row DESC LIMIT ?4",
+                pair_of("?1", "?2")
             );
             // Rows past the durable one are committed but not yet fsync'd: not shown yet.
             let before = page
@@ -430,7 +441,8 @@ impl Store for SqliteStore {
             let mut rows = Vec::new();
             let mut stmt = c.prepare_cached(&sql)?;
             let mut q = stmt.query(params![
-                conversation_key(me, peer),
+                me.to_string(),
+                peer.to_string(),
                 before,
                 page.size as i64 + 1
             ])?;

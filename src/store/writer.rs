@@ -3,8 +3,8 @@
 //! runs whole; if a job fails, it runs again with each job in its own savepoint, so one failing
 //! job never spoils the others in its batch.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 
 use prost::Message as _;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::SentMessage;
-use super::sqlite::{MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row};
+use super::sqlite::{MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_of};
 use super::syncer::{Committed, Durable};
 use crate::core::events::new_event;
 use crate::core::stats::StoreStats;
@@ -22,6 +22,16 @@ use crate::core::{
     PresenceStatus, TokenRecord,
 };
 use crate::pb::{self, event::Kind};
+
+/// Makes messages from ?1 to ?2 up to row ?3 READ (?4), walking their conversation.
+static MARK_READ: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE messages SET state = ?4
+         WHERE pair = {} AND row <= ?3 AND sender = ?1 AND recipient = ?2 AND state < ?4
+         RETURNING id",
+        pair_of("?1", "?2")
+    )
+});
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -217,24 +227,33 @@ struct Log<'a> {
 /// Appends a durable event to an account's log, assigning the account's next seq and pruning
 /// what falls out of retention.
 fn append(tx: &Connection, account: AccountId, event: pb::Event, log: &mut Log) -> CoreResult<()> {
-    append_with(tx, account, event, None, log)
+    let next = next_seq(tx, account)?
+        .ok_or_else(|| CoreError::Internal(format!("no account {account} to log for")))?;
+    log_event(tx, account, next, event, None, log)
 }
 
-/// `append`, for an event that carries the message stored at row `msg`: the log keeps a stub
-/// in its place (the message is stored once; reads join it back).
-fn append_with(
+/// An account's next seq, taken (the head moves now; a failed job's savepoint puts it back),
+/// with the account's `row`. `None` if there is no such account.
+fn next_seq(tx: &Connection, account: AccountId) -> CoreResult<Option<(i64, i64)>> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE accounts SET head_seq = head_seq + 1 WHERE id = ?1 RETURNING head_seq, row",
+        )?
+        .query_row([account.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Logs `event` as `account`'s seq from `next_seq`, pruning what falls out of retention. With
+/// `msg`, the event carries the message stored at that row: the log keeps a stub in its place
+/// (the message is stored once; reads join it back).
+fn log_event(
     tx: &Connection,
     account: AccountId,
+    (seq, account_row): (i64, i64),
     mut event: pb::Event,
     msg: Option<i64>,
     log: &mut Log,
 ) -> CoreResult<()> {
-    let id = account.to_string();
-    let (seq, account_row): (i64, i64) = tx
-        .prepare_cached(
-            "UPDATE accounts SET head_seq = head_seq + 1 WHERE id = ?1 RETURNING head_seq, row",
-        )?
-        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     event.seq = seq as u64;
     let body = match msg {
         Some(_) => message_stub(&event).encode_to_vec(),
@@ -440,9 +459,14 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
             }));
         }
     }
-    if !account_exists(tx, recipient)? {
-        return Err(CoreError::not_found("recipient_id", "no such account"));
-    }
+    // Both logs' next seqs first (the sender's first, so a message to oneself logs MessageSent
+    // before MessageReceived): they also give the accounts' rows for the conversation's key.
+    let sender_next = next_seq(tx, sender)?
+        .ok_or_else(|| CoreError::Internal(format!("no account {sender} to send from")))?;
+    let recipient_next = next_seq(tx, recipient)?
+        .ok_or_else(|| CoreError::not_found("recipient_id", "no such account"))?;
+    let (a, b) = (sender_next.1, recipient_next.1);
+    let pair = (a.min(b) << 32) | a.max(b);
     let cmid = (!m.client_message_id.is_empty()).then_some(m.client_message_id.as_str());
     let sent_at = m
         .sent_at
@@ -451,8 +475,8 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
         .unwrap_or_else(now_micros);
     tx.prepare_cached(
         "INSERT INTO messages (id, conv, sender, recipient, text, payload, content_type,
-                               client_message_id, sent_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               client_message_id, sent_at, state, pair)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         m.message_id,
@@ -464,7 +488,8 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
         m.content_type,
         cmid,
         sent_at,
-        m.state
+        m.state,
+        pair
     ])?;
     let sent = Kind::MessageSent(pb::MessageSent {
         message: Some(m.clone()),
@@ -473,8 +498,15 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
         message: Some(m.clone()),
     });
     let row = Some(tx.last_insert_rowid());
-    append_with(tx, sender, new_event(sent), row, events)?;
-    append_with(tx, recipient, new_event(received), row, events)?;
+    log_event(tx, sender, sender_next, new_event(sent), row, events)?;
+    log_event(
+        tx,
+        recipient,
+        recipient_next,
+        new_event(received),
+        row,
+        events,
+    )?;
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,
@@ -500,15 +532,8 @@ fn mark_read(
         })?;
     let read = MessageState::Read as i32;
     let mut ids: Vec<String> = tx
-        .prepare_cached(
-            "UPDATE messages SET state = ?4
-             WHERE conv = ?5 AND row <= ?3 AND sender = ?1 AND recipient = ?2 AND state < ?4
-             RETURNING id",
-        )?
-        .query_map(
-            params![s, r, up_row, read, conversation_key(reader, sender)],
-            |row| row.get(0),
-        )?
+        .prepare_cached(&MARK_READ)?
+        .query_map(params![s, r, up_row, read], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     ids.sort(); // UUIDv7: time order
     if !ids.is_empty() {
