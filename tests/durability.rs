@@ -222,7 +222,6 @@ fn rewrite_as_old_format(path: &std::path::Path) {
                      COALESCE(client_message_id, ''), sent_at, state FROM messages WHERE row = ?1",
                     [msg],
                     |r| {
-                        let micros: i64 = r.get(7)?;
                         Ok(pb::Message {
                             message_id: r.get(0)?,
                             sender_id: r.get(1)?,
@@ -231,10 +230,7 @@ fn rewrite_as_old_format(path: &std::path::Path) {
                             payload: r.get::<_, Vec<u8>>(4)?.into(),
                             content_type: r.get(5)?,
                             client_message_id: r.get(6)?,
-                            sent_at: Some(prost_types::Timestamp {
-                                seconds: micros.div_euclid(1_000_000),
-                                nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-                            }),
+                            sent_at: Some(phantom::core::time::to_timestamp(r.get(7)?)),
                             state: r.get(8)?,
                         })
                     },

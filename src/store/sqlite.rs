@@ -4,7 +4,7 @@
 //! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -35,9 +35,13 @@ pub const DB_FILE: &str = "phantom.db";
 pub(crate) const MESSAGE_COLUMNS: &str = "row, id, sender, recipient, text, payload, content_type, \
      COALESCE(client_message_id, ''), sent_at, state";
 
-/// SQL for the conversation between the accounts whose ids are the expressions `a` and `b`, as
-/// `messages.pair`: both accounts' `row`s in one integer, smaller first (either side finds the
-/// same rows).
+/// `messages.pair` of two accounts' `row`s: both in one integer, smaller first (either side
+/// finds the same rows). `pair_of` is the same in SQL.
+pub(crate) fn pair_key(a: i64, b: i64) -> i64 {
+    (a.min(b) << 32) | a.max(b)
+}
+
+/// `pair_key` in SQL, for the accounts whose ids are the expressions `a` and `b`.
 pub(crate) fn pair_of(a: &str, b: &str) -> String {
     format!(
         "(SELECT (MIN(x.row, y.row) << 32) | MAX(x.row, y.row) \
@@ -50,6 +54,30 @@ pub(crate) fn conversation_key(a: AccountId, b: AccountId) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
     format!("{x}:{y}")
 }
+
+/// The `row` of the account whose id is ?1.
+const ACCOUNT_ROW: &str = "(SELECT row FROM accounts WHERE id = ?1)";
+
+/// A page of the conversation between ?1 and ?2, newest first, before row ?3, at most ?4.
+static LIST_MESSAGES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE pair = {} AND row < ?3
+         ORDER BY row DESC LIMIT ?4",
+        pair_of("?1", "?2")
+    )
+});
+
+/// Up to ?3 events of account ?1 after seq ?2, each with its message joined (if it has one).
+static READ_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT e.body, {MESSAGE_COLUMNS} FROM events e LEFT JOIN messages m ON m.row = e.msg
+         WHERE e.account = {ACCOUNT_ROW} AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+    )
+});
+
+/// The oldest seq still in account ?1's log.
+static OLDEST_EVENT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT MIN(seq) FROM events WHERE account = {ACCOUNT_ROW}"));
 
 /// Reads a message row selected with `MESSAGE_COLUMNS`.
 pub(crate) fn message_from_row(r: &Row) -> rusqlite::Result<pb::Message> {
@@ -428,18 +456,13 @@ impl Store for SqliteStore {
             if !account_exists(c, peer)? {
                 return Err(CoreError::not_found("contact_id", "no such account"));
             }
-            let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE pair = {} AND row < ?3
-                 ORDER BY row DESC LIMIT ?4",
-                pair_of("?1", "?2")
-            );
             // Rows past the durable one are committed but not yet fsync'd: not shown yet.
             let before = page
                 .after
                 .unwrap_or(i64::MAX)
                 .min(durable.saturating_add(1));
             let mut rows = Vec::new();
-            let mut stmt = c.prepare_cached(&sql)?;
+            let mut stmt = c.prepare_cached(&LIST_MESSAGES)?;
             let mut q = stmt.query(params![
                 me.to_string(),
                 peer.to_string(),
@@ -489,12 +512,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>> {
         let durable = self.durable.clone();
         self.read(move |c| {
-            let sql = format!(
-                "SELECT e.body, {MESSAGE_COLUMNS} FROM events e LEFT JOIN messages m ON m.row = e.msg
-                 WHERE e.account = (SELECT row FROM accounts WHERE id = ?1) AND e.seq > ?2
-                 ORDER BY e.seq LIMIT ?3"
-            );
-            let mut stmt = c.prepare_cached(&sql)?;
+            let mut stmt = c.prepare_cached(&READ_EVENTS)?;
             let mut q = stmt.query(params![account.to_string(), after as i64, limit as i64])?;
             let mut out = Vec::new();
             while let Some(r) = q.next()? {
@@ -520,7 +538,7 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or(0);
             let oldest: Option<i64> = c
-                .prepare_cached("SELECT MIN(seq) FROM events WHERE account = (SELECT row FROM accounts WHERE id = ?1)")?
+                .prepare_cached(&OLDEST_EVENT)?
                 .query_row([&id], |r| r.get(0))?;
             // Read after the queries, as in `Durable::keep_durable`.
             let head = head as u64;

@@ -148,21 +148,20 @@ pub(crate) fn run(
 /// fdatasync of the WAL. It is opened on first use (SQLite has created it by then), and its
 /// directory is synced once so that the file itself cannot vanish in a crash.
 fn sync(wal: &Path, file: &mut Option<File>) -> Result<(), String> {
-    if file.is_none() {
-        let opened = File::open(wal).map_err(|e| format!("open {}: {e}", wal.display()))?;
-        if let Some(dir) = wal.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+    let f = match file {
+        Some(f) => f,
+        None => {
+            let opened = File::open(wal).map_err(|e| format!("open {}: {e}", wal.display()))?;
+            if let Some(dir) = wal.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+            }
+            file.insert(opened)
         }
-        *file = Some(opened);
-    }
-    match file {
-        Some(f) => f
-            .sync_data()
-            .map_err(|e| format!("fsync {}: {e}", wal.display())),
-        None => Ok(()),
-    }
+    };
+    f.sync_data()
+        .map_err(|e| format!("fsync {}: {e}", wal.display()))
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::SentMessage;
-use super::sqlite::{MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_of};
+use super::sqlite::{
+    MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_key, pair_of,
+};
 use super::syncer::{Committed, Durable};
 use crate::core::events::new_event;
 use crate::core::stats::StoreStats;
@@ -465,8 +467,7 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
         .ok_or_else(|| CoreError::Internal(format!("no account {sender} to send from")))?;
     let recipient_next = next_seq(tx, recipient)?
         .ok_or_else(|| CoreError::not_found("recipient_id", "no such account"))?;
-    let (a, b) = (sender_next.1, recipient_next.1);
-    let pair = (a.min(b) << 32) | a.max(b);
+    let pair = pair_key(sender_next.1, recipient_next.1);
     let cmid = (!m.client_message_id.is_empty()).then_some(m.client_message_id.as_str());
     let sent_at = m
         .sent_at

@@ -82,6 +82,27 @@ impl LeanCall {
     }
 }
 
+/// The load's operation for one request sent again and again to `path`, worker `w` on
+/// channel `w % n`.
+fn same_request<Req>(
+    channels: Vec<Channel>,
+    path: &'static str,
+    auth: Option<&Auth>,
+    req: Req,
+) -> Op
+where
+    Req: prost::Message + Clone + Send + Sync + 'static,
+{
+    let calls: Vec<_> = channels
+        .into_iter()
+        .map(|c| LeanCall::new(c, path, auth))
+        .collect();
+    Arc::new(move |w| {
+        let c = calls[w % calls.len()].clone();
+        Box::pin(c.call(req.clone()))
+    })
+}
+
 /// Settings shared by every scenario.
 #[derive(Clone, Debug)]
 pub struct Knobs {
@@ -372,17 +393,9 @@ pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
     if reply.get_ref().body != request.body {
         return Err("echo answered another body".into());
     }
-    let calls: Vec<_> = conns
-        .into_iter()
-        .map(|c| LeanCall::new(c, "/phantom.bench.v1.Echo/Unary", None))
-        .collect();
-    let op: Op = Arc::new(move |w| {
-        let c = calls[w % calls.len()].clone();
-        Box::pin(c.call(request.clone()))
-    });
     Ok(Prepared {
         name: "echo (ceiling)",
-        op,
+        op: same_request(conns, "/phantom.bench.v1.Echo/Unary", None, request),
         note: String::new(),
     })
 }
@@ -410,22 +423,11 @@ pub async fn unary_read(t: &Target) -> Result<Prepared, String> {
     if got.get_ref().contacts.len() != others.len() {
         return Err(format!("{} contacts, not 20", got.get_ref().contacts.len()));
     }
+    let path = "/phantom.v1.PhantomController/GetContacts";
     let token = auth(&reader.token)?;
-    let calls: Vec<_> = t
-        .conns
-        .iter()
-        .map(|c| {
-            let path = "/phantom.v1.PhantomController/GetContacts";
-            LeanCall::new(c.clone(), path, Some(&token))
-        })
-        .collect();
-    let op: Op = Arc::new(move |w| {
-        let c = calls[w % calls.len()].clone();
-        Box::pin(c.call(request.clone()))
-    });
     Ok(Prepared {
         name: "unary-read",
-        op,
+        op: same_request(t.conns.clone(), path, Some(&token), request),
         note: "GetContacts, 20 contacts".into(),
     })
 }
