@@ -82,11 +82,24 @@ impl Default for ServerConfig {
     }
 }
 
+/// Which storage engine keeps the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Log-structured (fjall) in `data_dir/lsm`: sequential writes, the fast default.
+    #[default]
+    Lsm,
+    /// SQLite in WAL mode, `data_dir/phantom.db`: readable with `sqlite3`.
+    Sqlite,
+}
+
 /// `[storage]`: where data lives.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Directory of the SQLite database (created if missing).
+    /// `lsm` or `sqlite`.
+    pub engine: Engine,
+    /// Directory of the data (created if missing).
     pub data_dir: PathBuf,
     /// WAL pages after which a background checkpoint copies them into the database; the
     /// writer finishes one itself at four times this (see `store::checkpointer`).
@@ -96,6 +109,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            engine: Engine::Lsm,
             data_dir: PathBuf::from("data"),
             checkpoint_pages: 1000,
         }

@@ -18,7 +18,7 @@ use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::ContactsActor;
 use crate::actors::messaging::MessagingActor;
 use crate::actors::subscriber::{CloseReason, Subscriptions};
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, Engine, StorageConfig};
 use crate::core::stats::{DeliveryStats, StoreStats};
 use crate::core::time::now_micros;
 use crate::core::tokens::{self, TokenIndex};
@@ -30,7 +30,7 @@ use crate::grpc::layer::CallLayer;
 use crate::metrics::Metrics;
 use crate::pb::phantom_admin_server::PhantomAdminServer;
 use crate::pb::phantom_controller_server::PhantomControllerServer;
-use crate::store::{SqliteStore, Store};
+use crate::store::{EventSink, LsmStore, SqliteStore, Store, lsm, sqlite};
 use crate::tls::TlsReloader;
 
 /// The file a generated admin token is written to, inside the data dir.
@@ -227,6 +227,39 @@ pub fn preflight(cfg: &Config) -> Result<(Listen, Option<Arc<TlsReloader>>), Str
     Ok((listen, tls))
 }
 
+/// Opens the configured engine. An engine is never started empty over the other's data: a
+/// data dir that holds only the other engine's files is refused, naming the setting.
+fn open_store(
+    storage: &StorageConfig,
+    sink: EventSink,
+    retention: u64,
+    stats: StoreStats,
+) -> Result<Arc<dyn Store>, String> {
+    let dir = &storage.data_dir;
+    let has = |name: &str| dir.join(name).exists();
+    let (mine, other, theirs) = match storage.engine {
+        Engine::Lsm => (lsm::LSM_DIR, "sqlite", sqlite::DB_FILE),
+        Engine::Sqlite => (sqlite::DB_FILE, "lsm", lsm::LSM_DIR),
+    };
+    if has(theirs) && !has(mine) {
+        return Err(format!(
+            "storage.engine: {} holds data of the {other:?} engine ({theirs}); set \
+             storage.engine = {other:?} to serve it",
+            dir.display()
+        ));
+    }
+    let store: Arc<dyn Store> = match storage.engine {
+        Engine::Lsm => {
+            Arc::new(LsmStore::open(dir, sink, retention, stats).map_err(|e| e.to_string())?)
+        }
+        Engine::Sqlite => Arc::new(
+            SqliteStore::open(dir, sink, retention, storage.checkpoint_pages, stats)
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    Ok(store)
+}
+
 /// Starts a server from a validated config. Returns once it is listening.
 pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let (listen, tls) = preflight(&cfg)?;
@@ -240,17 +273,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let bus: Addr<EventBusActor> =
         EventBusActor::start_in_arbiter(&runtime.arbiter, move |_| EventBusActor::new(bus_stats));
     let sink_bus = bus.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &cfg.storage.data_dir,
-            // The bus only routes in memory, so it keeps up with the writer.
-            Box::new(move |events| sink_bus.do_send(Publish(events))),
-            cfg.events.retention_per_account,
-            cfg.storage.checkpoint_pages,
-            store_stats,
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    // The bus only routes in memory, so it keeps up with the writer.
+    let sink: EventSink = Box::new(move |events| sink_bus.do_send(Publish(events)));
+    let store = open_store(
+        &cfg.storage,
+        sink,
+        cfg.events.retention_per_account,
+        store_stats,
+    )?;
     let mut accounts = store.load_accounts().map_err(|e| e.to_string())?;
     let local = match cfg.auth.mode {
         AuthMode::None => {

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use common::*;
+use phantom::config::Engine;
 use phantom::pb;
 use phantom::pb::{
     phantom_admin_client::PhantomAdminClient, phantom_controller_client::PhantomControllerClient,
@@ -13,7 +14,13 @@ use phantom::pb::{
 
 #[tokio::test]
 async fn everything_acknowledged_is_there_after_a_restart() {
-    let mut t = TestServer::start().await;
+    for engine in [Engine::Lsm, Engine::Sqlite] {
+        acknowledged_is_there_after_a_restart(engine).await;
+    }
+}
+
+async fn acknowledged_is_there_after_a_restart(engine: Engine) {
+    let mut t = TestServer::start_with(|c| c.storage.engine = engine).await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     t.befriend(&a, &b).await;
     t.user(&a)
@@ -57,7 +64,11 @@ async fn the_wal_stays_bounded_under_continuous_writes() {
     const PAIRS: usize = 8;
     const EACH: usize = 250;
     // 20 pages: background checkpoints from 20, the writer's own from 80.
-    let mut t = TestServer::start_with(|c| c.storage.checkpoint_pages = 20).await;
+    let mut t = TestServer::start_with(|c| {
+        c.storage.engine = Engine::Sqlite;
+        c.storage.checkpoint_pages = 20;
+    })
+    .await;
     let mut pairs = Vec::new();
     for i in 0..PAIRS {
         pairs.push((
@@ -113,7 +124,7 @@ async fn the_wal_stays_bounded_under_continuous_writes() {
 #[tokio::test]
 async fn replayed_message_events_are_whole_in_old_and_new_logs() {
     use prost::Message as _;
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_with(|c| c.storage.engine = Engine::Sqlite).await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     let old = t.send(&a, &b, "written before the change").await;
     t.stop().await;
@@ -302,12 +313,12 @@ impl Drop for Proc {
 }
 
 /// Starts the real binary and returns it with the address it printed.
-fn spawn_server(dir: &std::path::Path) -> (Proc, String) {
+fn spawn_server(dir: &std::path::Path, engine: &str) -> (Proc, String) {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"warn\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nengine = \"{engine}\"\ndata_dir = \"{}\"\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"warn\"\n",
             dir.join("data").display()
         ),
     )
@@ -333,8 +344,14 @@ fn spawn_server(dir: &std::path::Path) -> (Proc, String) {
 
 #[tokio::test]
 async fn everything_acknowledged_survives_sigkill() {
+    for engine in ["lsm", "sqlite"] {
+        acknowledged_survives_sigkill(engine).await;
+    }
+}
+
+async fn acknowledged_survives_sigkill(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (proc1, addr) = spawn_server(dir.path());
+    let (proc1, addr) = spawn_server(dir.path(), engine);
     let channel = phantom::client::connect(&addr).await.unwrap();
     let mut admin = PhantomAdminClient::with_interceptor(channel.clone(), Bearer::new(ADMIN));
     let mut make = async |h: &str| {
@@ -397,7 +414,7 @@ async fn everything_acknowledged_survives_sigkill() {
     // SIGKILL right after the last reply: no graceful anything.
     drop(proc1);
 
-    let (_proc2, addr) = spawn_server(dir.path());
+    let (_proc2, addr) = spawn_server(dir.path(), engine);
     let channel = phantom::client::connect(&addr).await.unwrap();
     // alice's log: ContactAdded, MessageSent, MessageStateChanged.
     verify_after_kill(&channel, &a, &b, &m.message_id).await;

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::*;
-use phantom::config::{AuthMode, Config};
+use phantom::config::{AuthMode, Config, Engine};
 use phantom::pb::{self, client_frame::Body as C, server_frame::Body as S};
 use phantom::server;
 use tonic::Code;
@@ -239,7 +239,8 @@ async fn streams_per_connection_are_capped_by_http2_settings() {
 
 #[tokio::test]
 async fn a_deadline_that_expires_mid_call_cancels_the_write() {
-    let t = TestServer::start().await;
+    // SQLite's write lock is what can hold the writer from outside the server.
+    let t = TestServer::start_with(|c| c.storage.engine = Engine::Sqlite).await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
 
     // Hold the database's write lock, so the server's writer waits mid-call.
@@ -277,7 +278,11 @@ async fn a_deadline_that_expires_mid_call_cancels_the_write() {
 
 #[tokio::test]
 async fn the_default_unary_deadline_applies_without_a_client_deadline() {
-    let t = TestServer::start_with(|c| c.limits.unary_deadline_ms = 200).await;
+    let t = TestServer::start_with(|c| {
+        c.storage.engine = Engine::Sqlite;
+        c.limits.unary_deadline_ms = 200;
+    })
+    .await;
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     let db = rusqlite::Connection::open(t.data_dir().join("phantom.db")).expect("open db");
     db.execute_batch("BEGIN IMMEDIATE").expect("lock");

@@ -109,3 +109,9 @@ impl From<rusqlite::Error> for CoreError {
         CoreError::Internal(format!("storage: {e}"))
     }
 }
+
+impl From<fjall::Error> for CoreError {
+    fn from(e: fjall::Error) -> Self {
+        CoreError::Internal(format!("storage: {e}"))
+    }
+}

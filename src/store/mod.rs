@@ -1,10 +1,13 @@
-//! Durability. The `Store` trait is what actors call; `sqlite` is the embedded engine.
+//! Durability. The `Store` trait is what actors call; `lsm` (the default) and `sqlite` are
+//! the embedded engines, chosen by `storage.engine`.
 //!
 //! Every method returns a future that resolves once the work is done on the store's own
 //! threads, so actors never wait on disk. A write's future resolves after its transaction is
 //! committed and fsync'd, and after its events have been handed to the event sink.
 
 mod checkpointer;
+mod jobs;
+pub mod lsm;
 pub mod schema;
 pub mod sqlite;
 mod syncer;
@@ -19,6 +22,8 @@ use crate::core::{
 };
 use crate::pb;
 
+pub use jobs::Jobs;
+pub use lsm::LsmStore;
 pub use sqlite::SqliteStore;
 
 /// Receives durable events right after their transaction commits, in seq order per account.
@@ -44,6 +49,9 @@ pub struct SentMessage {
 
 /// What everything above the store needs from an engine.
 pub trait Store: Send + Sync + 'static {
+    /// The engine's writer queue: every write below is a job on it.
+    fn jobs(&self) -> &Jobs;
+
     /// Every account, oldest first (start-up only: blocks).
     fn load_accounts(&self) -> CoreResult<Vec<AccountRecord>>;
     /// Every live token (start-up only: blocks).
@@ -56,11 +64,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: AccountRecord,
         token: TokenRecord,
-    ) -> BoxFuture<'static, CoreResult<AccountRecord>>;
+    ) -> BoxFuture<'static, CoreResult<AccountRecord>> {
+        self.jobs().create_account(account, token)
+    }
     /// Stores a further token. `NotFound` if the account does not exist.
-    fn issue_token(&self, token: TokenRecord) -> BoxFuture<'static, CoreResult<()>>;
+    fn issue_token(&self, token: TokenRecord) -> BoxFuture<'static, CoreResult<()>> {
+        self.jobs().issue_token(token)
+    }
     /// Revokes a token and returns it. `NotFound` if unknown or already revoked.
-    fn revoke_token(&self, token_id: Uuid) -> BoxFuture<'static, CoreResult<TokenRecord>>;
+    fn revoke_token(&self, token_id: Uuid) -> BoxFuture<'static, CoreResult<TokenRecord>> {
+        self.jobs().revoke_token(token_id)
+    }
     /// Accounts in creation order.
     fn list_accounts(
         &self,
@@ -72,16 +86,22 @@ pub trait Store: Send + Sync + 'static {
         account: AccountId,
         status: PresenceStatus,
         text: String,
-    ) -> BoxFuture<'static, CoreResult<()>>;
+    ) -> BoxFuture<'static, CoreResult<()>> {
+        self.jobs().set_status(account, status, text)
+    }
     /// Persists when an account last went offline.
-    fn set_last_seen(&self, account: AccountId, at: i64) -> BoxFuture<'static, CoreResult<()>>;
+    fn set_last_seen(&self, account: AccountId, at: i64) -> BoxFuture<'static, CoreResult<()>> {
+        self.jobs().set_last_seen(account, at)
+    }
 
     /// Adds a contact and logs `event` for its owner. `AlreadyExists` if present.
     fn add_contact(
         &self,
         contact: ContactRecord,
         event: pb::Event,
-    ) -> BoxFuture<'static, CoreResult<ContactRecord>>;
+    ) -> BoxFuture<'static, CoreResult<ContactRecord>> {
+        self.jobs().add_contact(contact, event)
+    }
     /// Changes a contact's alias and logs `event`. `NotFound` if absent.
     fn update_contact(
         &self,
@@ -89,18 +109,24 @@ pub trait Store: Send + Sync + 'static {
         peer: AccountId,
         alias: String,
         event: pb::Event,
-    ) -> BoxFuture<'static, CoreResult<()>>;
+    ) -> BoxFuture<'static, CoreResult<()>> {
+        self.jobs().update_contact(owner, peer, alias, event)
+    }
     /// Removes a contact and logs `event`. `NotFound` if absent.
     fn remove_contact(
         &self,
         owner: AccountId,
         peer: AccountId,
         event: pb::Event,
-    ) -> BoxFuture<'static, CoreResult<()>>;
+    ) -> BoxFuture<'static, CoreResult<()>> {
+        self.jobs().remove_contact(owner, peer, event)
+    }
 
     /// Stores a message with its two events (MessageSent, MessageReceived) in one transaction,
     /// or returns the earlier message with the same `client_message_id`.
-    fn send_message(&self, message: pb::Message) -> BoxFuture<'static, CoreResult<SentMessage>>;
+    fn send_message(&self, message: pb::Message) -> BoxFuture<'static, CoreResult<SentMessage>> {
+        self.jobs().send_message(message)
+    }
     /// The conversation between two accounts, newest first. `NotFound` if `peer` does not exist.
     fn list_messages(
         &self,
@@ -115,7 +141,9 @@ pub trait Store: Send + Sync + 'static {
         reader: AccountId,
         sender: AccountId,
         up_to: Uuid,
-    ) -> BoxFuture<'static, CoreResult<Vec<String>>>;
+    ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
+        self.jobs().mark_read(reader, sender, up_to)
+    }
 
     /// Makes still-SENT messages among `ids` to `recipient` DELIVERED, logging one
     /// MessageStateChanged per sender. Returns the ids that changed.
@@ -123,7 +151,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         recipient: AccountId,
         ids: Vec<String>,
-    ) -> BoxFuture<'static, CoreResult<Vec<String>>>;
+    ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
+        self.jobs().mark_delivered(recipient, ids)
+    }
 
     /// Up to `limit` durable events of an account with seq > `after`, in order.
     fn read_events(

@@ -11,13 +11,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message as _;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::checkpointer;
+
 use super::syncer::{self, Durable, SYNC_QUEUE};
-use super::writer::{self, Job, WriteOp, WriteOutput};
-use super::{EventSink, LogBounds, SentMessage, Store, schema};
+use super::writer;
+use super::{EventSink, Jobs, LogBounds, Store, schema};
 use crate::core::stats::StoreStats;
 use crate::core::time::to_timestamp;
 use crate::core::{
@@ -26,8 +26,6 @@ use crate::core::{
 };
 use crate::pb;
 
-/// Jobs that may wait for the writer before senders wait in turn (backpressure, not memory).
-const WRITER_QUEUE: usize = 4096;
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "phantom.db";
 
@@ -101,7 +99,7 @@ fn message_at(r: &Row, at: usize) -> rusqlite::Result<pb::Message> {
 
 /// Puts a joined message back into the event whose body holds its stub; the stub keeps the
 /// state the message had when the event happened.
-fn fill_message(event: &mut pb::Event, full: pb::Message) {
+pub(crate) fn fill_message(event: &mut pb::Event, full: pb::Message) {
     use pb::event::Kind;
     if let Some(Kind::MessageSent(pb::MessageSent { message }))
     | Some(Kind::MessageReceived(pb::MessageReceived { message })) = event.kind.as_mut()
@@ -133,7 +131,7 @@ pub(crate) fn account_from_row(r: &Row) -> rusqlite::Result<AccountRecord> {
 }
 
 /// Cuts one extra row off a `LIMIT size + 1` query into a page.
-fn paginate<T>(mut items: Vec<T>, size: usize, row_of: impl Fn(&T) -> i64) -> Page<T> {
+pub(crate) fn paginate<T>(mut items: Vec<T>, size: usize, row_of: impl Fn(&T) -> i64) -> Page<T> {
     let next = if items.len() > size {
         items.truncate(size);
         items.last().map(row_of)
@@ -141,6 +139,15 @@ fn paginate<T>(mut items: Vec<T>, size: usize, row_of: impl Fn(&T) -> i64) -> Pa
         None
     };
     Page { items, next }
+}
+
+/// `paginate` of items read with their rows, which the page then drops.
+pub(crate) fn paginate_rows<T>(rows: Vec<(i64, T)>, size: usize) -> Page<T> {
+    let page = paginate(rows, size, |(row, _)| *row);
+    Page {
+        items: page.items.into_iter().map(|(_, item)| item).collect(),
+        next: page.next,
+    }
 }
 
 /// Read-only connections, reused.
@@ -181,7 +188,7 @@ pub struct SqliteStore {
     /// What readers may return: nothing the syncer has not made durable yet.
     durable: Arc<Durable>,
     syncer: Mutex<Option<JoinHandle<()>>>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Jobs,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -217,6 +224,13 @@ impl SqliteStore {
         conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn)?;
+        // A log longer than `retention` (the setting was lowered) is trimmed now, not only
+        // as each account next logs.
+        conn.execute(
+            "DELETE FROM events WHERE seq <= (SELECT head_seq FROM accounts a
+                                              WHERE a.row = events.account) - ?1",
+            [retention as i64],
+        )?;
         checkpointer::start(&path, &mut conn, checkpoint_pages, &stats)?;
         let newest_message: Option<i64> =
             conn.query_row("SELECT MAX(row) FROM messages", [], |r| r.get(0))?;
@@ -228,7 +242,7 @@ impl SqliteStore {
             .name("phantom-store-syncer".into())
             .spawn(move || syncer::run(wal, committed, sink, syncer_durable))
             .map_err(CoreError::internal)?;
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (jobs, rx) = Jobs::new();
         let writer_durable = durable.clone();
         let writer = std::thread::Builder::new()
             .name("phantom-store-writer".into())
@@ -241,24 +255,8 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
-            jobs: Mutex::new(Some(tx)),
+            jobs,
             writer: Mutex::new(Some(writer)),
-        })
-    }
-
-    fn write<T: Send + 'static>(
-        &self,
-        op: WriteOp,
-        take: fn(WriteOutput) -> Option<T>,
-    ) -> BoxFuture<'static, CoreResult<T>> {
-        let jobs = self.jobs.lock().ok().and_then(|j| j.clone());
-        Box::pin(async move {
-            let closed = || CoreError::Unavailable("the store is shutting down".into());
-            let jobs = jobs.ok_or_else(closed)?;
-            let (reply, answer) = oneshot::channel();
-            jobs.send(Job { op, reply }).await.map_err(|_| closed())?;
-            let out = answer.await.map_err(|_| closed())??;
-            take(out).ok_or_else(|| CoreError::Internal("writer answered another kind".into()))
         })
     }
 
@@ -279,17 +277,6 @@ impl SqliteStore {
     }
 }
 
-fn ids_of(out: WriteOutput) -> Option<Vec<String>> {
-    match out {
-        WriteOutput::Ids(ids) => Some(ids),
-        _ => None,
-    }
-}
-
-fn done(out: WriteOutput) -> Option<()> {
-    matches!(out, WriteOutput::Done).then_some(())
-}
-
 /// Whether an account exists (on any connection, in or out of a transaction).
 pub(crate) fn account_exists(conn: &Connection, id: AccountId) -> CoreResult<bool> {
     Ok(conn
@@ -300,6 +287,10 @@ pub(crate) fn account_exists(conn: &Connection, id: AccountId) -> CoreResult<boo
 }
 
 impl Store for SqliteStore {
+    fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
     fn load_accounts(&self) -> CoreResult<Vec<AccountRecord>> {
         self.read_now(|c| {
             let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY row");
@@ -343,31 +334,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_account(
-        &self,
-        account: AccountRecord,
-        token: TokenRecord,
-    ) -> BoxFuture<'static, CoreResult<AccountRecord>> {
-        self.write(WriteOp::CreateAccount(account, token), |o| match o {
-            WriteOutput::Account(a) => Some(a),
-            _ => None,
-        })
-    }
-
-    fn issue_token(&self, token: TokenRecord) -> BoxFuture<'static, CoreResult<()>> {
-        self.write(WriteOp::IssueToken(token), |o| match o {
-            WriteOutput::Token(_) => Some(()),
-            _ => None,
-        })
-    }
-
-    fn revoke_token(&self, token_id: Uuid) -> BoxFuture<'static, CoreResult<TokenRecord>> {
-        self.write(WriteOp::RevokeToken(token_id), |o| match o {
-            WriteOutput::Token(t) => Some(t),
-            _ => None,
-        })
-    }
-
     fn list_accounts(
         &self,
         page: PageRequest,
@@ -384,64 +350,6 @@ impl Store for SqliteStore {
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(paginate(items, page.size, |a| a.row))
-        })
-    }
-
-    fn set_status(
-        &self,
-        account: AccountId,
-        status: PresenceStatus,
-        text: String,
-    ) -> BoxFuture<'static, CoreResult<()>> {
-        self.write(WriteOp::SetStatus(account, status, text), done)
-    }
-
-    fn set_last_seen(&self, account: AccountId, at: i64) -> BoxFuture<'static, CoreResult<()>> {
-        self.write(WriteOp::SetLastSeen(account, at), done)
-    }
-
-    fn add_contact(
-        &self,
-        contact: ContactRecord,
-        event: pb::Event,
-    ) -> BoxFuture<'static, CoreResult<ContactRecord>> {
-        self.write(WriteOp::AddContact(contact, event), |o| match o {
-            WriteOutput::Contact(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    fn update_contact(
-        &self,
-        owner: AccountId,
-        peer: AccountId,
-        alias: String,
-        event: pb::Event,
-    ) -> BoxFuture<'static, CoreResult<()>> {
-        self.write(
-            WriteOp::UpdateContact {
-                owner,
-                peer,
-                alias,
-                event,
-            },
-            done,
-        )
-    }
-
-    fn remove_contact(
-        &self,
-        owner: AccountId,
-        peer: AccountId,
-        event: pb::Event,
-    ) -> BoxFuture<'static, CoreResult<()>> {
-        self.write(WriteOp::RemoveContact { owner, peer, event }, done)
-    }
-
-    fn send_message(&self, message: pb::Message) -> BoxFuture<'static, CoreResult<SentMessage>> {
-        self.write(WriteOp::SendMessage(message), |o| match o {
-            WriteOutput::Sent(s) => Some(s),
-            _ => None,
         })
     }
 
@@ -472,36 +380,8 @@ impl Store for SqliteStore {
             while let Some(r) = q.next()? {
                 rows.push((r.get::<_, i64>(0)?, message_from_row(r)?));
             }
-            let page = paginate(rows, page.size, |(row, _)| *row);
-            Ok(Page {
-                items: page.items.into_iter().map(|(_, m)| m).collect(),
-                next: page.next,
-            })
+            Ok(paginate_rows(rows, page.size))
         })
-    }
-
-    fn mark_read(
-        &self,
-        reader: AccountId,
-        sender: AccountId,
-        up_to: Uuid,
-    ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
-        self.write(
-            WriteOp::MarkRead {
-                reader,
-                sender,
-                up_to,
-            },
-            ids_of,
-        )
-    }
-
-    fn mark_delivered(
-        &self,
-        recipient: AccountId,
-        ids: Vec<String>,
-    ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
-        self.write(WriteOp::MarkDelivered { recipient, ids }, ids_of)
     }
 
     fn read_events(
@@ -551,9 +431,7 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         // Dropping the last sender lets the writer commit what is queued and return.
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
+        self.jobs.close();
         // The writer hands its last batch to the syncer and returns; the syncer then answers
         // it and returns in turn.
         for (thread, name) in [(&self.writer, "writer"), (&self.syncer, "syncer")] {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
 use super::EventSink;
-use super::writer::WriteOutput;
+use super::jobs::WriteOutput;
 use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult};
 
 /// Committed batches that may wait for the disk before the writer waits in turn.
@@ -72,13 +72,18 @@ impl Durable {
 
     /// After the fsync: the batch's events and messages are durable.
     fn advance(&self, batch: &Committed) {
+        self.advance_to(&batch.events, batch.message_row);
+    }
+
+    /// After the fsync: `events`, and every message up to `message_row`, are durable.
+    pub fn advance_to(&self, events: &[CommittedEvent], message_row: Option<i64>) {
         if let Ok(mut heads) = self.heads.lock() {
-            for e in &batch.events {
+            for e in events {
                 let head = heads.entry(e.account_id).or_default();
                 *head = (*head).max(e.event.seq);
             }
         }
-        if let Some(row) = batch.message_row {
+        if let Some(row) = message_row {
             self.message_row.fetch_max(row, Ordering::AcqRel);
         }
     }

@@ -8,10 +8,11 @@ use std::sync::{Arc, LazyLock};
 
 use prost::Message as _;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::SentMessage;
+use super::jobs::{Job, WriteOp, WriteOutput, next_group};
 use super::sqlite::{
     MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_key, pair_of,
 };
@@ -19,10 +20,7 @@ use super::syncer::{Committed, Durable};
 use crate::core::events::new_event;
 use crate::core::stats::StoreStats;
 use crate::core::time::now_micros;
-use crate::core::{
-    AccountId, AccountRecord, CommittedEvent, ContactRecord, CoreError, CoreResult, MessageState,
-    PresenceStatus, TokenRecord,
-};
+use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState, TokenRecord};
 use crate::pb::{self, event::Kind};
 
 /// Makes messages from ?1 to ?2 up to row ?3 READ (?4), walking their conversation.
@@ -35,57 +33,6 @@ static MARK_READ: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Most jobs committed in one transaction.
-const MAX_BATCH: usize = 512;
-
-/// One durable change.
-#[derive(Clone)]
-pub(crate) enum WriteOp {
-    CreateAccount(AccountRecord, TokenRecord),
-    IssueToken(TokenRecord),
-    RevokeToken(Uuid),
-    SetStatus(AccountId, PresenceStatus, String),
-    SetLastSeen(AccountId, i64),
-    AddContact(ContactRecord, pb::Event),
-    UpdateContact {
-        owner: AccountId,
-        peer: AccountId,
-        alias: String,
-        event: pb::Event,
-    },
-    RemoveContact {
-        owner: AccountId,
-        peer: AccountId,
-        event: pb::Event,
-    },
-    SendMessage(pb::Message),
-    MarkRead {
-        reader: AccountId,
-        sender: AccountId,
-        up_to: Uuid,
-    },
-    MarkDelivered {
-        recipient: AccountId,
-        ids: Vec<String>,
-    },
-}
-
-/// What a change produced.
-pub(crate) enum WriteOutput {
-    Account(AccountRecord),
-    Token(TokenRecord),
-    Contact(ContactRecord),
-    Sent(SentMessage),
-    Ids(Vec<String>),
-    Done,
-}
-
-/// A change and where its result goes.
-pub(crate) struct Job {
-    pub op: WriteOp,
-    pub reply: oneshot::Sender<CoreResult<WriteOutput>>,
-}
-
 /// Runs until every sender is gone, then returns (the last batch is handed to the syncer first).
 pub(crate) fn run(
     mut conn: Connection,
@@ -95,15 +42,7 @@ pub(crate) fn run(
     retention: u64,
     stats: StoreStats,
 ) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        stats.batch_size.observe(batch.len() as f64);
+    while let Some(batch) = next_group(&mut jobs, &stats) {
         let timer = stats.commit_seconds.start_timer();
         let committed = commit_batch(&mut conn, batch, &durable, retention);
         timer.observe_duration();
@@ -276,7 +215,7 @@ fn log_event(
 }
 
 /// The event with its message reduced to what the stored row cannot tell: its state then.
-fn message_stub(event: &pb::Event) -> pb::Event {
+pub(crate) fn message_stub(event: &pb::Event) -> pb::Event {
     let stub = |m: &Option<pb::Message>| {
         m.as_ref().map(|m| pb::Message {
             state: m.state,

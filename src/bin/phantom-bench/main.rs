@@ -42,6 +42,9 @@ struct Args {
     /// The server binary to start (default: phantom-grpc-api beside this binary).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Storage engine of the server this tool starts (`storage.engine`: lsm or sqlite).
+    #[arg(long, default_value = "lsm")]
+    engine: String,
     /// HTTP/2 connections for unary load.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -157,7 +160,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             (None, t)
         }
         None => {
-            let (served, t) = start_server(args.server_bin.clone(), k.connections).await?;
+            let (served, t) = start_server(&args, k.connections).await?;
             (Some(served), t)
         }
     };
@@ -188,7 +191,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             // On a fresh server when this tool starts it: memory freed by earlier scenarios
             // would otherwise be reused and hide the cost of new streams.
             "streams" if args.target.is_none() => {
-                let (_fresh, t) = start_server(args.server_bin.clone(), 1).await?;
+                let (_fresh, t) = start_server(&args, 1).await?;
                 scenarios::streams(&t, &k).await?
             }
             "streams" => scenarios::streams(&target, &k).await?,
@@ -208,11 +211,9 @@ async fn run(mut args: Args) -> Result<(), String> {
 
 /// Starts a server here (the binary beside this tool, a temp data dir) with `conns`
 /// connections to it; it stops when the returned `Served` drops.
-async fn start_server(
-    bin: Option<PathBuf>,
-    conns: usize,
-) -> Result<(procs::Served, Target), String> {
-    let served = procs::phantom(&procs::server_binary(bin)?)?;
+async fn start_server(args: &Args, conns: usize) -> Result<(procs::Served, Target), String> {
+    let bin = procs::server_binary(args.server_bin.clone())?;
+    let served = procs::phantom(&bin, &args.engine)?;
     let t = Target::connect(&served.addr, procs::ADMIN, Some(served.pid()), conns).await?;
     Ok((served, t))
 }

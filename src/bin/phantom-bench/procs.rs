@@ -72,14 +72,14 @@ pub fn server_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
 }
 
 /// Starts the Phantom server on a temp data dir, with limits that do not throttle a load test.
-pub fn phantom(binary: &Path) -> Result<Served, String> {
+pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\
-             [storage]\ndata_dir = {:?}\n\
+             [storage]\nengine = {engine:?}\ndata_dir = {:?}\n\
              [auth]\nadmin_token = \"{ADMIN}\"\n\
              [limits]\nsend_rate_per_sec = 1000000000\nsend_burst = 1000000000\n\
              max_event_streams_per_account = 1000000\nmax_streams_per_connection = 100000\n\

@@ -1,0 +1,427 @@
+//! The log-structured engine (the default): `fjall`, an LSM-tree store, in `data_dir/lsm`.
+//!
+//! A write appends to fjall's journal and inserts into its memtables; sorted tables are written
+//! and compacted by fjall's own background threads, in long sequential runs. A SendMessage
+//! costs the journal about 1 KiB of appended bytes instead of the several 4 KiB B-tree pages
+//! SQLite rewrites per send (BENCHMARKS.md): that is what this engine is for. One writer
+//! thread (`writer`) applies every durable change, each as one atomic fjall batch, and after
+//! each group of them fdatasyncs the journal once before anything is answered or published
+//! (group commit). Readers use fjall directly from tokio's blocking pool.
+//!
+//! Keyspaces and their keys (integers big-endian, so that byte order is numeric order):
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `accounts` | account row | `StoredAccount` (JSON) |
+//! | `account_ids` | account id (16 bytes) | account row |
+//! | `handles` | handle | account row |
+//! | `tokens` | token id (16 bytes) | `StoredToken` (JSON) |
+//! | `contacts` | owner row, peer row | `ContactRecord` fields (JSON) |
+//! | `messages` | message row | `pb::Message` (protobuf) |
+//! | `message_ids` | message id (16 bytes) | message row |
+//! | `conversations` | pair of account rows (`pair_key`), message row | empty |
+//! | `client_ids` | sender row, `client_message_id` | message row |
+//! | `events` | account row, seq | `pb::Event` (protobuf, with its message whole) |
+
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use futures::future::BoxFuture;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::sqlite::{paginate, paginate_rows, pair_key};
+use super::syncer::Durable;
+use super::{EventSink, Jobs, LogBounds, Store};
+use crate::core::stats::StoreStats;
+use crate::core::{
+    AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,
+    PresenceStatus, TokenRecord,
+};
+use crate::pb;
+
+/// The engine's directory inside the data dir.
+pub const LSM_DIR: &str = "lsm";
+
+/// An 8-byte big-endian key part.
+fn be(n: i64) -> [u8; 8] {
+    (n as u64).to_be_bytes()
+}
+
+/// A key of two integers.
+fn key2(a: i64, b: u64) -> [u8; 16] {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&be(a));
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// Reads an integer key part or value.
+fn int_at(bytes: &[u8], at: usize) -> CoreResult<i64> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| u64::from_be_bytes(b) as i64)
+        .ok_or_else(|| CoreError::Internal("malformed store key or value".into()))
+}
+
+/// An account as this engine stores it (its row is the key).
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    id: Uuid,
+    handle: String,
+    display_name: String,
+    created_at: i64,
+    status: i32,
+    status_text: String,
+    last_seen: Option<i64>,
+}
+
+impl StoredAccount {
+    fn of(a: &AccountRecord) -> Self {
+        StoredAccount {
+            id: a.id,
+            handle: a.handle.clone(),
+            display_name: a.display_name.clone(),
+            created_at: a.created_at,
+            status: a.status as i32,
+            status_text: a.status_text.clone(),
+            last_seen: a.last_seen,
+        }
+    }
+
+    fn into_record(self, row: i64) -> AccountRecord {
+        AccountRecord {
+            id: self.id,
+            handle: self.handle,
+            display_name: self.display_name,
+            created_at: self.created_at,
+            status: PresenceStatus::try_from(self.status).unwrap_or(PresenceStatus::Online),
+            status_text: self.status_text,
+            last_seen: self.last_seen,
+            row,
+        }
+    }
+}
+
+/// A live token as this engine stores it (its id is the key; revoking deletes it).
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    account_id: Uuid,
+    hash: String,
+    created_at: i64,
+}
+
+/// A contact as this engine stores it.
+#[derive(Serialize, Deserialize)]
+struct StoredContact {
+    owner: Uuid,
+    peer: Uuid,
+    alias: String,
+    added_at: i64,
+    row: i64,
+}
+
+impl StoredContact {
+    fn into_record(self) -> ContactRecord {
+        ContactRecord {
+            owner: self.owner,
+            peer: self.peer,
+            alias: self.alias,
+            added_at: self.added_at,
+            row: self.row,
+        }
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> CoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(CoreError::internal)
+}
+
+fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> CoreResult<T> {
+    serde_json::from_slice(bytes).map_err(CoreError::internal)
+}
+
+/// The engine's keyspaces (cheap to clone: handles).
+#[derive(Clone)]
+pub(crate) struct Tables {
+    db: Database,
+    accounts: Keyspace,
+    account_ids: Keyspace,
+    handles: Keyspace,
+    tokens: Keyspace,
+    contacts: Keyspace,
+    messages: Keyspace,
+    message_ids: Keyspace,
+    conversations: Keyspace,
+    client_ids: Keyspace,
+    events: Keyspace,
+}
+
+impl Tables {
+    fn open(dir: &Path) -> CoreResult<Self> {
+        // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
+        // and compact in the background.
+        // The journal is written when the writer syncs it, once per group (`writer`), not per job.
+        let db = Database::builder(dir)
+            .cache_size(64 << 20)
+            .manual_journal_persist(true)
+            .open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Tables {
+            accounts: ks("accounts")?,
+            account_ids: ks("account_ids")?,
+            handles: ks("handles")?,
+            tokens: ks("tokens")?,
+            contacts: ks("contacts")?,
+            messages: ks("messages")?,
+            message_ids: ks("message_ids")?,
+            conversations: ks("conversations")?,
+            client_ids: ks("client_ids")?,
+            events: ks("events")?,
+            db,
+        })
+    }
+
+    /// The row of an account, `None` if there is no such account.
+    fn account_row(&self, id: AccountId) -> CoreResult<Option<i64>> {
+        match self.account_ids.get(id.as_bytes())? {
+            Some(v) => Ok(Some(int_at(&v, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn account(&self, row: i64) -> CoreResult<Option<StoredAccount>> {
+        match self.accounts.get(be(row))? {
+            Some(v) => Ok(Some(from_json(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn message(&self, row: i64) -> CoreResult<pb::Message> {
+        let v = self
+            .messages
+            .get(be(row))?
+            .ok_or_else(|| CoreError::Internal(format!("message row {row} is missing")))?;
+        pb::Message::decode(&*v).map_err(CoreError::internal)
+    }
+
+    /// The row of the message with this id.
+    fn message_row(&self, id: Uuid) -> CoreResult<Option<i64>> {
+        match self.message_ids.get(id.as_bytes())? {
+            Some(v) => Ok(Some(int_at(&v, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Newest seq in an account's log (0 if it has none).
+    fn head(&self, row: i64) -> CoreResult<u64> {
+        match self.events.prefix(be(row)).next_back() {
+            Some(g) => Ok(int_at(&g.key()?, 8)? as u64),
+            None => Ok(0),
+        }
+    }
+
+    /// Oldest seq in an account's log (0 if it has none).
+    fn oldest(&self, row: i64) -> CoreResult<u64> {
+        match self.events.prefix(be(row)).next() {
+            Some(g) => Ok(int_at(&g.key()?, 8)? as u64),
+            None => Ok(0),
+        }
+    }
+
+    /// The newest key of a keyspace keyed by one integer (0 if empty).
+    fn last_row(ks: &Keyspace) -> CoreResult<i64> {
+        match ks.last_key_value() {
+            Some(g) => int_at(&g.key()?, 0),
+            None => Ok(0),
+        }
+    }
+}
+
+/// The log-structured engine.
+pub struct LsmStore {
+    tables: Tables,
+    durable: Arc<Durable>,
+    jobs: Jobs,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LsmStore {
+    /// Opens (creating if needed) `data_dir/lsm` and starts the writer thread; `retention` is
+    /// how many durable events each account's log keeps.
+    pub fn open(
+        data_dir: &Path,
+        sink: EventSink,
+        retention: u64,
+        stats: StoreStats,
+    ) -> CoreResult<Self> {
+        let dir = data_dir.join(LSM_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            CoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let tables = Tables::open(&dir)?;
+        let state = writer::State::load(&tables, retention)?;
+        let durable = Arc::new(Durable::new(state.newest_message()));
+        let (jobs, rx) = Jobs::new();
+        let (t, d) = (tables.clone(), durable.clone());
+        let writer = std::thread::Builder::new()
+            .name("phantom-store-writer".into())
+            .spawn(move || writer::run(t, state, rx, sink, d, stats))
+            .map_err(CoreError::internal)?;
+        Ok(LsmStore {
+            tables,
+            durable,
+            jobs,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tables) -> CoreResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, CoreResult<T>> {
+        let tables = self.tables.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&tables))
+                .await
+                .map_err(CoreError::internal)?
+        })
+    }
+}
+
+impl Store for LsmStore {
+    fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    fn load_accounts(&self) -> CoreResult<Vec<AccountRecord>> {
+        let mut out = Vec::new();
+        for g in self.tables.accounts.iter() {
+            let (k, v) = g.into_inner()?;
+            out.push(from_json::<StoredAccount>(&v)?.into_record(int_at(&k, 0)?));
+        }
+        Ok(out)
+    }
+
+    fn load_tokens(&self) -> CoreResult<Vec<TokenRecord>> {
+        let mut out = Vec::new();
+        for g in self.tables.tokens.iter() {
+            let (k, v) = g.into_inner()?;
+            let t: StoredToken = from_json(&v)?;
+            out.push(TokenRecord {
+                id: Uuid::from_slice(&k).map_err(CoreError::internal)?,
+                account_id: t.account_id,
+                hash: t.hash,
+            });
+        }
+        Ok(out)
+    }
+
+    fn load_contacts(&self) -> CoreResult<Vec<ContactRecord>> {
+        let mut out = Vec::new();
+        for g in self.tables.contacts.iter() {
+            out.push(from_json::<StoredContact>(&g.value()?)?.into_record());
+        }
+        out.sort_by_key(|c| c.row);
+        Ok(out)
+    }
+
+    fn list_accounts(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'static, CoreResult<Page<AccountRecord>>> {
+        self.read(move |t| {
+            let from = page.after.unwrap_or(0).saturating_add(1);
+            let mut items = Vec::new();
+            for g in t.accounts.range(be(from)..).take(page.size + 1) {
+                let (k, v) = g.into_inner()?;
+                items.push(from_json::<StoredAccount>(&v)?.into_record(int_at(&k, 0)?));
+            }
+            Ok(paginate(items, page.size, |a| a.row))
+        })
+    }
+
+    fn list_messages(
+        &self,
+        me: AccountId,
+        peer: AccountId,
+        page: PageRequest,
+    ) -> BoxFuture<'static, CoreResult<Page<pb::Message>>> {
+        let durable = self.durable.message_row();
+        self.read(move |t| {
+            let not_found = || CoreError::not_found("contact_id", "no such account");
+            let peer_row = t.account_row(peer)?.ok_or_else(not_found)?;
+            let me_row = t.account_row(me)?.ok_or_else(not_found)?;
+            let pair = pair_key(me_row, peer_row);
+            // Rows past the durable one are committed but not yet fsync'd: not shown yet.
+            let before = page
+                .after
+                .unwrap_or(i64::MAX)
+                .min(durable.saturating_add(1))
+                .max(0);
+            let mut rows = Vec::new();
+            let range = t
+                .conversations
+                .range(key2(pair, 0)..key2(pair, before as u64));
+            for g in range.rev().take(page.size + 1) {
+                let row = int_at(&g.key()?, 8)?;
+                rows.push((row, t.message(row)?));
+            }
+            Ok(paginate_rows(rows, page.size))
+        })
+    }
+
+    fn read_events(
+        &self,
+        account: AccountId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, CoreResult<Vec<pb::Event>>> {
+        let durable = self.durable.clone();
+        self.read(move |t| {
+            let Some(row) = t.account_row(account)? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            let range = t
+                .events
+                .range(key2(row, after.saturating_add(1))..=key2(row, u64::MAX));
+            for g in range.take(limit) {
+                out.push(pb::Event::decode(&*g.value()?).map_err(CoreError::internal)?);
+            }
+            durable.keep_durable(account, &mut out);
+            Ok(out)
+        })
+    }
+
+    fn log_bounds(&self, account: AccountId) -> BoxFuture<'static, CoreResult<LogBounds>> {
+        let durable = self.durable.clone();
+        self.read(move |t| {
+            let Some(row) = t.account_row(account)? else {
+                return Ok(LogBounds::default());
+            };
+            let (head, oldest) = (t.head(row)?, t.oldest(row)?);
+            // Read after the queries, as in `Durable::keep_durable`.
+            Ok(LogBounds {
+                oldest,
+                head: durable.head(account).map_or(head, |d| d.min(head)),
+            })
+        })
+    }
+
+    fn close(&self) {
+        self.jobs.close();
+        let handle = self.writer.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}

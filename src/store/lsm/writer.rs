@@ -1,0 +1,529 @@
+//! The LSM engine's single writer thread. Each job is checked against the writer's state,
+//! then written as one atomic fjall batch (so a later job of the same group sees it, and a
+//! failing job leaves nothing behind); once the group is written, one fdatasync of the journal
+//! makes all of it durable, and only then are its events published and its callers answered.
+//!
+//! The writer owns what every write needs and readers do not: each account's row and head seq
+//! (loaded at open from the log itself), and the next row of messages and contacts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fjall::{OwnedWriteBatch, PersistMode};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{
+    StoredAccount, StoredContact, StoredToken, Tables, be, from_json, int_at, key2, to_json,
+};
+use crate::core::events::new_event;
+use crate::core::stats::StoreStats;
+use crate::core::time::{now_micros, to_timestamp};
+use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState};
+use crate::pb::{self, event::Kind};
+use crate::store::jobs::{Job, WriteOp, WriteOutput, next_group};
+use crate::store::sqlite::pair_key;
+use crate::store::syncer::{Durable, Reply};
+use crate::store::{EventSink, SentMessage};
+
+/// An account as the writer tracks it.
+struct Account {
+    row: i64,
+    /// Newest seq assigned in its log.
+    head: u64,
+}
+
+/// What the writer knows beyond the tables.
+pub(crate) struct State {
+    accounts: HashMap<AccountId, Account>,
+    next_account: i64,
+    next_contact: i64,
+    next_message: i64,
+    retention: u64,
+}
+
+impl State {
+    /// Reads the writer's state from the tables, and trims any log longer than `retention`
+    /// (after the setting was lowered).
+    pub fn load(t: &Tables, retention: u64) -> CoreResult<Self> {
+        let mut accounts = HashMap::new();
+        let mut trim = t.db.batch();
+        for g in t.accounts.iter() {
+            let (k, v) = g.into_inner()?;
+            let row = int_at(&k, 0)?;
+            let head = t.head(row)?;
+            if head > retention {
+                for old in t.events.range(key2(row, 0)..=key2(row, head - retention)) {
+                    trim.remove(&t.events, old.key()?);
+                }
+            }
+            accounts.insert(from_json::<StoredAccount>(&v)?.id, Account { row, head });
+        }
+        trim.commit()?;
+        let mut next_contact = 1;
+        for g in t.contacts.iter() {
+            let c: StoredContact = from_json(&g.value()?)?;
+            next_contact = next_contact.max(c.row + 1);
+        }
+        Ok(State {
+            next_account: Tables::last_row(&t.accounts)? + 1,
+            next_message: Tables::last_row(&t.messages)? + 1,
+            accounts,
+            next_contact,
+            retention,
+        })
+    }
+
+    /// The newest message row on disk.
+    pub fn newest_message(&self) -> i64 {
+        self.next_message - 1
+    }
+
+    fn row(&self, id: AccountId) -> Option<i64> {
+        self.accounts.get(&id).map(|a| a.row)
+    }
+}
+
+/// Runs until every sender is gone; every job taken is answered first.
+pub(crate) fn run(
+    t: Tables,
+    mut st: State,
+    mut jobs: mpsc::Receiver<Job>,
+    sink: EventSink,
+    durable: Arc<Durable>,
+    stats: StoreStats,
+) {
+    while let Some(group) = next_group(&mut jobs, &stats) {
+        let timer = stats.commit_seconds.start_timer();
+        commit_group(&t, &mut st, group, &sink, &durable);
+        timer.observe_duration();
+    }
+    if let Err(e) = t.db.persist(PersistMode::SyncAll) {
+        tracing::error!(error = %e, "store: final journal sync failed");
+    }
+}
+
+/// Writes a group's jobs, makes them durable with one fdatasync, then lets them out.
+fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, sink: &EventSink, d: &Durable) {
+    let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+    let mut events = Vec::new();
+    let mut message_row = None;
+    for job in group {
+        let result = if d.broken.load(Ordering::Acquire) {
+            Err(CoreError::Unavailable(
+                "storage failed earlier; writes are refused".into(),
+            ))
+        } else if job.reply.is_closed() {
+            // The caller is gone (deadline, cancellation) and was told the call failed.
+            Err(CoreError::Unavailable("the caller left".into()))
+        } else {
+            let mut tx = Tx {
+                t,
+                st: &mut *st,
+                batch: t.db.batch(),
+                events: Vec::new(),
+                message_row: None,
+            };
+            match apply(&mut tx, job.op) {
+                Ok(out) => {
+                    let Tx {
+                        batch,
+                        events: mut new,
+                        message_row: row,
+                        ..
+                    } = tx;
+                    // Readers must not see these events before the journal sync.
+                    d.fence(&new);
+                    match batch.commit() {
+                        Ok(()) => {
+                            events.append(&mut new);
+                            message_row = row.or(message_row);
+                            Ok(out)
+                        }
+                        Err(e) => {
+                            d.broken.store(true, Ordering::Release);
+                            tracing::error!(error = %e, "store write failed; refusing writes");
+                            Err(CoreError::Unavailable(
+                                "storage write failed; nothing was stored".into(),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Nothing of the job is written: give back the seqs it took.
+                    for ev in &tx.events {
+                        if let Some(a) = tx.st.accounts.get_mut(&ev.account_id) {
+                            a.head = a.head.min(ev.event.seq - 1);
+                        }
+                    }
+                    Err(e)
+                }
+            }
+        };
+        replies.push((job.reply, result));
+    }
+    if replies.iter().any(|(_, r)| r.is_ok())
+        && let Err(e) = t.db.persist(PersistMode::SyncData)
+    {
+        d.broken.store(true, Ordering::Release);
+        tracing::error!(error = %e, "store journal sync failed; refusing writes from now on");
+        for (reply, _) in replies {
+            let _ = reply.send(Err(CoreError::Unavailable(
+                "storage sync failed; the write may not be durable".into(),
+            )));
+        }
+        return;
+    }
+    d.advance_to(&events, message_row);
+    if !events.is_empty() {
+        sink(events);
+    }
+    for (reply, result) in replies {
+        let _ = reply.send(result);
+    }
+}
+
+/// One job's writes, committed together.
+struct Tx<'a> {
+    t: &'a Tables,
+    st: &'a mut State,
+    batch: OwnedWriteBatch,
+    events: Vec<CommittedEvent>,
+    message_row: Option<i64>,
+}
+
+impl Tx<'_> {
+    /// Appends an event to an account's log at its next seq, dropping the entry that falls
+    /// out of retention. The account was checked by the caller.
+    fn append(&mut self, account: AccountId, mut event: pb::Event) -> CoreResult<()> {
+        let retention = self.st.retention;
+        let a = self
+            .st
+            .accounts
+            .get_mut(&account)
+            .ok_or_else(|| CoreError::Internal(format!("no account {account} to log for")))?;
+        a.head += 1;
+        event.seq = a.head;
+        self.batch
+            .insert(&self.t.events, key2(a.row, a.head), event.encode_to_vec());
+        if a.head > retention {
+            self.batch
+                .remove(&self.t.events, key2(a.row, a.head - retention));
+        }
+        self.events.push(CommittedEvent {
+            account_id: account,
+            event,
+        });
+        Ok(())
+    }
+
+    fn put_account(&mut self, row: i64, a: &StoredAccount) -> CoreResult<()> {
+        self.batch.insert(&self.t.accounts, be(row), to_json(a)?);
+        Ok(())
+    }
+
+    fn put_message(&mut self, row: i64, m: &pb::Message) {
+        self.batch
+            .insert(&self.t.messages, be(row), m.encode_to_vec());
+    }
+}
+
+fn no_account() -> CoreError {
+    CoreError::not_found("account_id", "no such account")
+}
+
+fn parse(id: &str) -> CoreResult<Uuid> {
+    Uuid::parse_str(id).map_err(CoreError::internal)
+}
+
+fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
+    match op {
+        WriteOp::CreateAccount(mut a, token) => {
+            if tx.t.handles.contains_key(a.handle.as_bytes())? {
+                return Err(CoreError::exists(
+                    "handle",
+                    format!("handle {:?} is taken", a.handle),
+                ));
+            }
+            a.row = tx.st.next_account;
+            tx.st.next_account += 1;
+            tx.put_account(a.row, &StoredAccount::of(&a))?;
+            let t = tx.t;
+            tx.batch.insert(&t.account_ids, a.id.as_bytes(), be(a.row));
+            tx.batch.insert(&t.handles, a.handle.as_bytes(), be(a.row));
+            put_token(tx, &token)?;
+            tx.st.accounts.insert(
+                a.id,
+                Account {
+                    row: a.row,
+                    head: 0,
+                },
+            );
+            Ok(WriteOutput::Account(a))
+        }
+        WriteOp::IssueToken(token) => {
+            tx.st.row(token.account_id).ok_or_else(no_account)?;
+            put_token(tx, &token)?;
+            Ok(WriteOutput::Token(token))
+        }
+        WriteOp::RevokeToken(id) => {
+            let t = tx.t;
+            let stored: StoredToken = match t.tokens.get(id.as_bytes())? {
+                Some(v) => from_json(&v)?,
+                None => return Err(CoreError::not_found("token_id", "no such live token")),
+            };
+            tx.batch.remove(&t.tokens, id.as_bytes());
+            Ok(WriteOutput::Token(crate::core::TokenRecord {
+                id,
+                account_id: stored.account_id,
+                hash: stored.hash,
+            }))
+        }
+        WriteOp::SetStatus(id, status, text) => update_account(tx, id, |a| {
+            a.status = status as i32;
+            a.status_text = text;
+        }),
+        WriteOp::SetLastSeen(id, at) => update_account(tx, id, |a| a.last_seen = Some(at)),
+        WriteOp::AddContact(mut c, event) => {
+            let unknown = || CoreError::not_found("handle", "no such account");
+            let owner = tx.st.row(c.owner).ok_or_else(unknown)?;
+            let peer = tx.st.row(c.peer).ok_or_else(unknown)?;
+            let key = key2(owner, peer as u64);
+            if tx.t.contacts.contains_key(key)? {
+                return Err(CoreError::exists("handle", "already a contact"));
+            }
+            c.row = tx.st.next_contact;
+            tx.st.next_contact += 1;
+            let stored = StoredContact {
+                owner: c.owner,
+                peer: c.peer,
+                alias: c.alias.clone(),
+                added_at: c.added_at,
+                row: c.row,
+            };
+            let t = tx.t;
+            tx.batch.insert(&t.contacts, key, to_json(&stored)?);
+            tx.append(c.owner, event)?;
+            Ok(WriteOutput::Contact(c))
+        }
+        WriteOp::UpdateContact {
+            owner,
+            peer,
+            alias,
+            event,
+        } => {
+            let (key, mut stored) = contact(tx, owner, peer)?;
+            stored.alias = alias;
+            let t = tx.t;
+            tx.batch.insert(&t.contacts, key, to_json(&stored)?);
+            tx.append(owner, event)?;
+            Ok(WriteOutput::Done)
+        }
+        WriteOp::RemoveContact { owner, peer, event } => {
+            let (key, _) = contact(tx, owner, peer)?;
+            let t = tx.t;
+            tx.batch.remove(&t.contacts, key);
+            tx.append(owner, event)?;
+            Ok(WriteOutput::Done)
+        }
+        WriteOp::SendMessage(m) => send_message(tx, m),
+        WriteOp::MarkRead {
+            reader,
+            sender,
+            up_to,
+        } => mark_read(tx, reader, sender, up_to),
+        WriteOp::MarkDelivered { recipient, ids } => mark_delivered(tx, recipient, ids),
+    }
+}
+
+fn put_token(tx: &mut Tx, token: &crate::core::TokenRecord) -> CoreResult<()> {
+    let stored = StoredToken {
+        account_id: token.account_id,
+        hash: token.hash.clone(),
+        created_at: now_micros(),
+    };
+    let t = tx.t;
+    tx.batch
+        .insert(&t.tokens, token.id.as_bytes(), to_json(&stored)?);
+    Ok(())
+}
+
+fn update_account(
+    tx: &mut Tx,
+    id: AccountId,
+    change: impl FnOnce(&mut StoredAccount),
+) -> CoreResult<WriteOutput> {
+    let row = tx.st.row(id).ok_or_else(no_account)?;
+    let mut a = tx.t.account(row)?.ok_or_else(no_account)?;
+    change(&mut a);
+    tx.put_account(row, &a)?;
+    Ok(WriteOutput::Done)
+}
+
+/// The key and record of `owner`'s contact `peer`, or `NotFound`.
+fn contact(tx: &Tx, owner: AccountId, peer: AccountId) -> CoreResult<([u8; 16], StoredContact)> {
+    let not_found = || CoreError::not_found("contact_id", "not one of your contacts");
+    let (Some(o), Some(p)) = (tx.st.row(owner), tx.st.row(peer)) else {
+        return Err(not_found());
+    };
+    let key = key2(o, p as u64);
+    match tx.t.contacts.get(key)? {
+        Some(v) => Ok((key, from_json(&v)?)),
+        None => Err(not_found()),
+    }
+}
+
+/// The sender's row and `client_message_id` as one key.
+fn client_key(sender_row: i64, client_message_id: &str) -> Vec<u8> {
+    let mut k = be(sender_row).to_vec();
+    k.extend_from_slice(client_message_id.as_bytes());
+    k
+}
+
+fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
+    let sender = parse(&m.sender_id)?;
+    let recipient = parse(&m.recipient_id)?;
+    let id = parse(&m.message_id)?;
+    let sender_row = tx
+        .st
+        .row(sender)
+        .ok_or_else(|| CoreError::Internal(format!("no account {sender} to send from")))?;
+    let client_key =
+        (!m.client_message_id.is_empty()).then(|| client_key(sender_row, &m.client_message_id));
+    if let Some(key) = &client_key
+        && let Some(v) = tx.t.client_ids.get(key)?
+    {
+        return Ok(WriteOutput::Sent(SentMessage {
+            message: tx.t.message(int_at(&v, 0)?)?,
+            duplicate: true,
+        }));
+    }
+    let recipient_row = tx
+        .st
+        .row(recipient)
+        .ok_or_else(|| CoreError::not_found("recipient_id", "no such account"))?;
+    if m.sent_at.is_none() {
+        m.sent_at = Some(to_timestamp(now_micros()));
+    }
+    let row = tx.st.next_message;
+    tx.st.next_message += 1;
+    tx.put_message(row, &m);
+    let t = tx.t;
+    tx.batch.insert(&t.message_ids, id.as_bytes(), be(row));
+    let pair = pair_key(sender_row, recipient_row);
+    tx.batch
+        .insert(&t.conversations, key2(pair, row as u64), []);
+    if let Some(key) = client_key {
+        tx.batch.insert(&t.client_ids, key, be(row));
+    }
+    tx.message_row = Some(row);
+    // The sender's event first, so that a message to oneself logs MessageSent before
+    // MessageReceived.
+    let sent = Kind::MessageSent(pb::MessageSent {
+        message: Some(m.clone()),
+    });
+    tx.append(sender, new_event(sent))?;
+    let received = Kind::MessageReceived(pb::MessageReceived {
+        message: Some(m.clone()),
+    });
+    tx.append(recipient, new_event(received))?;
+    Ok(WriteOutput::Sent(SentMessage {
+        message: m,
+        duplicate: false,
+    }))
+}
+
+/// Makes every message from `sender` to `reader` up to `up_to` READ. READ is always a prefix
+/// of a direction (only this sets it, and it sets everything up to a point), so the walk goes
+/// back from `up_to` and stops at the first message already READ.
+fn mark_read(
+    tx: &mut Tx,
+    reader: AccountId,
+    sender: AccountId,
+    up_to: Uuid,
+) -> CoreResult<WriteOutput> {
+    let not_found =
+        || CoreError::not_found("up_to_message_id", "no such message from contact_id to you");
+    let (r, s) = (reader.to_string(), sender.to_string());
+    let (Some(reader_row), Some(sender_row)) = (tx.st.row(reader), tx.st.row(sender)) else {
+        return Err(not_found());
+    };
+    let up_row = tx.t.message_row(up_to)?.ok_or_else(not_found)?;
+    let up = tx.t.message(up_row)?;
+    if up.sender_id != s || up.recipient_id != r {
+        return Err(not_found());
+    }
+    let read = MessageState::Read as i32;
+    let pair = pair_key(sender_row, reader_row);
+    let mut ids = Vec::new();
+    let t = tx.t;
+    for g in t
+        .conversations
+        .range(key2(pair, 0)..=key2(pair, up_row as u64))
+        .rev()
+    {
+        let row = int_at(&g.key()?, 8)?;
+        let mut m = t.message(row)?;
+        if m.sender_id != s || m.recipient_id != r {
+            continue;
+        }
+        if m.state >= read {
+            break;
+        }
+        m.state = read;
+        tx.put_message(row, &m);
+        ids.push(m.message_id);
+    }
+    ids.sort(); // UUIDv7: time order
+    if !ids.is_empty() {
+        let kind = Kind::MessageStateChanged(pb::MessageStateChanged {
+            contact_id: r,
+            message_ids: ids.clone(),
+            state: read,
+        });
+        tx.append(sender, new_event(kind))?;
+    }
+    Ok(WriteOutput::Ids(ids))
+}
+
+/// Makes messages to `recipient` DELIVERED where they are still SENT (a READ message stays
+/// READ: READ implies DELIVERED), logging one MessageStateChanged per sender.
+fn mark_delivered(tx: &mut Tx, recipient: AccountId, ids: Vec<String>) -> CoreResult<WriteOutput> {
+    let r = recipient.to_string();
+    let delivered = MessageState::Delivered as i32;
+    let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let t = tx.t;
+    for id in ids {
+        let Ok(uuid) = Uuid::parse_str(&id) else {
+            continue;
+        };
+        if !seen.insert(uuid) {
+            continue;
+        }
+        let Some(row) = t.message_row(uuid)? else {
+            continue;
+        };
+        let mut m = t.message(row)?;
+        if m.recipient_id != r || m.state >= delivered {
+            continue;
+        }
+        m.state = delivered;
+        tx.put_message(row, &m);
+        by_sender.entry(m.sender_id).or_default().push(id);
+    }
+    let mut changed = Vec::new();
+    for (sender, ids) in by_sender {
+        let sender = parse(&sender)?;
+        changed.extend(ids.iter().cloned());
+        let kind = Kind::MessageStateChanged(pb::MessageStateChanged {
+            contact_id: r.clone(),
+            message_ids: ids,
+            state: delivered,
+        });
+        tx.append(sender, new_event(kind))?;
+    }
+    Ok(WriteOutput::Ids(changed))
+}

@@ -1,0 +1,58 @@
+//! Storage engines: each refuses a data dir that holds the other's data (never starts empty
+//! over it), and both keep what a restart with a lowered retention still promises.
+
+mod common;
+
+use common::*;
+use phantom::config::Engine;
+use phantom::server;
+
+#[tokio::test]
+async fn an_engine_refuses_a_data_dir_of_the_other_engine() {
+    for (wrote, asked) in [
+        (Engine::Sqlite, Engine::Lsm),
+        (Engine::Lsm, Engine::Sqlite),
+    ] {
+        let mut t = TestServer::start_with(|c| c.storage.engine = wrote).await;
+        let (a, b) = (t.account("alice").await, t.account("bob").await);
+        t.send(&a, &b, "kept").await;
+        t.stop().await;
+        let mut cfg = t.config.clone();
+        cfg.storage.engine = asked;
+        let err = match server::start(cfg).await {
+            Ok(_) => panic!("{asked:?} started over {wrote:?} data"),
+            Err(e) => e,
+        };
+        assert!(err.contains("storage.engine"), "{err}");
+        // The data is untouched: the engine that wrote it serves it still.
+        t.restart().await;
+        let history = t.conversation(&a, &b).await;
+        assert_eq!(history.len(), 1, "{wrote:?}");
+        assert_eq!(history[0].text, "kept");
+    }
+}
+
+#[tokio::test]
+async fn a_lowered_retention_trims_the_log_at_restart() {
+    for engine in [Engine::Lsm, Engine::Sqlite] {
+        let mut t = TestServer::start_with(|c| c.storage.engine = engine).await;
+        let (a, b) = (t.account("alice").await, t.account("bob").await);
+        for i in 0..6 {
+            t.send(&a, &b, &format!("m{i}")).await;
+        }
+        t.stop().await;
+        t.config.events.retention_per_account = 2;
+        t.restart().await;
+        let mut bob = t.user(&b);
+        let mut s = Events::open(&mut bob, Some(0)).await;
+        let started = s.started().await;
+        assert_eq!((started.head_seq, started.oldest_seq), (6, 5), "{engine:?}");
+        assert_eq!(s.durable().await.seq, 5, "{engine:?}");
+        assert_eq!(s.durable().await.seq, 6, "{engine:?}");
+        // New events go on from the head, and the window stays two long.
+        t.send(&a, &b, "after").await;
+        assert_eq!(s.durable().await.seq, 7, "{engine:?}");
+        let mut again = Events::open(&mut bob, Some(0)).await;
+        assert_eq!(again.started().await.oldest_seq, 6, "{engine:?}");
+    }
+}
