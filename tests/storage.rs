@@ -9,10 +9,7 @@ use phantom::server;
 
 #[tokio::test]
 async fn an_engine_refuses_a_data_dir_of_the_other_engine() {
-    for (wrote, asked) in [
-        (Engine::Sqlite, Engine::Lsm),
-        (Engine::Lsm, Engine::Sqlite),
-    ] {
+    for (wrote, asked) in [(Engine::Sqlite, Engine::Lsm), (Engine::Lsm, Engine::Sqlite)] {
         let mut t = TestServer::start_with(|c| c.storage.engine = wrote).await;
         let (a, b) = (t.account("alice").await, t.account("bob").await);
         t.send(&a, &b, "kept").await;

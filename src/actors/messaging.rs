@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CoreError, CoreResult, MessageState, Page, PageRequest};
 use crate::pb;
-use crate::store::{SentMessage, Store};
+use crate::store::{LogRange, SentMessage, Store};
 
 /// The messaging authority.
 pub struct MessagingActor {
@@ -156,11 +156,16 @@ pub struct Delivered {
     pub recipient: AccountId,
     /// The message ids.
     pub ids: Vec<String>,
+    /// The stretch of the recipient's log they were all read from, for a replay chunk.
+    pub covers: Option<LogRange>,
 }
 
 impl Handler<Delivered> for MessagingActor {
     type Result = Reply<Vec<String>>;
     fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) -> Self::Result {
-        Reply::new(self.store.mark_delivered(msg.recipient, msg.ids))
+        Reply::new(
+            self.store
+                .mark_delivered(msg.recipient, msg.ids, msg.covers),
+        )
     }
 }

@@ -24,7 +24,7 @@ use crate::core::events::{SharedEvent, new_event};
 use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CoreResult};
 use crate::pb::{self, event::Kind};
-use crate::store::Store;
+use crate::store::{LogRange, Store};
 
 /// Durable events read from the log per store round-trip while replaying.
 const REPLAY_CHUNK: usize = 512;
@@ -325,13 +325,7 @@ async fn record_delivered(
     recipient: AccountId,
     ids: Vec<String>,
 ) {
-    if ids.is_empty() {
-        return;
-    }
-    let sent = messaging.send(Delivered { recipient, ids }).await;
-    if let Err(e) = sent.map_err(super::mailbox_error).and_then(|r| r) {
-        tracing::warn!(%recipient, error = %e, "could not record delivery");
-    }
+    Owed::record(messaging, recipient, ids, None).settle().await;
 }
 
 /// `record_delivered`, spawned on the arbiter rather than on the actor, so that the receipt is
@@ -451,13 +445,21 @@ impl Replay {
     /// Sends every logged event after `cursor`, reading past the head seen at the start so that
     /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
     /// seq sent, or `None` if the client went away.
+    ///
+    /// Pipelined, one chunk deep each way: the next chunk is read while this one is sent, and
+    /// this chunk's receipts are recorded while the next one is sent. A replay never has more
+    /// than one chunk of receipts outstanding, so it never outruns what it owes.
     async fn catch_up(&self, mut cursor: u64) -> CoreResult<Option<u64>> {
+        let read = |after| self.store.read_events(self.account, after, REPLAY_CHUNK);
+        let mut next = read(cursor);
+        let mut owed = Owed::default();
         loop {
-            let chunk = self
-                .store
-                .read_events(self.account, cursor, REPLAY_CHUNK)
-                .await?;
+            let chunk = (&mut next).await?;
+            let after = cursor;
             let full = chunk.len() == REPLAY_CHUNK;
+            if let Some(last) = chunk.last().filter(|_| full) {
+                next = read(last.seq);
+            }
             let mut receipts = Vec::new();
             let mut gone = false;
             for ev in chunk {
@@ -471,13 +473,49 @@ impl Replay {
                 self.stats.delivered.inc();
             }
             // Owed even when the client just left: it may have read them before it went.
-            // Awaited: a replay never outruns the receipts it owes.
-            record_delivered(&self.messaging, self.account, receipts).await;
-            if gone {
-                return Ok(None);
+            owed.settle().await;
+            let covers = LogRange {
+                after,
+                through: cursor,
+            };
+            owed = Owed::record(&self.messaging, self.account, receipts, Some(covers));
+            if gone || !full {
+                owed.settle().await;
+                return Ok((!gone).then_some(cursor));
             }
-            if !full {
-                return Ok(Some(cursor));
+        }
+    }
+}
+
+/// One chunk's receipts on their way to the `MessagingActor` (queued when made).
+#[derive(Default)]
+struct Owed(Option<Request<MessagingActor, Delivered>>, AccountId);
+
+impl Owed {
+    fn record(
+        messaging: &Addr<MessagingActor>,
+        recipient: AccountId,
+        ids: Vec<String>,
+        covers: Option<LogRange>,
+    ) -> Self {
+        // A replay chunk without receipts still tells the store how far the log is delivered.
+        if ids.is_empty() && covers.is_none() {
+            return Owed(None, recipient);
+        }
+        let request = messaging.send(Delivered {
+            recipient,
+            ids,
+            covers,
+        });
+        Owed(Some(request), recipient)
+    }
+
+    /// Waits until they are recorded.
+    async fn settle(&mut self) {
+        if let Some(request) = self.0.take() {
+            let recipient = self.1;
+            if let Err(e) = request.await.map_err(super::mailbox_error).and_then(|r| r) {
+                tracing::warn!(%recipient, error = %e, "could not record delivery");
             }
         }
     }

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::SentMessage;
+use super::{LogRange, SentMessage};
 use crate::core::stats::StoreStats;
 use crate::core::{
     AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, PresenceStatus, TokenRecord,
@@ -63,6 +63,7 @@ pub(crate) enum WriteOp {
     MarkDelivered {
         recipient: AccountId,
         ids: Vec<String>,
+        covers: Option<LogRange>,
     },
 }
 
@@ -228,8 +229,14 @@ impl Jobs {
         &self,
         recipient: AccountId,
         ids: Vec<String>,
+        covers: Option<LogRange>,
     ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
-        self.write(WriteOp::MarkDelivered { recipient, ids }, ids_of)
+        let op = WriteOp::MarkDelivered {
+            recipient,
+            ids,
+            covers,
+        };
+        self.write(op, ids_of)
     }
 }
 

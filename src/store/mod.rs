@@ -38,6 +38,15 @@ pub struct LogBounds {
     pub head: u64,
 }
 
+/// A stretch of an account's log: the seqs `after + 1 ..= through`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRange {
+    /// The seq just before the stretch.
+    pub after: u64,
+    /// Its last seq.
+    pub through: u64,
+}
+
 /// Outcome of `send_message`.
 #[derive(Debug, Clone)]
 pub struct SentMessage {
@@ -146,13 +155,16 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Makes still-SENT messages among `ids` to `recipient` DELIVERED, logging one
-    /// MessageStateChanged per sender. Returns the ids that changed.
+    /// MessageStateChanged per sender. Returns the ids that changed. `covers`, when given, is
+    /// the stretch of the recipient's log the ids were read from whole (a replay chunk): an
+    /// engine may then skip ids it knows are delivered already.
     fn mark_delivered(
         &self,
         recipient: AccountId,
         ids: Vec<String>,
+        covers: Option<LogRange>,
     ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
-        self.jobs().mark_delivered(recipient, ids)
+        self.jobs().mark_delivered(recipient, ids, covers)
     }
 
     /// Up to `limit` durable events of an account with seq > `after`, in order.

@@ -717,6 +717,7 @@ pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
     filled.into_iter().collect::<Result<Vec<_>, _>>()?;
 
     let mut best: Option<(Duration, u64)> = None;
+    let mut first = None;
     for _ in 0..3 {
         let mut u = t.user(&target.token, 0)?;
         let started = Instant::now();
@@ -731,6 +732,8 @@ pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
             }
         }
         let took = started.elapsed();
+        // The first replay also records every message DELIVERED; later ones find them so.
+        first.get_or_insert(last as f64 / took.as_secs_f64());
         if best.is_none_or(|(b, _)| took < b) {
             best = Some((took, last));
         }
@@ -740,6 +743,10 @@ pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
         "replay",
         n as f64 / took.as_secs_f64(),
         Some(ms(took)),
-        format!("{n} events from after_seq = 0 (best of 3); max = whole replay"),
+        format!(
+            "{n} events from after_seq = 0 (best of 3; the first, which records the receipts: \
+             {:.0}/s); max = whole replay",
+            first.unwrap_or(0.0)
+        ),
     ))
 }

@@ -22,6 +22,7 @@
 //! | `conversations` | pair of account rows (`pair_key`), message row | empty |
 //! | `client_ids` | sender row, `client_message_id` | message row |
 //! | `events` | account row, seq | `pb::Event` (protobuf, with its message whole) |
+//! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
 
 mod writer;
 
@@ -161,6 +162,7 @@ pub(crate) struct Tables {
     conversations: Keyspace,
     client_ids: Keyspace,
     events: Keyspace,
+    delivered: Keyspace,
 }
 
 impl Tables {
@@ -184,6 +186,7 @@ impl Tables {
             conversations: ks("conversations")?,
             client_ids: ks("client_ids")?,
             events: ks("events")?,
+            delivered: ks("delivered")?,
             db,
         })
     }
@@ -286,12 +289,10 @@ impl LsmStore {
         &self,
         f: impl FnOnce(&Tables) -> CoreResult<T> + Send + 'static,
     ) -> BoxFuture<'static, CoreResult<T>> {
+        // Started now, not when first polled: a caller may read ahead (replays do).
         let tables = self.tables.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(&tables))
-                .await
-                .map_err(CoreError::internal)?
-        })
+        let read = tokio::task::spawn_blocking(move || f(&tables));
+        Box::pin(async move { read.await.map_err(CoreError::internal)? })
     }
 }
 

@@ -26,13 +26,16 @@ use crate::pb::{self, event::Kind};
 use crate::store::jobs::{Job, WriteOp, WriteOutput, next_group};
 use crate::store::sqlite::pair_key;
 use crate::store::syncer::{Durable, Reply};
-use crate::store::{EventSink, SentMessage};
+use crate::store::{EventSink, LogRange, SentMessage};
 
 /// An account as the writer tracks it.
 struct Account {
     row: i64,
     /// Newest seq assigned in its log.
     head: u64,
+    /// Every MessageReceived in its log up to this seq is DELIVERED or READ: a replay chunk
+    /// below it has no receipts left to record (`mark_delivered`).
+    delivered: u64,
 }
 
 /// What the writer knows beyond the tables.
@@ -59,7 +62,17 @@ impl State {
                     trim.remove(&t.events, old.key()?);
                 }
             }
-            accounts.insert(from_json::<StoredAccount>(&v)?.id, Account { row, head });
+            let delivered = match t.delivered.get(be(row))? {
+                Some(v) => int_at(&v, 0)? as u64,
+                None => 0,
+            };
+            let id = from_json::<StoredAccount>(&v)?.id;
+            let account = Account {
+                row,
+                head,
+                delivered,
+            };
+            accounts.insert(id, account);
         }
         trim.commit()?;
         let mut next_contact = 1;
@@ -259,6 +272,7 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
                 Account {
                     row: a.row,
                     head: 0,
+                    delivered: 0,
                 },
             );
             Ok(WriteOutput::Account(a))
@@ -334,7 +348,11 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
             sender,
             up_to,
         } => mark_read(tx, reader, sender, up_to),
-        WriteOp::MarkDelivered { recipient, ids } => mark_delivered(tx, recipient, ids),
+        WriteOp::MarkDelivered {
+            recipient,
+            ids,
+            covers,
+        } => mark_delivered(tx, recipient, ids, covers),
     }
 }
 
@@ -490,7 +508,23 @@ fn mark_read(
 
 /// Makes messages to `recipient` DELIVERED where they are still SENT (a READ message stays
 /// READ: READ implies DELIVERED), logging one MessageStateChanged per sender.
-fn mark_delivered(tx: &mut Tx, recipient: AccountId, ids: Vec<String>) -> CoreResult<WriteOutput> {
+///
+/// With `covers` (a replay chunk: every MessageReceived of that stretch of the log is among
+/// `ids`), a stretch at or below the recipient's delivered watermark is skipped without a
+/// lookup, and one that starts at or below it moves the watermark to its end.
+fn mark_delivered(
+    tx: &mut Tx,
+    recipient: AccountId,
+    ids: Vec<String>,
+    covers: Option<LogRange>,
+) -> CoreResult<WriteOutput> {
+    let (row, watermark) = match tx.st.accounts.get(&recipient) {
+        Some(a) => (a.row, a.delivered),
+        None => return Err(no_account()),
+    };
+    if covers.is_some_and(|c| c.through <= watermark) {
+        return Ok(WriteOutput::Ids(Vec::new()));
+    }
     let r = recipient.to_string();
     let delivered = MessageState::Delivered as i32;
     let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -524,6 +558,12 @@ fn mark_delivered(tx: &mut Tx, recipient: AccountId, ids: Vec<String>) -> CoreRe
             state: delivered,
         });
         tx.append(sender, new_event(kind))?;
+    }
+    if let Some(c) = covers.filter(|c| c.after <= watermark)
+        && let Some(a) = tx.st.accounts.get_mut(&recipient)
+    {
+        a.delivered = c.through;
+        tx.batch.insert(&t.delivered, be(row), be(c.through as i64));
     }
     Ok(WriteOutput::Ids(changed))
 }
