@@ -83,6 +83,28 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<CoreResult<WriteOutput>>,
 }
 
+/// The receipts of one MarkDelivered: for each sender (by id) the ids that became DELIVERED
+/// to `recipient`. Logs one MessageStateChanged per sender through `log` (an engine's append)
+/// and returns every changed id.
+pub(crate) fn log_delivered(
+    recipient: &str,
+    by_sender: std::collections::BTreeMap<String, Vec<String>>,
+    mut log: impl FnMut(AccountId, pb::Event) -> CoreResult<()>,
+) -> CoreResult<Vec<String>> {
+    let mut changed = Vec::new();
+    for (sender, ids) in by_sender {
+        let sender = Uuid::parse_str(&sender).map_err(CoreError::internal)?;
+        changed.extend(ids.iter().cloned());
+        let kind = pb::event::Kind::MessageStateChanged(pb::MessageStateChanged {
+            contact_id: recipient.to_string(),
+            message_ids: ids,
+            state: crate::core::MessageState::Delivered as i32,
+        });
+        log(sender, crate::core::events::new_event(kind))?;
+    }
+    Ok(changed)
+}
+
 /// The sending side of the writer's queue; closing it lets the writer finish and return.
 pub struct Jobs(Mutex<Option<mpsc::Sender<Job>>>);
 

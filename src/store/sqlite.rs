@@ -359,16 +359,11 @@ impl Store for SqliteStore {
         peer: AccountId,
         page: PageRequest,
     ) -> BoxFuture<'static, CoreResult<Page<pb::Message>>> {
-        let durable = self.durable.message_row();
+        let before = self.durable.rows_before(page.after);
         self.read(move |c| {
             if !account_exists(c, peer)? {
                 return Err(CoreError::not_found("contact_id", "no such account"));
             }
-            // Rows past the durable one are committed but not yet fsync'd: not shown yet.
-            let before = page
-                .after
-                .unwrap_or(i64::MAX)
-                .min(durable.saturating_add(1));
             let mut rows = Vec::new();
             let mut stmt = c.prepare_cached(&LIST_MESSAGES)?;
             let mut q = stmt.query(params![

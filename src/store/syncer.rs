@@ -108,6 +108,15 @@ impl Durable {
     pub fn message_row(&self) -> i64 {
         self.message_row.load(Ordering::Acquire)
     }
+
+    /// Where a page of messages before row `after` (`None`: from the newest) must stop: rows
+    /// past the durable one are committed but not yet fsync'd, so not shown yet.
+    pub fn rows_before(&self, after: Option<i64>) -> i64 {
+        after
+            .unwrap_or(i64::MAX)
+            .min(self.message_row().saturating_add(1))
+            .max(0)
+    }
 }
 
 /// Runs until the writer is gone; every batch handed over is answered first.

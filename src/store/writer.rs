@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::SentMessage;
-use super::jobs::{Job, WriteOp, WriteOutput, next_group};
+use super::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
 use super::sqlite::{
     MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_key, pair_of,
 };
@@ -517,16 +517,8 @@ fn mark_delivered(
             }
         }
     }
-    let mut changed = Vec::new();
-    for (sender, ids) in by_sender {
-        let sender = Uuid::parse_str(&sender).map_err(CoreError::internal)?;
-        changed.extend(ids.iter().cloned());
-        let kind = Kind::MessageStateChanged(pb::MessageStateChanged {
-            contact_id: r.clone(),
-            message_ids: ids,
-            state: delivered,
-        });
-        append(tx, sender, new_event(kind), events)?;
-    }
+    let changed = log_delivered(&r, by_sender, |sender, event| {
+        append(tx, sender, event, events)
+    })?;
     Ok(WriteOutput::Ids(changed))
 }

@@ -354,18 +354,12 @@ impl Store for LsmStore {
         peer: AccountId,
         page: PageRequest,
     ) -> BoxFuture<'static, CoreResult<Page<pb::Message>>> {
-        let durable = self.durable.message_row();
+        let before = self.durable.rows_before(page.after);
         self.read(move |t| {
             let not_found = || CoreError::not_found("contact_id", "no such account");
             let peer_row = t.account_row(peer)?.ok_or_else(not_found)?;
             let me_row = t.account_row(me)?.ok_or_else(not_found)?;
             let pair = pair_key(me_row, peer_row);
-            // Rows past the durable one are committed but not yet fsync'd: not shown yet.
-            let before = page
-                .after
-                .unwrap_or(i64::MAX)
-                .min(durable.saturating_add(1))
-                .max(0);
             let mut rows = Vec::new();
             let range = t
                 .conversations

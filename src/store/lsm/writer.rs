@@ -23,7 +23,7 @@ use crate::core::stats::StoreStats;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState};
 use crate::pb::{self, event::Kind};
-use crate::store::jobs::{Job, WriteOp, WriteOutput, next_group};
+use crate::store::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
 use crate::store::sqlite::pair_key;
 use crate::store::syncer::{Durable, Reply};
 use crate::store::{EventSink, LogRange, SentMessage};
@@ -548,17 +548,7 @@ fn mark_delivered(
         tx.put_message(row, &m);
         by_sender.entry(m.sender_id).or_default().push(id);
     }
-    let mut changed = Vec::new();
-    for (sender, ids) in by_sender {
-        let sender = parse(&sender)?;
-        changed.extend(ids.iter().cloned());
-        let kind = Kind::MessageStateChanged(pb::MessageStateChanged {
-            contact_id: r.clone(),
-            message_ids: ids,
-            state: delivered,
-        });
-        tx.append(sender, new_event(kind))?;
-    }
+    let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
     if let Some(c) = covers.filter(|c| c.after <= watermark)
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
     {
