@@ -53,3 +53,45 @@ async fn a_lowered_retention_trims_the_log_at_restart() {
         assert_eq!(again.started().await.oldest_seq, 6, "{engine:?}");
     }
 }
+
+/// What a replay recorded as delivered stays so across a restart: replaying the whole log
+/// again tells the sender nothing new, and the next message's receipt is the next one told.
+#[tokio::test]
+async fn delivered_messages_stay_delivered_across_a_restart() {
+    use phantom::pb::event::Kind;
+    async fn next_receipt(events: &mut Events) -> Vec<String> {
+        loop {
+            if let Some(Kind::MessageStateChanged(c)) = events.durable().await.kind {
+                return c.message_ids;
+            }
+        }
+    }
+    async fn replay_until(t: &TestServer, who: &Account, text: &str) {
+        let mut r = Events::open(&mut t.user(who), Some(0)).await;
+        loop {
+            if let Some(Kind::MessageReceived(m)) = r.durable().await.kind
+                && m.message.is_some_and(|m| m.text == text)
+            {
+                return;
+            }
+        }
+    }
+    for engine in [Engine::Lsm, Engine::Sqlite] {
+        let mut t = TestServer::start_with(|c| c.storage.engine = engine).await;
+        let (a, b) = (t.account("alice").await, t.account("bob").await);
+        let m1 = t.send(&a, &b, "one").await;
+        let mut alice = Events::live(&mut t.user(&a)).await;
+        replay_until(&t, &b, "one").await;
+        assert_eq!(next_receipt(&mut alice).await, vec![m1.message_id.clone()]);
+        t.restart().await;
+        let mut alice = Events::live(&mut t.user(&a)).await;
+        replay_until(&t, &b, "one").await;
+        let m2 = t.send(&a, &b, "two").await;
+        replay_until(&t, &b, "two").await;
+        assert_eq!(
+            next_receipt(&mut alice).await,
+            vec![m2.message_id.clone()],
+            "{engine:?}: only the new message"
+        );
+    }
+}
