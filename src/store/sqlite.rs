@@ -99,7 +99,7 @@ fn message_at(r: &Row, at: usize) -> rusqlite::Result<pb::Message> {
 
 /// Puts a joined message back into the event whose body holds its stub; the stub keeps the
 /// state the message had when the event happened.
-pub(crate) fn fill_message(event: &mut pb::Event, full: pb::Message) {
+fn fill_message(event: &mut pb::Event, full: pb::Message) {
     use pb::event::Kind;
     if let Some(Kind::MessageSent(pb::MessageSent { message }))
     | Some(Kind::MessageReceived(pb::MessageReceived { message })) = event.kind.as_mut()

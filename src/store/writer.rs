@@ -215,7 +215,7 @@ fn log_event(
 }
 
 /// The event with its message reduced to what the stored row cannot tell: its state then.
-pub(crate) fn message_stub(event: &pb::Event) -> pb::Event {
+fn message_stub(event: &pb::Event) -> pb::Event {
     let stub = |m: &Option<pb::Message>| {
         m.as_ref().map(|m| pb::Message {
             state: m.state,
