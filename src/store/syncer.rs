@@ -70,11 +70,6 @@ impl Durable {
         }
     }
 
-    /// After the fsync: the batch's events and messages are durable.
-    fn advance(&self, batch: &Committed) {
-        self.advance_to(&batch.events, batch.message_row);
-    }
-
     /// After the fsync: `events`, and every message up to `message_row`, are durable.
     pub fn advance_to(&self, events: &[CommittedEvent], message_row: Option<i64>) {
         if let Ok(mut heads) = self.heads.lock() {
@@ -141,7 +136,7 @@ pub(crate) fn run(
         }
         for batch in waiting {
             if synced.is_ok() {
-                durable.advance(&batch);
+                durable.advance_to(&batch.events, batch.message_row);
                 if !batch.events.is_empty() {
                     sink(batch.events);
                 }
@@ -216,12 +211,12 @@ mod tests {
         let second = batch(vec![event(a, 7)], Some(13));
         d.fence(&second.events);
         assert_eq!(d.head(a), Some(4));
-        d.advance(&first);
+        d.advance_to(&first.events, first.message_row);
         assert_eq!(
             (d.head(a), d.head(b), d.message_row()),
             (Some(6), Some(1), 12)
         );
-        d.advance(&second);
+        d.advance_to(&second.events, second.message_row);
         assert_eq!((d.head(a), d.message_row()), (Some(7), 13));
         // What a reader got is cut at the account's durable head; an account never fenced
         // keeps everything.

@@ -224,15 +224,17 @@ impl Tables {
 
     /// Newest seq in an account's log (0 if it has none).
     fn head(&self, row: i64) -> CoreResult<u64> {
-        match self.events.prefix(be(row)).next_back() {
-            Some(g) => Ok(int_at(&g.key()?, 8)? as u64),
-            None => Ok(0),
-        }
+        Self::seq_of(self.events.prefix(be(row)).next_back())
     }
 
     /// Oldest seq in an account's log (0 if it has none).
     fn oldest(&self, row: i64) -> CoreResult<u64> {
-        match self.events.prefix(be(row)).next() {
+        Self::seq_of(self.events.prefix(be(row)).next())
+    }
+
+    /// The seq of an `events` entry (0 for none).
+    fn seq_of(entry: Option<fjall::Guard>) -> CoreResult<u64> {
+        match entry {
             Some(g) => Ok(int_at(&g.key()?, 8)? as u64),
             None => Ok(0),
         }

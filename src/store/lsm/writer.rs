@@ -53,9 +53,10 @@ impl State {
     pub fn load(t: &Tables, retention: u64) -> CoreResult<Self> {
         let mut accounts = HashMap::new();
         let mut trim = t.db.batch();
-        for g in t.accounts.iter() {
+        for g in t.account_ids.iter() {
             let (k, v) = g.into_inner()?;
-            let row = int_at(&k, 0)?;
+            let id = Uuid::from_slice(&k).map_err(CoreError::internal)?;
+            let row = int_at(&v, 0)?;
             let head = t.head(row)?;
             if head > retention {
                 for old in t.events.range(key2(row, 0)..=key2(row, head - retention)) {
@@ -66,7 +67,6 @@ impl State {
                 Some(v) => int_at(&v, 0)? as u64,
                 None => 0,
             };
-            let id = from_json::<StoredAccount>(&v)?.id;
             let account = Account {
                 row,
                 head,
@@ -132,48 +132,11 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, sink: &EventSink, d
             // The caller is gone (deadline, cancellation) and was told the call failed.
             Err(CoreError::Unavailable("the caller left".into()))
         } else {
-            let mut tx = Tx {
-                t,
-                st: &mut *st,
-                batch: t.db.batch(),
-                events: Vec::new(),
-                message_row: None,
-            };
-            match apply(&mut tx, job.op) {
-                Ok(out) => {
-                    let Tx {
-                        batch,
-                        events: mut new,
-                        message_row: row,
-                        ..
-                    } = tx;
-                    // Readers must not see these events before the journal sync.
-                    d.fence(&new);
-                    match batch.commit() {
-                        Ok(()) => {
-                            events.append(&mut new);
-                            message_row = row.or(message_row);
-                            Ok(out)
-                        }
-                        Err(e) => {
-                            d.broken.store(true, Ordering::Release);
-                            tracing::error!(error = %e, "store write failed; refusing writes");
-                            Err(CoreError::Unavailable(
-                                "storage write failed; nothing was stored".into(),
-                            ))
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Nothing of the job is written: give back the seqs it took.
-                    for ev in &tx.events {
-                        if let Some(a) = tx.st.accounts.get_mut(&ev.account_id) {
-                            a.head = a.head.min(ev.event.seq - 1);
-                        }
-                    }
-                    Err(e)
-                }
-            }
+            run_job(t, st, job.op, d).map(|(out, mut new, row)| {
+                events.append(&mut new);
+                message_row = row.or(message_row);
+                out
+            })
         };
         replies.push((job.reply, result));
     }
@@ -196,6 +159,42 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, sink: &EventSink, d
     for (reply, result) in replies {
         let _ = reply.send(result);
     }
+}
+
+/// A job's output, its events and the message row it wrote.
+type JobDone = (WriteOutput, Vec<CommittedEvent>, Option<i64>);
+
+/// Checks and writes one job as one fjall batch. On failure nothing of it is written, and the
+/// seqs it took are given back.
+fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<JobDone> {
+    let mut tx = Tx {
+        t,
+        st,
+        batch: t.db.batch(),
+        events: Vec::new(),
+        message_row: None,
+    };
+    let out = match apply(&mut tx, op) {
+        Ok(out) => out,
+        Err(e) => {
+            for ev in &tx.events {
+                if let Some(a) = tx.st.accounts.get_mut(&ev.account_id) {
+                    a.head = a.head.min(ev.event.seq - 1);
+                }
+            }
+            return Err(e);
+        }
+    };
+    // Readers must not see these events before the journal sync.
+    d.fence(&tx.events);
+    if let Err(e) = tx.batch.commit() {
+        d.broken.store(true, Ordering::Release);
+        tracing::error!(error = %e, "store write failed; refusing writes from now on");
+        return Err(CoreError::Unavailable(
+            "storage write failed; nothing was stored".into(),
+        ));
+    }
+    Ok((out, tx.events, tx.message_row))
 }
 
 /// One job's writes, committed together.
@@ -263,9 +262,10 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
             a.row = tx.st.next_account;
             tx.st.next_account += 1;
             tx.put_account(a.row, &StoredAccount::of(&a))?;
-            let t = tx.t;
-            tx.batch.insert(&t.account_ids, a.id.as_bytes(), be(a.row));
-            tx.batch.insert(&t.handles, a.handle.as_bytes(), be(a.row));
+            tx.batch
+                .insert(&tx.t.account_ids, a.id.as_bytes(), be(a.row));
+            tx.batch
+                .insert(&tx.t.handles, a.handle.as_bytes(), be(a.row));
             put_token(tx, &token)?;
             tx.st.accounts.insert(
                 a.id,
@@ -283,12 +283,11 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
             Ok(WriteOutput::Token(token))
         }
         WriteOp::RevokeToken(id) => {
-            let t = tx.t;
-            let stored: StoredToken = match t.tokens.get(id.as_bytes())? {
+            let stored: StoredToken = match tx.t.tokens.get(id.as_bytes())? {
                 Some(v) => from_json(&v)?,
                 None => return Err(CoreError::not_found("token_id", "no such live token")),
             };
-            tx.batch.remove(&t.tokens, id.as_bytes());
+            tx.batch.remove(&tx.t.tokens, id.as_bytes());
             Ok(WriteOutput::Token(crate::core::TokenRecord {
                 id,
                 account_id: stored.account_id,
@@ -317,8 +316,7 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
                 added_at: c.added_at,
                 row: c.row,
             };
-            let t = tx.t;
-            tx.batch.insert(&t.contacts, key, to_json(&stored)?);
+            tx.batch.insert(&tx.t.contacts, key, to_json(&stored)?);
             tx.append(c.owner, event)?;
             Ok(WriteOutput::Contact(c))
         }
@@ -330,15 +328,13 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
         } => {
             let (key, mut stored) = contact(tx, owner, peer)?;
             stored.alias = alias;
-            let t = tx.t;
-            tx.batch.insert(&t.contacts, key, to_json(&stored)?);
+            tx.batch.insert(&tx.t.contacts, key, to_json(&stored)?);
             tx.append(owner, event)?;
             Ok(WriteOutput::Done)
         }
         WriteOp::RemoveContact { owner, peer, event } => {
             let (key, _) = contact(tx, owner, peer)?;
-            let t = tx.t;
-            tx.batch.remove(&t.contacts, key);
+            tx.batch.remove(&tx.t.contacts, key);
             tx.append(owner, event)?;
             Ok(WriteOutput::Done)
         }
@@ -362,9 +358,8 @@ fn put_token(tx: &mut Tx, token: &crate::core::TokenRecord) -> CoreResult<()> {
         hash: token.hash.clone(),
         created_at: now_micros(),
     };
-    let t = tx.t;
     tx.batch
-        .insert(&t.tokens, token.id.as_bytes(), to_json(&stored)?);
+        .insert(&tx.t.tokens, token.id.as_bytes(), to_json(&stored)?);
     Ok(())
 }
 
@@ -428,13 +423,12 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let row = tx.st.next_message;
     tx.st.next_message += 1;
     tx.put_message(row, &m);
-    let t = tx.t;
-    tx.batch.insert(&t.message_ids, id.as_bytes(), be(row));
+    tx.batch.insert(&tx.t.message_ids, id.as_bytes(), be(row));
     let pair = pair_key(sender_row, recipient_row);
     tx.batch
-        .insert(&t.conversations, key2(pair, row as u64), []);
+        .insert(&tx.t.conversations, key2(pair, row as u64), []);
     if let Some(key) = client_key {
-        tx.batch.insert(&t.client_ids, key, be(row));
+        tx.batch.insert(&tx.t.client_ids, key, be(row));
     }
     tx.message_row = Some(row);
     // The sender's event first, so that a message to oneself logs MessageSent before
@@ -518,7 +512,7 @@ fn mark_delivered(
     ids: Vec<String>,
     covers: Option<LogRange>,
 ) -> CoreResult<WriteOutput> {
-    let (row, watermark) = match tx.st.accounts.get(&recipient) {
+    let (recipient_row, watermark) = match tx.st.accounts.get(&recipient) {
         Some(a) => (a.row, a.delivered),
         None => return Err(no_account()),
     };
@@ -553,7 +547,8 @@ fn mark_delivered(
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
     {
         a.delivered = c.through;
-        tx.batch.insert(&t.delivered, be(row), be(c.through as i64));
+        tx.batch
+            .insert(&t.delivered, be(recipient_row), be(c.through as i64));
     }
     Ok(WriteOutput::Ids(changed))
 }
