@@ -5,8 +5,9 @@
 //!
 //! Backpressure by class: when the output is full, a durable event ends the stream (the client
 //! resumes from the last seq it got), while presence and typing wait in the stream's
-//! conflating inbox (newest per contact wins) until there is room. A durable event the actor
-//! was too busy to take live is re-read from the log, never skipped. Handing a
+//! conflating inbox (newest per contact wins), which the response stream reads itself once the
+//! actor opens it (`inbox.rs`): they never take room from durable events. A durable event the
+//! actor was too busy to take live is re-read from the log, never skipped. Handing a
 //! `MessageReceived` to the output makes the message DELIVERED.
 
 use std::sync::Arc;
@@ -42,8 +43,12 @@ pub enum CloseReason {
 
 /// The receiving end of a subscription: events, and why it was ended if the server ended it.
 pub struct Subscription {
-    /// Events in order: `SubscriptionStarted`, replay, then live.
+    /// Durable events in order: `SubscriptionStarted`, replay, then live.
     pub events: mpsc::Receiver<SharedEvent>,
+    /// Presence and typing, readable once the stream is live.
+    pub inbox: Arc<EphemeralInbox>,
+    /// Counts the events taken from the inbox as delivered.
+    pub stats: Arc<DeliveryStats>,
     /// Resolves when the server ends the stream.
     pub closed: oneshot::Receiver<CloseReason>,
 }
@@ -80,6 +85,8 @@ impl Subscriptions {
         let (close, closed) = oneshot::channel();
         let this = self.clone();
         let alive = self.tracker.token();
+        let inbox = Arc::new(EphemeralInbox::default());
+        let stream_inbox = inbox.clone();
         SubscriberActor::start_in_arbiter(&self.arbiter, move |_| SubscriberActor {
             account,
             token_id,
@@ -89,8 +96,7 @@ impl Subscriptions {
             close: Some(close),
             id: None,
             last_seq: 0,
-            inbox: Arc::new(EphemeralInbox::default()),
-            flushing: false,
+            inbox,
             live: false,
             live_rx: None,
             behind: Arc::new(AtomicBool::new(false)),
@@ -99,7 +105,12 @@ impl Subscriptions {
             receipts: Vec::new(),
             repair: None,
         });
-        Subscription { events, closed }
+        Subscription {
+            events,
+            inbox: stream_inbox,
+            stats: self.stats.clone(),
+            closed,
+        }
     }
 }
 
@@ -114,10 +125,9 @@ pub struct SubscriberActor {
     id: Option<u64>,
     /// Highest durable seq handed to the output.
     last_seq: u64,
-    /// Presence and typing for this stream, conflated; shared with the bus.
+    /// Presence and typing for this stream, conflated; shared with the bus and the response
+    /// stream, which reads it once this actor opens it.
     inbox: Arc<EphemeralInbox>,
-    /// Waiting for room in the output to drain the inbox.
-    flushing: bool,
     /// Set by the bus when it could not hand this stream a live event.
     behind: Arc<AtomicBool>,
     /// The highest seq the bus could not hand over before the first replay was over.
@@ -225,7 +235,7 @@ impl SubscriberActor {
                 if self.missed > self.last_seq {
                     self.start_repair(self.missed, ctx);
                 }
-                self.drain_inbox(ctx);
+                self.inbox.open();
             }
             (_, Err(e), _) => {
                 tracing::warn!(account = %self.account, error = %e, "event replay failed");
@@ -245,58 +255,6 @@ impl SubscriberActor {
             account: self.account,
             _pending: self.env.tracker.token(),
         }
-    }
-
-    /// Moves inbox events to the output while it has more free room than the headroom kept for
-    /// durable events (so a typing storm cannot push a reading client into overflow); otherwise
-    /// waits for room, while newer events replace older ones in the inbox.
-    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || !self.live {
-            return;
-        }
-        let headroom = self.env.buffer / 4;
-        while self.output.capacity() > headroom {
-            let Some(ev) = self.inbox.take() else {
-                return;
-            };
-            match self.output.try_send(ev) {
-                Ok(()) => self.env.stats.delivered.inc(),
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    self.inbox.put_back(ev);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    ctx.stop();
-                    return;
-                }
-            }
-        }
-        if self.inbox.is_empty() {
-            return;
-        }
-        self.flushing = true;
-        let output = self.output.clone();
-        let inbox = self.inbox.clone();
-        let stats = self.env.stats.clone();
-        ctx.spawn(
-            async move {
-                // Room for this event and the headroom; the unused permits go back at once.
-                let mut permits = output.reserve_many(headroom + 1).await.ok()?;
-                if let (Some(permit), Some(ev)) = (permits.next(), inbox.take()) {
-                    permit.send(ev);
-                    stats.delivered.inc();
-                }
-                Some(())
-            }
-            .into_actor(self)
-            .map(|sent, act, ctx| {
-                act.flushing = false;
-                match sent {
-                    Some(()) => act.drain_inbox(ctx),
-                    None => ctx.stop(),
-                }
-            }),
-        );
     }
 
     /// Notes a message handed to the recipient; reports a batch once this turn is over.
@@ -364,11 +322,6 @@ impl Actor for SubscriberActor {
             behind: self.behind.clone(),
             actor: ctx.address(),
         });
-        let inbox = self.inbox.clone();
-        ctx.add_stream(futures::stream::unfold(inbox, |inbox| async move {
-            inbox.ready.notified().await;
-            Some((Wake, inbox))
-        }));
         self.live_rx = Some(live_rx);
         let replay = self.replay();
         let after_seq = self.after_seq;
@@ -577,15 +530,6 @@ impl Handler<Repaired> for SubscriberActor {
     type Result = ();
     fn handle(&mut self, msg: Repaired, ctx: &mut Context<Self>) {
         self.repaired(msg.0, ctx);
-    }
-}
-
-/// Something was put in the inbox.
-struct Wake;
-
-impl StreamHandler<Wake> for SubscriberActor {
-    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
-        self.drain_inbox(ctx);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The response stream of `SubscribeToEvents`: events from the subscriber actor's bounded
-//! channel, and, when the server ends the stream, the status saying why and where to resume.
+//! The response stream of `SubscribeToEvents`: durable events from the subscriber actor's
+//! bounded channel, presence and typing from the stream's conflating inbox when no durable event
+//! is waiting, and, when the server ends the stream, the status saying why and where to resume.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -90,6 +91,8 @@ impl Stream for EventStream {
                 Poll::Pending => {}
             }
         }
+        // Looked at before the durable queue: once open, the replay is all in that queue.
+        let live = this.sub.inbox.poll_open(cx);
         match this.sub.events.poll_recv(cx) {
             Poll::Ready(Some(ev)) => {
                 this.started = true;
@@ -104,7 +107,14 @@ impl Stream for EventStream {
                     Err(_) => Poll::Ready(None),
                 }
             }
-            Poll::Pending => Poll::Pending,
+            // No durable event waiting: presence and typing, newest first per contact.
+            Poll::Pending => match live.then(|| this.sub.inbox.take()).flatten() {
+                Some(ev) => {
+                    this.sub.stats.delivered.inc();
+                    Poll::Ready(Some(Ok(std::sync::Arc::unwrap_or_clone(ev))))
+                }
+                None => Poll::Pending,
+            },
         }
     }
 }

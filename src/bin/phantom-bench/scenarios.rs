@@ -629,6 +629,9 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
     let t0 = Arc::new(AtomicU64::new(u64::MAX));
     let arrived = Arc::new(AtomicUsize::new(0));
     let all = Arc::new(Notify::new());
+    // The hub's coming online is a fan-out of its own; the timed change waits for it to end.
+    let online = Arc::new(AtomicUsize::new(0));
+    let all_online = Arc::new(Notify::new());
     let lat = Arc::new(std::sync::Mutex::new(load::histogram()));
     let n = open.len();
     let hub_id = hub.id.clone();
@@ -640,12 +643,20 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
             lat.clone(),
             hub_id.clone(),
         );
+        let (online, all_online) = (online.clone(), all_online.clone());
         tokio::spawn(async move {
             while let Ok(Some(ev)) = s.message().await {
-                if let Some(Kind::ContactStatusChanged(c)) = ev.kind
-                    && c.contact_id == hub_id
-                    && c.status == pb::PresenceStatus::Away as i32
-                {
+                let Some(Kind::ContactStatusChanged(c)) = ev.kind else {
+                    continue;
+                };
+                if c.contact_id != hub_id {
+                    continue;
+                }
+                if c.status == pb::PresenceStatus::Online as i32 {
+                    if online.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                        all_online.notify_one();
+                    }
+                } else if c.status == pb::PresenceStatus::Away as i32 {
                     let at = clock.elapsed().as_micros() as u64;
                     if let Ok(mut h) = lat.lock() {
                         let _ = h.record(at.saturating_sub(t0.load(Ordering::Relaxed)).max(1));
@@ -660,6 +671,14 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
     // The hub comes online (one stream), then goes AWAY: that change is what is timed.
     let mut hub_user = t.user(&hub.token, 0)?;
     let _hub_stream = subscribe(&mut hub_user, None).await?;
+    tokio::time::timeout(Duration::from_secs(60), all_online.notified())
+        .await
+        .map_err(|_| {
+            format!(
+                "the hub's ONLINE reached only {} of {n} streams",
+                online.load(Ordering::Relaxed)
+            )
+        })?;
     t0.store(clock.elapsed().as_micros() as u64, Ordering::Relaxed);
     hub_user
         .set_status(pb::SetStatusRequest {
@@ -675,7 +694,7 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
         None,
         &h,
         format!(
-            "presence change to {n} streams ({} accounts): max = time until all had it{}",
+            "presence change to {n} streams ({} accounts), after the hub's ONLINE reached all: max = time until all had it{}",
             followers.len(),
             if waited.is_err() {
                 format!("; only {} arrived", arrived.load(Ordering::Relaxed))
