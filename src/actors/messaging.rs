@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::core::time::{now_micros, to_timestamp};
@@ -28,47 +29,19 @@ impl Actor for MessagingActor {
     type Context = Context<Self>;
 }
 
-/// A store round-trip that is dropped, not finished, when the caller stops waiting (its
-/// deadline passed, it went away): the store then skips the write if it had not started it.
-/// Safe here because this actor keeps no state that must follow the store.
-pub struct Reply<T>(std::pin::Pin<Box<dyn std::future::Future<Output = CoreResult<T>>>>);
+/// A store round-trip the actor started, for the caller to await on its own task: the writer
+/// answers the caller directly, not through this actor's thread. Dropped unfinished (the
+/// caller's deadline passed, it went away), the store skips the write if it had not started it.
+pub type Pending<T> = BoxFuture<'static, CoreResult<T>>;
 
-impl<T: 'static> Reply<T> {
-    fn new(fut: impl std::future::Future<Output = CoreResult<T>> + 'static) -> Self {
-        Reply(Box::pin(fut))
-    }
-}
-
-impl<M, T> actix::dev::MessageResponse<MessagingActor, M> for Reply<T>
-where
-    M: actix::Message<Result = CoreResult<T>>,
-    T: 'static,
-{
-    fn handle(
-        self,
-        _: &mut Context<MessagingActor>,
-        tx: Option<actix::dev::OneshotSender<M::Result>>,
-    ) {
-        actix::spawn(async move {
-            match tx {
-                Some(mut tx) => tokio::select! {
-                    result = self.0 => {
-                        let _ = tx.send(result);
-                    }
-                    _ = tx.closed() => {}
-                },
-                // `do_send`: nobody waits, so nobody can stop waiting.
-                None => {
-                    let _ = self.0.await;
-                }
-            }
-        });
-    }
+/// A `Pending` that already failed.
+fn failed<T: Send + 'static>(e: CoreError) -> Pending<T> {
+    Box::pin(std::future::ready(Err(e)))
 }
 
 /// A validated SendMessage.
 #[derive(Message)]
-#[rtype(result = "CoreResult<SentMessage>")]
+#[rtype(result = "Pending<SentMessage>")]
 pub struct SendMessage {
     /// The caller.
     pub sender: AccountId,
@@ -85,15 +58,13 @@ pub struct SendMessage {
 }
 
 impl Handler<SendMessage> for MessagingActor {
-    type Result = Reply<SentMessage>;
+    type Result = MessageResult<SendMessage>;
     fn handle(&mut self, msg: SendMessage, _: &mut Context<Self>) -> Self::Result {
         if msg.sender == msg.recipient {
-            return Reply::new(async {
-                Err(CoreError::invalid(
-                    "recipient_id",
-                    "you cannot send a message to yourself",
-                ))
-            });
+            return MessageResult(failed(CoreError::invalid(
+                "recipient_id",
+                "you cannot send a message to yourself",
+            )));
         }
         let message = pb::Message {
             message_id: Uuid::now_v7().to_string(),
@@ -106,13 +77,13 @@ impl Handler<SendMessage> for MessagingActor {
             sent_at: Some(to_timestamp(now_micros())),
             state: MessageState::Sent as i32,
         };
-        Reply::new(self.store.send_message(message))
+        MessageResult(self.store.send_message(message))
     }
 }
 
 /// A page of the conversation between two accounts, newest first.
 #[derive(Message)]
-#[rtype(result = "CoreResult<Page<pb::Message>>")]
+#[rtype(result = "Pending<Page<pb::Message>>")]
 pub struct ListMessages {
     /// The caller.
     pub me: AccountId,
@@ -123,15 +94,15 @@ pub struct ListMessages {
 }
 
 impl Handler<ListMessages> for MessagingActor {
-    type Result = Reply<Page<pb::Message>>;
+    type Result = MessageResult<ListMessages>;
     fn handle(&mut self, msg: ListMessages, _: &mut Context<Self>) -> Self::Result {
-        Reply::new(self.store.list_messages(msg.me, msg.peer, msg.page))
+        MessageResult(self.store.list_messages(msg.me, msg.peer, msg.page))
     }
 }
 
 /// Marks messages from `sender` to `reader` READ up to one message.
 #[derive(Message)]
-#[rtype(result = "CoreResult<Vec<String>>")]
+#[rtype(result = "Pending<Vec<String>>")]
 pub struct MarkRead {
     /// The caller (the recipient of the messages).
     pub reader: AccountId,
@@ -142,15 +113,15 @@ pub struct MarkRead {
 }
 
 impl Handler<MarkRead> for MessagingActor {
-    type Result = Reply<Vec<String>>;
+    type Result = MessageResult<MarkRead>;
     fn handle(&mut self, msg: MarkRead, _: &mut Context<Self>) -> Self::Result {
-        Reply::new(self.store.mark_read(msg.reader, msg.sender, msg.up_to))
+        MessageResult(self.store.mark_read(msg.reader, msg.sender, msg.up_to))
     }
 }
 
 /// Messages just handed to a live stream of their recipient: they become DELIVERED.
 #[derive(Message)]
-#[rtype(result = "CoreResult<Vec<String>>")]
+#[rtype(result = "Pending<Vec<String>>")]
 pub struct Delivered {
     /// Whose stream got them.
     pub recipient: AccountId,
@@ -161,9 +132,9 @@ pub struct Delivered {
 }
 
 impl Handler<Delivered> for MessagingActor {
-    type Result = Reply<Vec<String>>;
+    type Result = MessageResult<Delivered>;
     fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) -> Self::Result {
-        Reply::new(
+        MessageResult(
             self.store
                 .mark_delivered(msg.recipient, msg.ids, msg.covers),
         )

@@ -467,7 +467,11 @@ impl Owed {
     async fn settle(&mut self) {
         if let Some(request) = self.0.take() {
             let recipient = self.1;
-            if let Err(e) = request.await.map_err(super::mailbox_error).and_then(|r| r) {
+            let recorded = match request.await.map_err(super::mailbox_error) {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
                 tracing::warn!(%recipient, error = %e, "could not record delivery");
             }
         }

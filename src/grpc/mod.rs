@@ -22,13 +22,37 @@ use tracing::Instrument;
 use crate::actors::mailbox_error;
 use crate::core::{CoreError, CoreResult};
 
-/// Sends a message to an actor and flattens mailbox failures into the domain error.
-pub async fn ask<A, M, T>(addr: &Addr<A>, msg: M) -> CoreResult<T>
+/// What an actor answers: a result, or a store round-trip it started for the caller to await
+/// (`messaging::Pending`), so that the writer answers the caller's task directly.
+pub trait Answer: Send + 'static {
+    /// The value the caller gets.
+    type Output;
+    /// The result, once there is one.
+    fn settle(self) -> impl Future<Output = CoreResult<Self::Output>> + Send;
+}
+
+impl<T: Send + 'static> Answer for CoreResult<T> {
+    type Output = T;
+    fn settle(self) -> impl Future<Output = CoreResult<T>> + Send {
+        std::future::ready(self)
+    }
+}
+
+impl<T: Send + 'static> Answer for crate::actors::messaging::Pending<T> {
+    type Output = T;
+    fn settle(self) -> impl Future<Output = CoreResult<T>> + Send {
+        self
+    }
+}
+
+/// Sends a message to an actor, waits for its answer, and flattens mailbox failures into the
+/// domain error.
+pub async fn ask<A, M>(addr: &Addr<A>, msg: M) -> CoreResult<<M::Result as Answer>::Output>
 where
     A: Actor + Handler<M>,
     A::Context: ToEnvelope<A, M>,
-    M: actix::Message<Result = CoreResult<T>> + Send + 'static,
-    T: Send + 'static,
+    M: actix::Message + Send + 'static,
+    M::Result: Answer,
 {
     let actor = std::any::type_name::<A>()
         .rsplit("::")
@@ -38,7 +62,7 @@ where
     depth.inc();
     // Decremented however the call ends, cancellation included.
     let _queued = scopeguard::guard(depth, |d| d.dec());
-    addr.send(msg).await.map_err(mailbox_error)?
+    addr.send(msg).await.map_err(mailbox_error)?.settle().await
 }
 
 /// Runs one call's (or one Connect command's) work inside a span and logs its outcome: debug

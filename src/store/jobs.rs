@@ -127,12 +127,23 @@ impl Jobs {
         op: WriteOp,
         take: fn(WriteOutput) -> Option<T>,
     ) -> BoxFuture<'static, CoreResult<T>> {
-        let jobs = self.0.lock().ok().and_then(|j| j.clone());
+        let closed = || CoreError::Unavailable("the store is shutting down".into());
+        let (reply, answer) = oneshot::channel();
+        // Queued now, in the caller's order (an actor's), when the queue has room; when it is
+        // full the future waits its turn. A caller that drops the future before the writer
+        // takes the job closes `answer`, and the writer skips it.
+        let waiting = match self.0.lock().ok().and_then(|j| j.clone()) {
+            None => Err(closed()),
+            Some(jobs) => match jobs.try_send(Job { op, reply }) {
+                Ok(()) => Ok(None),
+                Err(mpsc::error::TrySendError::Full(job)) => Ok(Some((jobs, job))),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+            },
+        };
         Box::pin(async move {
-            let closed = || CoreError::Unavailable("the store is shutting down".into());
-            let jobs = jobs.ok_or_else(closed)?;
-            let (reply, answer) = oneshot::channel();
-            jobs.send(Job { op, reply }).await.map_err(|_| closed())?;
+            if let Some((jobs, job)) = waiting? {
+                jobs.send(job).await.map_err(|_| closed())?;
+            }
             let out = answer.await.map_err(|_| closed())??;
             take(out).ok_or_else(|| CoreError::Internal("writer answered another kind".into()))
         })

@@ -240,7 +240,11 @@ impl SqliteStore {
         let syncer_durable = durable.clone();
         let syncer = std::thread::Builder::new()
             .name("phantom-store-syncer".into())
-            .spawn(move || syncer::run(wal, committed, sink, syncer_durable))
+            .spawn(move || {
+                let mut file = None;
+                let sync = move || syncer::sync_wal(&wal, &mut file);
+                syncer::run(sync, committed, sink, syncer_durable)
+            })
             .map_err(CoreError::internal)?;
         let (jobs, rx) = Jobs::new();
         let writer_durable = durable.clone();
@@ -427,15 +431,6 @@ impl Store for SqliteStore {
     fn close(&self) {
         // Dropping the last sender lets the writer commit what is queued and return.
         self.jobs.close();
-        // The writer hands its last batch to the syncer and returns; the syncer then answers
-        // it and returns in turn.
-        for (thread, name) in [(&self.writer, "writer"), (&self.syncer, "syncer")] {
-            let handle = thread.lock().ok().and_then(|mut t| t.take());
-            if let Some(handle) = handle
-                && handle.join().is_err()
-            {
-                tracing::error!("store {name} thread panicked");
-            }
-        }
+        syncer::join(&self.writer, &self.syncer);
     }
 }

@@ -1,10 +1,11 @@
 //! The syncer thread: makes committed batches durable and only then lets them out.
 //!
-//! The writer commits with `synchronous = NORMAL` (SQLite writes the WAL frames but does not
-//! fsync them) and hands each committed batch here. This thread fsyncs the WAL once for every
-//! batch that is waiting, then publishes each batch's events and answers its callers, in
-//! commit order. The writer meanwhile runs the next batch, so the disk's flush and SQLite's
-//! work overlap instead of taking turns (PostgreSQL's WAL writer does the same).
+//! The writer commits without an fsync (SQLite with `synchronous = NORMAL` writes the WAL frames
+//! but does not fsync them; the LSM engine hands its journal's buffer to the OS) and hands each
+//! committed batch here. This thread fsyncs the file once for every batch that is waiting, then
+//! publishes each batch's events and answers its callers, in commit order. The writer meanwhile
+//! runs the next batch, so the disk's flush and the engine's work overlap instead of taking
+//! turns (PostgreSQL's WAL writer does the same).
 //!
 //! Nothing leaves before its fsync: replies, events to the bus, and what readers may see of
 //! the event log and messages (see `Durable`). A failed fsync refuses its batches and every
@@ -12,9 +13,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -114,21 +116,21 @@ impl Durable {
     }
 }
 
-/// Runs until the writer is gone; every batch handed over is answered first.
+/// Runs until the writer is gone; every batch handed over is answered first. `sync` makes
+/// everything the writer committed so far durable.
 pub(crate) fn run(
-    wal: PathBuf,
+    mut sync: impl FnMut() -> Result<(), String>,
     batches: mpsc::Receiver<Committed>,
     sink: EventSink,
     durable: Arc<Durable>,
 ) {
-    let mut file: Option<File> = None;
     while let Ok(first) = batches.recv() {
         let mut waiting = vec![first];
         waiting.extend(batches.try_iter());
         let synced = if durable.broken.load(Ordering::Acquire) {
             Err("an earlier fsync failed".to_string())
         } else {
-            sync(&wal, &mut file)
+            sync()
         };
         if let Err(e) = &synced {
             durable.broken.store(true, Ordering::Release);
@@ -154,9 +156,22 @@ pub(crate) fn run(
     }
 }
 
+/// Waits for an engine's writer, then its syncer, after the job queue was closed: the writer
+/// hands its last batch to the syncer and returns; the syncer answers it and returns in turn.
+pub(crate) fn join(writer: &Mutex<Option<JoinHandle<()>>>, syncer: &Mutex<Option<JoinHandle<()>>>) {
+    for (thread, name) in [(writer, "writer"), (syncer, "syncer")] {
+        let handle = thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("store {name} thread panicked");
+        }
+    }
+}
+
 /// fdatasync of the WAL. It is opened on first use (SQLite has created it by then), and its
 /// directory is synced once so that the file itself cannot vanish in a crash.
-fn sync(wal: &Path, file: &mut Option<File>) -> Result<(), String> {
+pub(crate) fn sync_wal(wal: &Path, file: &mut Option<File>) -> Result<(), String> {
     let f = match file {
         Some(f) => f,
         None => {
@@ -246,7 +261,10 @@ mod tests {
         // No WAL file there: opening it for the fsync fails.
         let wal = dir.path().join("missing").join("phantom.db-wal");
         let d = durable.clone();
-        let syncer = std::thread::spawn(move || run(wal, rx, sink, d));
+        let syncer = std::thread::spawn(move || {
+            let mut file = None;
+            run(move || sync_wal(&wal, &mut file), rx, sink, d)
+        });
         let mut answers = Vec::new();
         for seq in 1..=2 {
             let (reply, answer) = oneshot::channel();

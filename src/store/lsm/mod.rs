@@ -4,9 +4,10 @@
 //! and compacted by fjall's own background threads, in long sequential runs. A SendMessage
 //! costs the journal about 1 KiB of appended bytes instead of the several 4 KiB B-tree pages
 //! SQLite rewrites per send (BENCHMARKS.md): that is what this engine is for. One writer
-//! thread (`writer`) applies every durable change, each as one atomic fjall batch, and after
-//! each group of them fdatasyncs the journal once before anything is answered or published
-//! (group commit). Readers use fjall directly from tokio's blocking pool.
+//! thread (`writer`) applies every durable change, each as one atomic fjall batch; each group
+//! of them then goes to the syncer thread, which fdatasyncs the journal once for every group
+//! waiting before anything is answered or published (group commit), while the writer goes on
+//! with the next group (`journal`). Readers use fjall directly from tokio's blocking pool.
 //!
 //! Keyspaces and their keys (integers big-endian, so that byte order is numeric order):
 //!
@@ -24,6 +25,7 @@
 //! | `events` | account row, seq | `pb::Event` (protobuf, with its message whole) |
 //! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
 
+mod journal;
 mod writer;
 
 use std::path::Path;
@@ -37,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::sqlite::{paginate, paginate_rows, pair_key};
-use super::syncer::Durable;
+use super::syncer::{self, Durable, SYNC_QUEUE};
 use super::{EventSink, Jobs, LogBounds, Store};
 use crate::core::stats::StoreStats;
 use crate::core::{
@@ -169,7 +171,7 @@ impl Tables {
     fn open(dir: &Path) -> CoreResult<Self> {
         // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
         // and compact in the background.
-        // The journal is written when the writer syncs it, once per group (`writer`), not per job.
+        // The journal goes to the OS once per group (`writer`) and is fsync'd by the syncer.
         let db = Database::builder(dir)
             .cache_size(64 << 20)
             .manual_journal_persist(true)
@@ -255,6 +257,7 @@ pub struct LsmStore {
     durable: Arc<Durable>,
     jobs: Jobs,
     writer: Mutex<Option<JoinHandle<()>>>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LsmStore {
@@ -273,17 +276,25 @@ impl LsmStore {
         let tables = Tables::open(&dir)?;
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));
+        let (to_syncer, committed) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+        let mut journal = journal::JournalSync::new(tables.db.clone(), &dir);
+        let syncer_durable = durable.clone();
+        let syncer = std::thread::Builder::new()
+            .name("phantom-store-syncer".into())
+            .spawn(move || syncer::run(move || journal.sync(), committed, sink, syncer_durable))
+            .map_err(CoreError::internal)?;
         let (jobs, rx) = Jobs::new();
         let (t, d) = (tables.clone(), durable.clone());
         let writer = std::thread::Builder::new()
             .name("phantom-store-writer".into())
-            .spawn(move || writer::run(t, state, rx, sink, d, stats))
+            .spawn(move || writer::run(t, state, rx, to_syncer, d, stats))
             .map_err(CoreError::internal)?;
         Ok(LsmStore {
             tables,
             durable,
             jobs,
             writer: Mutex::new(Some(writer)),
+            syncer: Mutex::new(Some(syncer)),
         })
     }
 
@@ -414,11 +425,6 @@ impl Store for LsmStore {
 
     fn close(&self) {
         self.jobs.close();
-        let handle = self.writer.lock().ok().and_then(|mut t| t.take());
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("store writer thread panicked");
-        }
+        syncer::join(&self.writer, &self.syncer);
     }
 }

@@ -1,7 +1,9 @@
 //! The LSM engine's single writer thread. Each job is checked against the writer's state,
 //! then written as one atomic fjall batch (so a later job of the same group sees it, and a
-//! failing job leaves nothing behind); once the group is written, one fdatasync of the journal
-//! makes all of it durable, and only then are its events published and its callers answered.
+//! failing job leaves nothing behind); once the group is written, its journal bytes go to the
+//! OS and the group to the syncer thread, whose one fdatasync makes it durable before its
+//! events are published and its callers answered (`journal.rs`, `syncer`). The writer goes on
+//! with the next group meanwhile.
 //!
 //! The writer owns what every write needs and readers do not: each account's row and head seq
 //! (loaded at open from the log itself), and the next row of messages and contacts.
@@ -25,8 +27,8 @@ use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState
 use crate::pb::{self, event::Kind};
 use crate::store::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
 use crate::store::sqlite::pair_key;
-use crate::store::syncer::{Durable, Reply};
-use crate::store::{EventSink, LogRange, SentMessage};
+use crate::store::syncer::{Committed, Durable, Reply};
+use crate::store::{LogRange, SentMessage};
 
 /// An account as the writer tracks it.
 struct Account {
@@ -104,22 +106,28 @@ pub(crate) fn run(
     t: Tables,
     mut st: State,
     mut jobs: mpsc::Receiver<Job>,
-    sink: EventSink,
+    synced: std::sync::mpsc::SyncSender<Committed>,
     durable: Arc<Durable>,
     stats: StoreStats,
 ) {
     while let Some(group) = next_group(&mut jobs, &stats) {
         let timer = stats.commit_seconds.start_timer();
-        commit_group(&t, &mut st, group, &sink, &durable);
+        let committed = commit_group(&t, &mut st, group, &durable);
         timer.observe_duration();
+        if let Some(committed) = committed
+            && synced.send(committed).is_err()
+        {
+            tracing::error!("store syncer is gone; writes are no longer answered");
+        }
     }
     if let Err(e) = t.db.persist(PersistMode::SyncAll) {
         tracing::error!(error = %e, "store: final journal sync failed");
     }
 }
 
-/// Writes a group's jobs, makes them durable with one fdatasync, then lets them out.
-fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, sink: &EventSink, d: &Durable) {
+/// Writes a group's jobs and hands their journal bytes to the OS; the group then goes to the
+/// syncer. A failure to hand them over is answered here at once.
+fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Option<Committed> {
     let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
     let mut events = Vec::new();
     let mut message_row = None;
@@ -141,24 +149,22 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, sink: &EventSink, d
         replies.push((job.reply, result));
     }
     if replies.iter().any(|(_, r)| r.is_ok())
-        && let Err(e) = t.db.persist(PersistMode::SyncData)
+        && let Err(e) = t.db.persist(PersistMode::Buffer)
     {
         d.broken.store(true, Ordering::Release);
-        tracing::error!(error = %e, "store journal sync failed; refusing writes from now on");
+        tracing::error!(error = %e, "store journal write failed; refusing writes from now on");
         for (reply, _) in replies {
             let _ = reply.send(Err(CoreError::Unavailable(
-                "storage sync failed; the write may not be durable".into(),
+                "storage write failed; the write may not be durable".into(),
             )));
         }
-        return;
+        return None;
     }
-    d.advance_to(&events, message_row);
-    if !events.is_empty() {
-        sink(events);
-    }
-    for (reply, result) in replies {
-        let _ = reply.send(result);
-    }
+    Some(Committed {
+        replies,
+        events,
+        message_row,
+    })
 }
 
 /// A job's output, its events and the message row it wrote.
