@@ -156,6 +156,15 @@ pub(crate) fn run(
     }
 }
 
+/// On a writer: passes a committed batch (`None`: nothing committed) to the syncer.
+pub(crate) fn hand_over(syncer: &mpsc::SyncSender<Committed>, committed: Option<Committed>) {
+    if let Some(committed) = committed
+        && syncer.send(committed).is_err()
+    {
+        tracing::error!("store syncer is gone; writes are no longer answered");
+    }
+}
+
 /// Waits for an engine's writer, then its syncer, after the job queue was closed: the writer
 /// hands its last batch to the syncer and returns; the syncer answers it and returns in turn.
 pub(crate) fn join(writer: &Mutex<Option<JoinHandle<()>>>, syncer: &Mutex<Option<JoinHandle<()>>>) {

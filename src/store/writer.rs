@@ -16,7 +16,7 @@ use super::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
 use super::sqlite::{
     MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_key, pair_of,
 };
-use super::syncer::{Committed, Durable};
+use super::syncer::{self, Committed, Durable};
 use crate::core::events::new_event;
 use crate::core::stats::StoreStats;
 use crate::core::time::now_micros;
@@ -46,11 +46,7 @@ pub(crate) fn run(
         let timer = stats.commit_seconds.start_timer();
         let committed = commit_batch(&mut conn, batch, &durable, retention);
         timer.observe_duration();
-        if let Some(committed) = committed
-            && synced.send(committed).is_err()
-        {
-            tracing::error!("store syncer is gone; writes are no longer answered");
-        }
+        syncer::hand_over(&synced, committed);
     }
 }
 

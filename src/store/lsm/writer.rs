@@ -27,7 +27,7 @@ use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState
 use crate::pb::{self, event::Kind};
 use crate::store::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
 use crate::store::sqlite::pair_key;
-use crate::store::syncer::{Committed, Durable, Reply};
+use crate::store::syncer::{Committed, Durable, Reply, hand_over};
 use crate::store::{LogRange, SentMessage};
 
 /// An account as the writer tracks it.
@@ -114,11 +114,7 @@ pub(crate) fn run(
         let timer = stats.commit_seconds.start_timer();
         let committed = commit_group(&t, &mut st, group, &durable);
         timer.observe_duration();
-        if let Some(committed) = committed
-            && synced.send(committed).is_err()
-        {
-            tracing::error!("store syncer is gone; writes are no longer answered");
-        }
+        hand_over(&synced, committed);
     }
     if let Err(e) = t.db.persist(PersistMode::SyncAll) {
         tracing::error!(error = %e, "store: final journal sync failed");
