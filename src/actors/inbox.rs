@@ -72,6 +72,11 @@ impl EphemeralInbox {
         self.waker.wake();
     }
 
+    /// True once the stream is live.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Registers the response stream's task for wake-ups and tells whether it may take. Call it
     /// before looking at the durable queue: open then means the replay is all in that queue.
     pub fn poll_open(&self, cx: &Context<'_>) -> bool {

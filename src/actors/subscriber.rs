@@ -97,7 +97,6 @@ impl Subscriptions {
             id: None,
             last_seq: 0,
             inbox,
-            live: false,
             live_rx: None,
             behind: Arc::new(AtomicBool::new(false)),
             missed: 0,
@@ -136,8 +135,6 @@ pub struct SubscriberActor {
     _alive: TaskTrackerToken,
     /// Live durable events, buffered here until the first replay is over.
     live_rx: Option<mpsc::Receiver<SharedEvent>>,
-    /// Replay is over: ephemeral events may follow `SubscriptionStarted` and the replay.
-    live: bool,
     /// MessageReceived ids handed out and not yet reported as delivered.
     receipts: Vec<String>,
     /// While re-reading a gap from the log: the highest live seq seen (and skipped) meanwhile.
@@ -230,7 +227,6 @@ impl SubscriberActor {
         match (id, last, self.live_rx.take()) {
             (Some(_), Ok(Some(last)), Some(live_rx)) => {
                 self.last_seq = last;
-                self.live = true;
                 ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(live_rx));
                 if self.missed > self.last_seq {
                     self.start_repair(self.missed, ctx);
@@ -515,7 +511,8 @@ impl Handler<Behind> for SubscriberActor {
     fn handle(&mut self, Behind(seq): Behind, ctx: &mut Context<Self>) {
         // Cleared before the repair reads the log, so a miss after this read is told again.
         self.behind.store(false, Ordering::Release);
-        if !self.live {
+        // The inbox opens when the first replay is over.
+        if !self.inbox.is_open() {
             self.missed = self.missed.max(seq);
         } else if let Some(seen) = &mut self.repair {
             *seen = (*seen).max(seq);

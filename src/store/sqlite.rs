@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::checkpointer;
 
-use super::syncer::{self, Durable, SYNC_QUEUE};
+use super::syncer::{self, Durable};
 use super::writer;
 use super::{EventSink, Jobs, LogBounds, Store, schema};
 use crate::core::stats::StoreStats;
@@ -235,17 +235,10 @@ impl SqliteStore {
         let newest_message: Option<i64> =
             conn.query_row("SELECT MAX(row) FROM messages", [], |r| r.get(0))?;
         let durable = Arc::new(Durable::new(newest_message.unwrap_or(0)));
-        let (to_syncer, committed) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
         let wal = data_dir.join(format!("{DB_FILE}-wal"));
-        let syncer_durable = durable.clone();
-        let syncer = std::thread::Builder::new()
-            .name("phantom-store-syncer".into())
-            .spawn(move || {
-                let mut file = None;
-                let sync = move || syncer::sync_wal(&wal, &mut file);
-                syncer::run(sync, committed, sink, syncer_durable)
-            })
-            .map_err(CoreError::internal)?;
+        let mut file = None;
+        let sync = move || syncer::sync_wal(&wal, &mut file);
+        let (to_syncer, syncer) = syncer::start(sync, sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let writer_durable = durable.clone();
         let writer = std::thread::Builder::new()

@@ -25,7 +25,7 @@ use super::jobs::WriteOutput;
 use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult};
 
 /// Committed batches that may wait for the disk before the writer waits in turn.
-pub(crate) const SYNC_QUEUE: usize = 64;
+const SYNC_QUEUE: usize = 64;
 
 /// One reply and the result it carries.
 pub(crate) type Reply = (
@@ -154,6 +154,20 @@ pub(crate) fn run(
             }
         }
     }
+}
+
+/// Starts the syncer thread with `sync`; returns the writer's end of its queue and its handle.
+pub(crate) fn start(
+    sync: impl FnMut() -> Result<(), String> + Send + 'static,
+    sink: EventSink,
+    durable: Arc<Durable>,
+) -> CoreResult<(mpsc::SyncSender<Committed>, JoinHandle<()>)> {
+    let (to_syncer, committed) = mpsc::sync_channel(SYNC_QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("phantom-store-syncer".into())
+        .spawn(move || run(sync, committed, sink, durable))
+        .map_err(CoreError::internal)?;
+    Ok((to_syncer, handle))
 }
 
 /// On a writer: passes a committed batch (`None`: nothing committed) to the syncer.

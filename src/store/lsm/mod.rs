@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::sqlite::{paginate, paginate_rows, pair_key};
-use super::syncer::{self, Durable, SYNC_QUEUE};
+use super::syncer::{self, Durable};
 use super::{EventSink, Jobs, LogBounds, Store};
 use crate::core::stats::StoreStats;
 use crate::core::{
@@ -276,13 +276,8 @@ impl LsmStore {
         let tables = Tables::open(&dir)?;
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));
-        let (to_syncer, committed) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
         let mut journal = journal::JournalSync::new(tables.db.clone(), &dir);
-        let syncer_durable = durable.clone();
-        let syncer = std::thread::Builder::new()
-            .name("phantom-store-syncer".into())
-            .spawn(move || syncer::run(move || journal.sync(), committed, sink, syncer_durable))
-            .map_err(CoreError::internal)?;
+        let (to_syncer, syncer) = syncer::start(move || journal.sync(), sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let (t, d) = (tables.clone(), durable.clone());
         let writer = std::thread::Builder::new()
