@@ -1,5 +1,11 @@
 //! `phantom-grpc-api`: the Phantom gRPC API server.
 
+/// mimalloc: the store's writer and the event path allocate per message; it is faster than
+/// the system allocator there (BENCHMARKS.md). The bench's echo ceiling uses it too, so the
+/// ratios compare like with like.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
