@@ -18,12 +18,17 @@
 //! | `handles` | handle | account row |
 //! | `tokens` | token id (16 bytes) | `StoredToken` (JSON) |
 //! | `contacts` | owner row, peer row | `ContactRecord` fields (JSON) |
-//! | `messages` | message row | `pb::Message` (protobuf) |
-//! | `message_ids` | message id (16 bytes) | message row |
+//! | `messages` | message row | `pb::Message` (protobuf; its `state` as sent, see below) |
+//! | `message_ids` | message id (16 bytes) | `MessageIndex`: row, recipient row, sender id, state |
 //! | `conversations` | pair of account rows (`pair_key`), message row | empty |
 //! | `client_ids` | sender row, `client_message_id` | message row |
 //! | `events` | account row, seq | `pb::Event` (protobuf, with its message whole) |
 //! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
+//!
+//! A message's state lives in its `message_ids` entry, not in its record, so that a receipt is
+//! one lookup and one 33-byte write rather than a read, decode and rewrite of the whole message.
+//! Entries written before 2026-12-02 hold the row alone; such a message's state is still the
+//! one in its record until a receipt writes its entry whole (`MessageIndex::state`).
 
 mod journal;
 mod writer;
@@ -71,6 +76,59 @@ fn int_at(bytes: &[u8], at: usize) -> CoreResult<i64> {
         .and_then(|b| b.try_into().ok())
         .map(|b| u64::from_be_bytes(b) as i64)
         .ok_or_else(|| CoreError::Internal("malformed store key or value".into()))
+}
+
+/// A message's `message_ids` entry (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct MessageIndex {
+    /// The message's row in `messages`.
+    row: i64,
+    /// Its recipient's row, its sender's id and its state; `None` for an entry written before
+    /// states moved here (the row alone), whose state is the one in the message record.
+    state: Option<IndexedState>,
+}
+
+/// The part of a [`MessageIndex`] that receipts read and write.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct IndexedState {
+    recipient: i64,
+    sender: AccountId,
+    state: i32,
+}
+
+impl MessageIndex {
+    /// Length of a whole entry: row, recipient row, sender id, state.
+    const LEN: usize = 8 + 8 + 16 + 1;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = be(self.row).to_vec();
+        if let Some(s) = &self.state {
+            v.reserve(Self::LEN - 8);
+            v.extend_from_slice(&be(s.recipient));
+            v.extend_from_slice(s.sender.as_bytes());
+            // Message states are 0..=3 (api.md); one byte holds them.
+            v.push(s.state as u8);
+        }
+        v
+    }
+
+    fn decode(v: &[u8]) -> CoreResult<Self> {
+        let row = int_at(v, 0)?;
+        let state = match v.len() {
+            8 => None,
+            Self::LEN => Some(IndexedState {
+                recipient: int_at(v, 8)?,
+                sender: Uuid::from_slice(&v[16..32]).map_err(CoreError::internal)?,
+                state: i32::from(v[32]),
+            }),
+            n => {
+                return Err(CoreError::Internal(format!(
+                    "malformed message index entry ({n} bytes)"
+                )));
+            }
+        };
+        Ok(MessageIndex { row, state })
+    }
 }
 
 /// An account as this engine stores it (its row is the key).
@@ -208,18 +266,24 @@ impl Tables {
         }
     }
 
+    /// The message at `row`, with its current state (from its index entry).
     fn message(&self, row: i64) -> CoreResult<pb::Message> {
         let v = self
             .messages
             .get(be(row))?
             .ok_or_else(|| CoreError::Internal(format!("message row {row} is missing")))?;
-        pb::Message::decode(&*v).map_err(CoreError::internal)
+        let mut m = pb::Message::decode(&*v).map_err(CoreError::internal)?;
+        let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
+        if let Some(MessageIndex { state: Some(s), .. }) = self.message_index(id)? {
+            m.state = s.state;
+        }
+        Ok(m)
     }
 
-    /// The row of the message with this id.
-    fn message_row(&self, id: Uuid) -> CoreResult<Option<i64>> {
+    /// The index entry of the message with this id.
+    fn message_index(&self, id: Uuid) -> CoreResult<Option<MessageIndex>> {
         match self.message_ids.get(id.as_bytes())? {
-            Some(v) => Ok(Some(int_at(&v, 0)?)),
+            Some(v) => Ok(Some(MessageIndex::decode(&v)?)),
             None => Ok(None),
         }
     }

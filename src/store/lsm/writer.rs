@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    StoredAccount, StoredContact, StoredToken, Tables, be, from_json, int_at, key2, to_json,
+    IndexedState, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
+    int_at, key2, to_json,
 };
 use crate::core::events::new_event;
 use crate::core::stats::StoreStats;
@@ -242,6 +243,20 @@ impl Tx<'_> {
         self.batch
             .insert(&self.t.messages, be(row), m.encode_to_vec());
     }
+
+    /// Writes a message's index entry whole, with its state.
+    fn put_state(&mut self, id: Uuid, row: i64, recipient: i64, sender: AccountId, state: i32) {
+        let entry = MessageIndex {
+            row,
+            state: Some(IndexedState {
+                recipient,
+                sender,
+                state,
+            }),
+        };
+        self.batch
+            .insert(&self.t.message_ids, id.as_bytes(), entry.encode());
+    }
 }
 
 fn no_account() -> CoreError {
@@ -425,7 +440,7 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let row = tx.st.next_message;
     tx.st.next_message += 1;
     tx.put_message(row, &m);
-    tx.batch.insert(&tx.t.message_ids, id.as_bytes(), be(row));
+    tx.put_state(id, row, recipient_row, sender, m.state);
     let pair = pair_key(sender_row, recipient_row);
     tx.batch
         .insert(&tx.t.conversations, key2(pair, row as u64), []);
@@ -464,7 +479,7 @@ fn mark_read(
     let (Some(reader_row), Some(sender_row)) = (tx.st.row(reader), tx.st.row(sender)) else {
         return Err(not_found());
     };
-    let up_row = tx.t.message_row(up_to)?.ok_or_else(not_found)?;
+    let up_row = tx.t.message_index(up_to)?.ok_or_else(not_found)?.row;
     let up = tx.t.message(up_row)?;
     if up.sender_id != s || up.recipient_id != r {
         return Err(not_found());
@@ -479,15 +494,14 @@ fn mark_read(
         .rev()
     {
         let row = int_at(&g.key()?, 8)?;
-        let mut m = t.message(row)?;
+        let m = t.message(row)?;
         if m.sender_id != s || m.recipient_id != r {
             continue;
         }
         if m.state >= read {
             break;
         }
-        m.state = read;
-        tx.put_message(row, &m);
+        tx.put_state(parse(&m.message_id)?, row, reader_row, sender, read);
         ids.push(m.message_id);
     }
     ids.sort(); // UUIDv7: time order
@@ -523,7 +537,7 @@ fn mark_delivered(
     }
     let r = recipient.to_string();
     let delivered = MessageState::Delivered as i32;
-    let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_sender: BTreeMap<AccountId, Vec<String>> = BTreeMap::new();
     let mut seen = HashSet::new();
     let t = tx.t;
     for id in ids {
@@ -533,17 +547,31 @@ fn mark_delivered(
         if !seen.insert(uuid) {
             continue;
         }
-        let Some(row) = t.message_row(uuid)? else {
+        let Some(index) = t.message_index(uuid)? else {
             continue;
         };
-        let mut m = t.message(row)?;
-        if m.recipient_id != r || m.state >= delivered {
+        // The index entry answers for the message, unless it predates states living there.
+        let (sender, state) = match index.state {
+            Some(s) if s.recipient == recipient_row => (s.sender, s.state),
+            Some(_) => continue,
+            None => {
+                let m = t.message(index.row)?;
+                if m.recipient_id != r {
+                    continue;
+                }
+                (parse(&m.sender_id)?, m.state)
+            }
+        };
+        if state >= delivered {
             continue;
         }
-        m.state = delivered;
-        tx.put_message(row, &m);
-        by_sender.entry(m.sender_id).or_default().push(id);
+        tx.put_state(uuid, index.row, recipient_row, sender, delivered);
+        by_sender.entry(sender).or_default().push(id);
     }
+    let by_sender = by_sender
+        .into_iter()
+        .map(|(sender, ids)| (sender.to_string(), ids))
+        .collect();
     let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
     if let Some(c) = covers.filter(|c| c.after <= watermark)
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
@@ -553,4 +581,109 @@ fn mark_delivered(
             .insert(&t.delivered, be(recipient_row), be(c.through as i64));
     }
     Ok(WriteOutput::Ids(changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{AccountRecord, PresenceStatus, TokenRecord};
+
+    fn create(t: &Tables, st: &mut State, d: &Durable, handle: &str) -> AccountId {
+        let id = Uuid::new_v4();
+        let account = AccountRecord {
+            id,
+            handle: handle.into(),
+            display_name: handle.into(),
+            created_at: now_micros(),
+            status: PresenceStatus::Online,
+            status_text: String::new(),
+            last_seen: None,
+            row: 0,
+        };
+        let token = TokenRecord {
+            id: Uuid::new_v4(),
+            account_id: id,
+            hash: handle.into(),
+        };
+        run_job(t, st, WriteOp::CreateAccount(account, token), d).unwrap();
+        id
+    }
+
+    fn send(t: &Tables, st: &mut State, d: &Durable, from: AccountId, to: AccountId) -> Uuid {
+        let id = Uuid::now_v7();
+        let m = pb::Message {
+            message_id: id.to_string(),
+            sender_id: from.to_string(),
+            recipient_id: to.to_string(),
+            text: "hi".into(),
+            state: MessageState::Sent as i32,
+            ..Default::default()
+        };
+        run_job(t, st, WriteOp::SendMessage(m), d).unwrap();
+        id
+    }
+
+    fn delivered(t: &Tables, st: &mut State, d: &Durable, to: AccountId, ids: &[Uuid]) -> usize {
+        let op = WriteOp::MarkDelivered {
+            recipient: to,
+            ids: ids.iter().map(Uuid::to_string).collect(),
+            covers: None,
+        };
+        match run_job(t, st, op, d).unwrap().0 {
+            WriteOutput::Ids(changed) => changed.len(),
+            _ => panic!("MarkDelivered answers ids"),
+        }
+    }
+
+    fn state_of(t: &Tables, id: Uuid) -> i32 {
+        let row = t.message_index(id).unwrap().unwrap().row;
+        t.message(row).unwrap().state
+    }
+
+    /// Receipts write the state into the index entry; an entry of the older shape (the row
+    /// alone) keeps reading its state from the message record until a receipt rewrites it.
+    #[test]
+    fn states_live_in_the_index_and_old_entries_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tables::open(dir.path()).unwrap();
+        let mut st = State::load(&t, 1000).unwrap();
+        let d = Durable::new(0);
+        let (a, b) = (create(&t, &mut st, &d, "a"), create(&t, &mut st, &d, "b"));
+        let new = send(&t, &mut st, &d, a, b);
+        let old = send(&t, &mut st, &d, a, b);
+        // Make `old` an entry as written before states moved to the index.
+        let row = t.message_index(old).unwrap().unwrap().row;
+        t.message_ids.insert(old.as_bytes(), be(row)).unwrap();
+        assert_eq!(t.message_index(old).unwrap().unwrap().state, None);
+
+        assert_eq!(state_of(&t, new), MessageState::Sent as i32);
+        assert_eq!(state_of(&t, old), MessageState::Sent as i32);
+        // The sender is not the recipient: nothing changes.
+        assert_eq!(delivered(&t, &mut st, &d, a, &[new, old]), 0);
+        assert_eq!(delivered(&t, &mut st, &d, b, &[new, old]), 2);
+        for id in [new, old] {
+            assert_eq!(state_of(&t, id), MessageState::Delivered as i32);
+            let index = t.message_index(id).unwrap().unwrap();
+            assert_eq!(index.state.map(|s| (s.recipient, s.sender)), {
+                Some((st.row(b).unwrap(), a))
+            });
+        }
+        // Already DELIVERED: no second receipt.
+        assert_eq!(delivered(&t, &mut st, &d, b, &[new, old]), 0);
+        // READ through the conversation walk, from the index too.
+        let op = WriteOp::MarkRead {
+            reader: b,
+            sender: a,
+            up_to: old,
+        };
+        run_job(&t, &mut st, op, &d).unwrap();
+        assert_eq!(state_of(&t, new), MessageState::Read as i32);
+        assert_eq!(state_of(&t, old), MessageState::Read as i32);
+        // The record itself still says how the message was sent.
+        let v = t.messages.get(be(row)).unwrap().unwrap();
+        assert_eq!(
+            pb::Message::decode(&*v).unwrap().state,
+            MessageState::Sent as i32
+        );
+    }
 }
