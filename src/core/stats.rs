@@ -73,6 +73,9 @@ pub struct StoreStats {
     pub batch_size: Histogram,
     /// Time to run and commit one batch (its fsync runs on the syncer, overlapping the next).
     pub commit_seconds: Histogram,
+    /// Time of one fsync on the syncer thread (the LSM journal, or SQLite's WAL), which every
+    /// batch waiting behind it shares.
+    pub sync_seconds: Histogram,
     /// WAL checkpoints, by where they ran: `background` or `inline` (on the writer).
     pub checkpoints: IntCounterVec,
     /// Pages in the WAL after the last commit.
@@ -92,6 +95,11 @@ impl Default for StoreStats {
             commit_seconds: histogram(
                 "phantom_store_commit_duration_seconds",
                 "Time to run and commit one batch (its fsync overlaps the next batch).",
+                prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+            ),
+            sync_seconds: histogram(
+                "phantom_store_sync_duration_seconds",
+                "Time of one fsync of the journal (lsm) or WAL (sqlite), shared by every batch waiting.",
                 prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
             ),
             checkpoints: counter_vec(
@@ -128,6 +136,7 @@ impl StoreStats {
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.batch_size.clone()))?;
         registry.register(Box::new(self.commit_seconds.clone()))?;
+        registry.register(Box::new(self.sync_seconds.clone()))?;
         registry.register(Box::new(self.checkpoints.clone()))?;
         registry.register(Box::new(self.wal_pages.clone()))?;
         registry.register(Box::new(self.wal_pages_written.clone()))

@@ -238,7 +238,8 @@ impl SqliteStore {
         let wal = data_dir.join(format!("{DB_FILE}-wal"));
         let mut file = None;
         let sync = move || syncer::sync_wal(&wal, &mut file);
-        let (to_syncer, syncer) = syncer::start(sync, sink, durable.clone())?;
+        let (to_syncer, syncer) =
+            syncer::start(sync, stats.sync_seconds.clone(), sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let writer_durable = durable.clone();
         let writer = std::thread::Builder::new()

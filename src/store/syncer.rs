@@ -156,12 +156,18 @@ pub(crate) fn run(
     }
 }
 
-/// Starts the syncer thread with `sync`; returns the writer's end of its queue and its handle.
+/// Starts the syncer thread with `sync`, each sync timed into `timed`; returns the writer's
+/// end of its queue and its handle.
 pub(crate) fn start(
-    sync: impl FnMut() -> Result<(), String> + Send + 'static,
+    mut sync: impl FnMut() -> Result<(), String> + Send + 'static,
+    timed: prometheus::Histogram,
     sink: EventSink,
     durable: Arc<Durable>,
 ) -> CoreResult<(mpsc::SyncSender<Committed>, JoinHandle<()>)> {
+    let sync = move || {
+        let _timer = timed.start_timer();
+        sync()
+    };
     let (to_syncer, committed) = mpsc::sync_channel(SYNC_QUEUE);
     let handle = std::thread::Builder::new()
         .name("phantom-store-syncer".into())

@@ -341,7 +341,9 @@ impl LsmStore {
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));
         let mut journal = journal::JournalSync::new(tables.db.clone(), &dir);
-        let (to_syncer, syncer) = syncer::start(move || journal.sync(), sink, durable.clone())?;
+        let sync = move || journal.sync();
+        let (to_syncer, syncer) =
+            syncer::start(sync, stats.sync_seconds.clone(), sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let (t, d) = (tables.clone(), durable.clone());
         let writer = std::thread::Builder::new()
