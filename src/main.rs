@@ -1,8 +1,7 @@
 //! `phantom-grpc-api`: the Phantom gRPC API server.
 
-/// mimalloc: the store's writer and the event path allocate per message; it is faster than
-/// the system allocator there (BENCHMARKS.md). The bench's echo ceiling uses it too, so the
-/// ratios compare like with like.
+/// mimalloc: the store's writer and the replay allocate per message, and there it is faster
+/// than the system allocator (BENCHMARKS.md, history). Its arenas are why THP is off (below).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

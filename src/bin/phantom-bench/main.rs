@@ -2,9 +2,8 @@
 //! beside it, on a temp data dir) or against `--target ADDR`, each also run as a ratio to a bare
 //! tonic echo service (the ceiling of this machine). See BENCHMARKS.md.
 
-/// mimalloc: the store's writer and the event path allocate per message; it is faster than
-/// the system allocator there (BENCHMARKS.md). The bench's echo ceiling uses it too, so the
-/// ratios compare like with like.
+/// The server's allocator (`src/main.rs`), so that the echo ceiling this tool serves is built
+/// the same way and the ratios compare like with like.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

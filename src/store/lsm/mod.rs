@@ -100,15 +100,14 @@ impl MessageIndex {
     /// Length of a whole entry: row, recipient row, sender id, state.
     const LEN: usize = 8 + 8 + 16 + 1;
 
-    fn encode(&self) -> Vec<u8> {
-        let mut v = be(self.row).to_vec();
-        if let Some(s) = &self.state {
-            v.reserve(Self::LEN - 8);
-            v.extend_from_slice(&be(s.recipient));
-            v.extend_from_slice(s.sender.as_bytes());
-            // Message states are 0..=3 (api.md); one byte holds them.
-            v.push(s.state as u8);
-        }
+    /// A whole entry (states are only ever written whole; the row-alone shape is only read).
+    fn encode(row: i64, s: &IndexedState) -> [u8; Self::LEN] {
+        let mut v = [0; Self::LEN];
+        v[..8].copy_from_slice(&be(row));
+        v[8..16].copy_from_slice(&be(s.recipient));
+        v[16..32].copy_from_slice(s.sender.as_bytes());
+        // Message states are 0..=3 (api.md); one byte holds them.
+        v[32] = s.state as u8;
         v
     }
 

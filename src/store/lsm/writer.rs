@@ -246,16 +246,13 @@ impl Tx<'_> {
 
     /// Writes a message's index entry whole, with its state.
     fn put_state(&mut self, id: Uuid, row: i64, recipient: i64, sender: AccountId, state: i32) {
-        let entry = MessageIndex {
-            row,
-            state: Some(IndexedState {
-                recipient,
-                sender,
-                state,
-            }),
+        let entry = IndexedState {
+            recipient,
+            sender,
+            state,
         };
-        self.batch
-            .insert(&self.t.message_ids, id.as_bytes(), entry.encode());
+        let value = MessageIndex::encode(row, &entry);
+        self.batch.insert(&self.t.message_ids, id.as_bytes(), value);
     }
 }
 
