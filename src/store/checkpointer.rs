@@ -45,6 +45,15 @@ pub(crate) fn start(
             while nudged.recv().is_ok() {
                 match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
                     Ok(_) => background.inc(),
+                    // SQLITE_BUSY ("database is locked"): another checkpoint holds the lock,
+                    // which here is the writer's own at four times the threshold (SQLite's
+                    // sqlite3_wal_checkpoint_v2 docs). That one copies the WAL; the next nudge
+                    // tries again. Not a failure.
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+                    {
+                        tracing::debug!("background WAL checkpoint skipped: one is running");
+                    }
                     Err(e) => tracing::warn!(error = %e, "background WAL checkpoint failed"),
                 }
             }
