@@ -80,7 +80,7 @@ fn int_at(bytes: &[u8], at: usize) -> CoreResult<i64> {
 
 /// A message's `message_ids` entry (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct MessageIndex {
+struct MessageIndex {
     /// The message's row in `messages`.
     row: i64,
     /// Its recipient's row, its sender's id and its state; `None` for an entry written before
@@ -90,7 +90,7 @@ pub(crate) struct MessageIndex {
 
 /// The part of a [`MessageIndex`] that receipts read and write.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct IndexedState {
+struct IndexedState {
     recipient: i64,
     sender: AccountId,
     state: i32,
