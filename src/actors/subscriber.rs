@@ -10,6 +10,7 @@
 //! actor was too busy to take live is re-read from the log, never skipped. Handing a
 //! `MessageReceived` to the output makes the message DELIVERED.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,6 +30,8 @@ use crate::store::{LogRange, Store};
 
 /// Durable events read from the log per store round-trip while replaying.
 const REPLAY_CHUNK: usize = 512;
+/// Replay chunks whose receipts may be on their way to the store at once.
+const RECEIPTS_AHEAD: usize = 2;
 
 /// Why a stream was ended by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,13 +398,14 @@ impl Replay {
     /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
     /// seq sent, or `None` if the client went away.
     ///
-    /// Pipelined, one chunk deep each way: the next chunk is read while this one is sent, and
-    /// this chunk's receipts are recorded while the next one is sent. A replay never has more
-    /// than one chunk of receipts outstanding, so it never outruns what it owes.
+    /// Pipelined: the next chunk is read while this one is sent, and the receipts of the last
+    /// `RECEIPTS_AHEAD` chunks are recorded while the next one is sent. A replay never has
+    /// more than that many chunks of receipts outstanding, so it never outruns what it owes
+    /// by more than that.
     async fn catch_up(&self, mut cursor: u64) -> CoreResult<Option<u64>> {
         let read = |after| self.store.read_events(self.account, after, REPLAY_CHUNK);
         let mut next = read(cursor);
-        let mut owed = Owed::default();
+        let mut owed: VecDeque<Owed> = VecDeque::with_capacity(RECEIPTS_AHEAD);
         loop {
             let chunk = (&mut next).await?;
             let after = cursor;
@@ -422,14 +426,25 @@ impl Replay {
                 self.stats.delivered.inc();
             }
             // Owed even when the client just left: it may have read them before it went.
-            owed.settle().await;
+            if owed.len() == RECEIPTS_AHEAD
+                && let Some(mut oldest) = owed.pop_front()
+            {
+                oldest.settle().await;
+            }
             let covers = LogRange {
                 after,
                 through: cursor,
             };
-            owed = Owed::record(&self.messaging, self.account, receipts, Some(covers));
+            owed.push_back(Owed::record(
+                &self.messaging,
+                self.account,
+                receipts,
+                Some(covers),
+            ));
             if gone || !full {
-                owed.settle().await;
+                for mut o in owed {
+                    o.settle().await;
+                }
                 return Ok((!gone).then_some(cursor));
             }
         }
