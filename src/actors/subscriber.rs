@@ -452,7 +452,6 @@ impl Replay {
 }
 
 /// One chunk's receipts on their way to the `MessagingActor` (queued when made).
-#[derive(Default)]
 struct Owed(Option<Request<MessagingActor, Delivered>>, AccountId);
 
 impl Owed {
