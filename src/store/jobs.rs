@@ -88,12 +88,11 @@ pub(crate) struct Job {
 /// and returns every changed id.
 pub(crate) fn log_delivered(
     recipient: &str,
-    by_sender: std::collections::BTreeMap<String, Vec<String>>,
+    by_sender: std::collections::BTreeMap<AccountId, Vec<String>>,
     mut log: impl FnMut(AccountId, pb::Event) -> CoreResult<()>,
 ) -> CoreResult<Vec<String>> {
     let mut changed = Vec::new();
     for (sender, ids) in by_sender {
-        let sender = Uuid::parse_str(&sender).map_err(CoreError::internal)?;
         changed.extend(ids.iter().cloned());
         let kind = pb::event::Kind::MessageStateChanged(pb::MessageStateChanged {
             contact_id: recipient.to_string(),

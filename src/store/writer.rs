@@ -498,7 +498,7 @@ fn mark_delivered(
 ) -> CoreResult<WriteOutput> {
     let r = recipient.to_string();
     let delivered = MessageState::Delivered as i32;
-    let mut by_sender: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut by_sender: std::collections::BTreeMap<AccountId, Vec<String>> = Default::default();
     {
         let mut stmt = tx.prepare_cached(
             "UPDATE messages SET state = ?3 WHERE id = ?1 AND recipient = ?2 AND state < ?3
@@ -509,6 +509,7 @@ fn mark_delivered(
                 .query_row(params![id, r, delivered], |row| row.get(0))
                 .optional()?;
             if let Some(sender) = sender {
+                let sender = Uuid::parse_str(&sender).map_err(CoreError::internal)?;
                 by_sender.entry(sender).or_default().push(id);
             }
         }

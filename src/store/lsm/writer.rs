@@ -565,10 +565,6 @@ fn mark_delivered(
         tx.put_state(uuid, index.row, recipient_row, sender, delivered);
         by_sender.entry(sender).or_default().push(id);
     }
-    let by_sender = by_sender
-        .into_iter()
-        .map(|(sender, ids)| (sender.to_string(), ids))
-        .collect();
     let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
     if let Some(c) = covers.filter(|c| c.after <= watermark)
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
