@@ -34,6 +34,15 @@ pub(crate) fn next_group(jobs: &mut mpsc::Receiver<Job>, stats: &StoreStats) -> 
     Some(group)
 }
 
+/// Whether a group's fsync may wait a little for another's (`syncer::RECEIPT_WAIT`): it holds
+/// only receipts of live events, which no caller waits on to go on. A replay's receipts
+/// (`covers` a range of the log) do not wait: the replay holds back until they are durable.
+pub(crate) fn can_wait(group: &[Job]) -> bool {
+    group
+        .iter()
+        .all(|j| matches!(&j.op, WriteOp::MarkDelivered { covers: None, .. }))
+}
+
 /// One durable change.
 #[derive(Clone)]
 pub(crate) enum WriteOp {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::SentMessage;
-use super::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
+use super::jobs::{Job, WriteOp, WriteOutput, can_wait, log_delivered, next_group};
 use super::sqlite::{
     MESSAGE_COLUMNS, account_exists, conversation_key, message_from_row, pair_key, pair_of,
 };
@@ -64,6 +64,7 @@ fn commit_batch(
     // Nearly every batch succeeds whole, so it first runs without a savepoint per job (each
     // costs the writer journal work, profiled); only if a job fails is the batch run again with
     // each job isolated, so that the failure refuses that job alone.
+    let can_wait = can_wait(&jobs);
     let outcome = match run_batch(conn, &jobs, durable, retention, false) {
         Ok(None) => run_batch(conn, &jobs, durable, retention, true),
         other => other,
@@ -73,6 +74,7 @@ fn commit_batch(
             replies: jobs.into_iter().map(|j| j.reply).zip(results).collect(),
             events,
             message_row,
+            can_wait,
         }),
         Ok(None) | Err(_) => {
             if let Err(e) = outcome {

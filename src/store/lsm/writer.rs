@@ -26,7 +26,7 @@ use crate::core::stats::StoreStats;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState};
 use crate::pb::{self, event::Kind};
-use crate::store::jobs::{Job, WriteOp, WriteOutput, log_delivered, next_group};
+use crate::store::jobs::{Job, WriteOp, WriteOutput, can_wait, log_delivered, next_group};
 use crate::store::sqlite::pair_key;
 use crate::store::syncer::{Committed, Durable, Reply, hand_over};
 use crate::store::{LogRange, SentMessage};
@@ -125,6 +125,7 @@ pub(crate) fn run(
 /// Writes a group's jobs and hands their journal bytes to the OS; the group then goes to the
 /// syncer. A failure to hand them over is answered here at once.
 fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Option<Committed> {
+    let can_wait = can_wait(&group);
     let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
     let mut events = Vec::new();
     let mut message_row = None;
@@ -161,6 +162,7 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
         replies,
         events,
         message_row,
+        can_wait,
     })
 }
 
