@@ -42,7 +42,7 @@ pub struct CallMetrics {
 }
 
 impl CallMetrics {
-    fn new() -> prometheus::Result<Self> {
+    pub(crate) fn new() -> prometheus::Result<Self> {
         Ok(CallMetrics {
             requests: IntCounterVec::new(
                 Opts::new(

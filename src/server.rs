@@ -369,10 +369,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         .http2_keepalive_interval(Some(Duration::from_secs(l.keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(Duration::from_secs(l.keepalive_timeout_secs)))
         .max_concurrent_streams(Some(l.max_streams_per_connection))
-        .layer(CallLayer {
-            default_deadline: Duration::from_millis(l.unary_deadline_ms),
-            metrics: metrics.calls.clone(),
-        })
+        .layer(CallLayer::new(
+            Duration::from_millis(l.unary_deadline_ms),
+            metrics.calls.clone(),
+        ))
         .add_service(health_service)
         .add_service(controller)
         .add_service(admin)

@@ -3,13 +3,18 @@
 //! answers an oversized request with RESOURCE_EXHAUSTED, and records the call's code and
 //! duration in the metrics.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+use tokio::time::Sleep;
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
@@ -22,13 +27,93 @@ use crate::metrics::CallMetrics;
 /// gets the right code, DEADLINE_EXCEEDED, and has it before its own timer fires.
 const AHEAD_OF_CLIENT: Duration = Duration::from_millis(20);
 
+/// Routes with metrics of their own; calls to further paths (a scanner's, say) are counted
+/// together under `OTHER`, so that no client can make the metrics grow without bound.
+const MAX_ROUTES: usize = 256;
+/// Service and method label of the calls past `MAX_ROUTES`.
+const OTHER: &str = "other";
+
 /// Builds [`CallService`]s.
 #[derive(Clone)]
 pub struct CallLayer {
     /// Deadline of a call whose client set none (or a later one).
     pub default_deadline: Duration,
-    /// Where figures go.
-    pub metrics: CallMetrics,
+    routes: Arc<Routes>,
+}
+
+impl CallLayer {
+    /// A layer enforcing `default_deadline` and recording into `metrics`.
+    pub fn new(default_deadline: Duration, metrics: CallMetrics) -> Self {
+        CallLayer {
+            default_deadline,
+            routes: Arc::new(Routes {
+                metrics,
+                known: RwLock::default(),
+            }),
+        }
+    }
+}
+
+/// Each route's metric handles, resolved on its first call: a label lookup costs a hash and a
+/// lock, and a call would otherwise make two (profiled on GetContacts).
+struct Routes {
+    metrics: CallMetrics,
+    known: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+}
+
+/// The handles of one route.
+struct RouteMetrics {
+    latency: Histogram,
+    requests: IntCounterVec,
+    labels: (String, String),
+    /// One counter per status code, by its number.
+    codes: [OnceLock<IntCounter>; 17],
+}
+
+impl RouteMetrics {
+    fn count(&self, code: Code) {
+        let (service, method) = (&self.labels.0, &self.labels.1);
+        if let Some(slot) = self.codes.get(code as usize) {
+            slot.get_or_init(|| {
+                self.requests
+                    .with_label_values(&[service, method, code_label(code)])
+            })
+            .inc();
+        }
+    }
+}
+
+impl Routes {
+    fn of(&self, path: &str) -> Arc<RouteMetrics> {
+        if let Some(known) = self.known.read().ok().and_then(|k| k.get(path).cloned()) {
+            return known;
+        }
+        let Ok(mut known) = self.known.write() else {
+            return self.build(OTHER, OTHER);
+        };
+        if let Some(m) = known.get(path) {
+            return m.clone();
+        }
+        let (service, method) = if known.len() < MAX_ROUTES {
+            route(path)
+        } else {
+            (OTHER, OTHER)
+        };
+        let m = self.build(service, method);
+        if known.len() < MAX_ROUTES {
+            known.insert(path.to_string(), m.clone());
+        }
+        m
+    }
+
+    fn build(&self, service: &str, method: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            latency: self.metrics.latency.with_label_values(&[service, method]),
+            requests: self.metrics.requests.clone(),
+            labels: (service.to_string(), method.to_string()),
+            codes: Default::default(),
+        })
+    }
 }
 
 impl<S> Layer<S> for CallLayer {
@@ -101,22 +186,15 @@ fn code_label(code: Code) -> &'static str {
 
 /// What is recorded when a call ends.
 struct Record {
-    metrics: CallMetrics,
-    /// The request path (shared bytes, not copied), split only when the call ends.
-    path: Option<http::uri::PathAndQuery>,
+    route: Arc<RouteMetrics>,
     started: Instant,
 }
 
 impl Record {
     fn finish(self, code: Code) {
-        let (service, method) = route(self.path.as_ref().map_or("", |p| p.path()));
-        self.metrics
-            .requests
-            .with_label_values(&[service, method, code_label(code)])
-            .inc();
-        self.metrics
+        self.route.count(code);
+        self.route
             .latency
-            .with_label_values(&[service, method])
             .observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -134,7 +212,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = CallFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -142,8 +220,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let record = Record {
-            metrics: self.layer.metrics.clone(),
-            path: req.uri().path_and_query().cloned(),
+            route: self.layer.routes.of(req.uri().path()),
             started: Instant::now(),
         };
         let deadline = match grpc_timeout(req.headers()) {
@@ -155,40 +232,92 @@ where
         // The clone is ready (tower's usual swap), the original takes the next poll_ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            // For a stream this covers producing the response head, not the stream itself.
-            let response = match tokio::time::timeout(deadline, inner.call(req)).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    // Dropping the handler's future cancels the work it had not done yet.
-                    record.finish(Code::DeadlineExceeded);
-                    return Ok(Status::deadline_exceeded(format!(
-                        "deadline of {} ms exceeded; the call was cancelled",
-                        deadline.as_millis()
-                    ))
-                    .into_http());
-                }
-            };
-            // A status in the headers: the call is over already (trailers-only response).
-            if let Some(code) = code_of(response.headers()) {
-                if code == Code::OutOfRange
-                    && let Some(status) = Status::from_header_map(response.headers())
-                    && let Some(mapped) = too_large(&status)
-                {
-                    record.finish(mapped.code());
-                    return Ok(mapped.into_http());
-                }
-                record.finish(code);
-                return Ok(response);
-            }
-            Ok(response.map(|body| {
-                Body::new(Observed {
-                    inner: body,
-                    record: Some(record),
-                })
-            }))
-        })
+        CallFuture {
+            inner: inner.call(req),
+            timer: None,
+            deadline,
+            record: Some(record),
+        }
     }
+}
+
+pin_project! {
+    /// A call in flight: the handler's future, and its deadline's timer once it has to wait.
+    /// For a stream it covers producing the response head, not the stream itself.
+    pub struct CallFuture<F> {
+        #[pin]
+        inner: F,
+        // Armed on the first poll that leaves the call pending: a call answered at once (a
+        // published page of contacts) never touches the timer wheel.
+        #[pin]
+        timer: Option<Sleep>,
+        deadline: Duration,
+        record: Option<Record>,
+    }
+}
+
+impl<F, E> Future for CallFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(response) = this.inner.poll(cx) {
+            let response = response?;
+            return Poll::Ready(Ok(match this.record.take() {
+                Some(record) => observe(response, record),
+                None => response,
+            }));
+        }
+        if this.timer.is_none() {
+            let started = this
+                .record
+                .as_ref()
+                .map_or_else(Instant::now, |r| r.started);
+            let at = tokio::time::Instant::from_std(started) + *this.deadline;
+            this.timer.set(Some(tokio::time::sleep_until(at)));
+        }
+        let expired = match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).is_ready(),
+            None => false,
+        };
+        if !expired {
+            return Poll::Pending;
+        }
+        // Dropping the handler's future (with this one) cancels the work it had not done yet.
+        if let Some(record) = this.record.take() {
+            record.finish(Code::DeadlineExceeded);
+        }
+        Poll::Ready(Ok(Status::deadline_exceeded(format!(
+            "deadline of {} ms exceeded; the call was cancelled",
+            this.deadline.as_millis()
+        ))
+        .into_http()))
+    }
+}
+
+/// The response head is out: a status in its headers ends the call now (trailers-only
+/// response); otherwise the body records the call when it ends.
+fn observe(response: Response<Body>, record: Record) -> Response<Body> {
+    if let Some(code) = code_of(response.headers()) {
+        if code == Code::OutOfRange
+            && let Some(status) = Status::from_header_map(response.headers())
+            && let Some(mapped) = too_large(&status)
+        {
+            record.finish(mapped.code());
+            return mapped.into_http();
+        }
+        record.finish(code);
+        return response;
+    }
+    response.map(|body| {
+        Body::new(Observed {
+            inner: body,
+            record: Some(record),
+        })
+    })
 }
 
 /// A response body that records the call when its trailers (with `grpc-status`) go out, or as
@@ -256,6 +385,46 @@ mod tests {
         assert_eq!(h("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(h("5x"), None);
         assert_eq!(h("123456789m"), None, "at most 8 digits");
+    }
+
+    #[test]
+    fn routes_resolve_once_and_stop_growing_at_the_cap() {
+        let routes = Routes {
+            metrics: CallMetrics::new().unwrap(),
+            known: RwLock::default(),
+        };
+        let first = routes.of("/phantom.v1.PhantomController/GetContacts");
+        assert_eq!(
+            first.labels,
+            ("phantom.v1.PhantomController".into(), "GetContacts".into())
+        );
+        let again = routes.of("/phantom.v1.PhantomController/GetContacts");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the handles were looked up once"
+        );
+        first.count(Code::Ok);
+        again.count(Code::Ok);
+        first.count(Code::NotFound);
+        let counted = |code| {
+            routes
+                .metrics
+                .requests
+                .with_label_values(&["phantom.v1.PhantomController", "GetContacts", code])
+                .get()
+        };
+        assert_eq!((counted("Ok"), counted("NotFound")), (2, 1));
+        for i in 0..MAX_ROUTES + 10 {
+            routes.of(&format!("/probe.Service/M{i}"));
+        }
+        assert_eq!(routes.known.read().unwrap().len(), MAX_ROUTES);
+        let late = routes.of("/probe.Service/Late");
+        assert_eq!(late.labels, (OTHER.into(), OTHER.into()));
+        // Routes seen before the cap keep their own.
+        assert!(Arc::ptr_eq(
+            &first,
+            &routes.of("/phantom.v1.PhantomController/GetContacts")
+        ));
     }
 
     #[test]
