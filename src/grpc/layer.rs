@@ -46,10 +46,7 @@ impl CallLayer {
     pub fn new(default_deadline: Duration, metrics: CallMetrics) -> Self {
         CallLayer {
             default_deadline,
-            routes: Arc::new(Routes {
-                metrics,
-                known: RwLock::default(),
-            }),
+            routes: Arc::new(Routes::new(metrics)),
         }
     }
 }
@@ -59,6 +56,8 @@ impl CallLayer {
 struct Routes {
     metrics: CallMetrics,
     known: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+    /// The handles of every path past `MAX_ROUTES`.
+    other: Arc<RouteMetrics>,
 }
 
 /// The handles of one route.
@@ -84,36 +83,42 @@ impl RouteMetrics {
 }
 
 impl Routes {
+    fn new(metrics: CallMetrics) -> Self {
+        Routes {
+            other: build(&metrics, OTHER, OTHER),
+            metrics,
+            known: RwLock::default(),
+        }
+    }
+
     fn of(&self, path: &str) -> Arc<RouteMetrics> {
         if let Some(known) = self.known.read().ok().and_then(|k| k.get(path).cloned()) {
             return known;
         }
         let Ok(mut known) = self.known.write() else {
-            return self.build(OTHER, OTHER);
+            return self.other.clone();
         };
         if let Some(m) = known.get(path) {
             return m.clone();
         }
-        let (service, method) = if known.len() < MAX_ROUTES {
-            route(path)
-        } else {
-            (OTHER, OTHER)
-        };
-        let m = self.build(service, method);
-        if known.len() < MAX_ROUTES {
-            known.insert(path.to_string(), m.clone());
+        if known.len() >= MAX_ROUTES {
+            return self.other.clone();
         }
+        let (service, method) = route(path);
+        let m = build(&self.metrics, service, method);
+        known.insert(path.to_string(), m.clone());
         m
     }
+}
 
-    fn build(&self, service: &str, method: &str) -> Arc<RouteMetrics> {
-        Arc::new(RouteMetrics {
-            latency: self.metrics.latency.with_label_values(&[service, method]),
-            requests: self.metrics.requests.clone(),
-            labels: (service.to_string(), method.to_string()),
-            codes: Default::default(),
-        })
-    }
+/// The handles of the route labelled `service` and `method`.
+fn build(metrics: &CallMetrics, service: &str, method: &str) -> Arc<RouteMetrics> {
+    Arc::new(RouteMetrics {
+        latency: metrics.latency.with_label_values(&[service, method]),
+        requests: metrics.requests.clone(),
+        labels: (service.to_string(), method.to_string()),
+        codes: Default::default(),
+    })
 }
 
 impl<S> Layer<S> for CallLayer {
@@ -389,10 +394,7 @@ mod tests {
 
     #[test]
     fn routes_resolve_once_and_stop_growing_at_the_cap() {
-        let routes = Routes {
-            metrics: CallMetrics::new().unwrap(),
-            known: RwLock::default(),
-        };
+        let routes = Routes::new(CallMetrics::new().unwrap());
         let first = routes.of("/phantom.v1.PhantomController/GetContacts");
         assert_eq!(
             first.labels,
@@ -420,6 +422,7 @@ mod tests {
         assert_eq!(routes.known.read().unwrap().len(), MAX_ROUTES);
         let late = routes.of("/probe.Service/Late");
         assert_eq!(late.labels, (OTHER.into(), OTHER.into()));
+        assert!(Arc::ptr_eq(&late, &routes.of("/probe.Service/Later")));
         // Routes seen before the cap keep their own.
         assert!(Arc::ptr_eq(
             &first,

@@ -181,10 +181,10 @@ fn wait_for_urgent(
         let Ok(next) = batches.recv_timeout(left) else {
             return;
         };
-        let urgent = !next.can_wait;
+        let taken = waiting.len();
         waiting.push(next);
         waiting.extend(batches.try_iter());
-        if urgent || waiting.iter().any(|b| !b.can_wait) {
+        if waiting[taken..].iter().any(|b| !b.can_wait) {
             return;
         }
     }
