@@ -240,6 +240,7 @@ where
         CallFuture {
             inner: inner.call(req),
             timer: None,
+            expires: tokio::time::Instant::from_std(record.started) + deadline,
             deadline,
             record: Some(record),
         }
@@ -256,6 +257,8 @@ pin_project! {
         // published page of contacts) never touches the timer wheel.
         #[pin]
         timer: Option<Sleep>,
+        // When the timer fires: the call's start plus `deadline`.
+        expires: tokio::time::Instant,
         deadline: Duration,
         record: Option<Record>,
     }
@@ -277,12 +280,8 @@ where
             }));
         }
         if this.timer.is_none() {
-            let started = this
-                .record
-                .as_ref()
-                .map_or_else(Instant::now, |r| r.started);
-            let at = tokio::time::Instant::from_std(started) + *this.deadline;
-            this.timer.set(Some(tokio::time::sleep_until(at)));
+            this.timer
+                .set(Some(tokio::time::sleep_until(*this.expires)));
         }
         let expired = match this.timer.as_pin_mut() {
             Some(timer) => timer.poll(cx).is_ready(),

@@ -61,10 +61,10 @@ fn commit_batch(
         refuse(jobs, "storage sync failed earlier; writes are refused");
         return None;
     }
+    let can_wait = can_wait(&jobs);
     // Nearly every batch succeeds whole, so it first runs without a savepoint per job (each
     // costs the writer journal work, profiled); only if a job fails is the batch run again with
     // each job isolated, so that the failure refuses that job alone.
-    let can_wait = can_wait(&jobs);
     let outcome = match run_batch(conn, &jobs, durable, retention, false) {
         Ok(None) => run_batch(conn, &jobs, durable, retention, true),
         other => other,
