@@ -173,6 +173,7 @@ async fn run(mut args: Args) -> Result<(), String> {
     let mut send_rate = None;
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
+        let open_before = scenarios::open_stream_count(&target).await?;
         let mut row = match *name {
             "unary-read" => {
                 let p = scenarios::unary_read(&target).await?;
@@ -210,6 +211,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             _ => None,
         };
         rows.push(row);
+        scenarios::quiesce(&target, open_before).await?;
     }
     report(&rows, args.json)
 }

@@ -578,6 +578,43 @@ async fn open_streams(
     opened.into_iter().collect()
 }
 
+/// Event streams open on the server now.
+pub async fn open_stream_count(t: &Target) -> Result<u64, String> {
+    Ok(t.admin()?
+        .get_server_stats(pb::GetServerStatsRequest {})
+        .await
+        .map_err(|e| format!("GetServerStats: {e}"))?
+        .into_inner()
+        .open_streams)
+}
+
+/// Waits until the server has no more event streams open than `before` (what a scenario
+/// opened is gone, and the presence changes of its accounts going offline with it), so that
+/// the next scenario does not measure the end of this one. Gives up after `QUIESCE_LIMIT`,
+/// saying so.
+pub async fn quiesce(t: &Target, before: u64) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let open = open_stream_count(t).await?;
+        if open <= before {
+            return Ok(());
+        }
+        if started.elapsed() > QUIESCE_LIMIT {
+            eprintln!(
+                "phantom-bench: {} streams still open after {} s; going on",
+                open - before,
+                QUIESCE_LIMIT.as_secs()
+            );
+            return Ok(());
+        }
+        // The server counts streams, it does not announce their end: ask again shortly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Longest `quiesce` waits for the streams of a scenario to close.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(30);
+
 /// Resident memory per idle stream at `k.streams` streams.
 pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
     let owner = accounts(t, "st", 1).await?;
@@ -635,6 +672,7 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
     let lat = Arc::new(std::sync::Mutex::new(load::histogram()));
     let n = open.len();
     let hub_id = hub.id.clone();
+    let mut readers = Vec::with_capacity(n);
     for mut s in open.drain(..) {
         let (t0, arrived, all, lat, hub_id) = (
             t0.clone(),
@@ -644,7 +682,7 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
             hub_id.clone(),
         );
         let (online, all_online) = (online.clone(), all_online.clone());
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             while let Ok(Some(ev)) = s.message().await {
                 let Some(Kind::ContactStatusChanged(c)) = ev.kind else {
                     continue;
@@ -666,7 +704,7 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
                     }
                 }
             }
-        });
+        }));
     }
     // The hub comes online (one stream), then goes AWAY: that change is what is timed.
     let mut hub_user = t.user(&hub.token, 0)?;
@@ -688,6 +726,11 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
         .await
         .map_err(|e| e.to_string())?;
     let waited = tokio::time::timeout(Duration::from_secs(60), all.notified()).await;
+    // The streams end here, not when the tool exits: the next scenario is measured without
+    // them (and without the hub's OFFLINE fan-out as they go).
+    for r in readers {
+        r.abort();
+    }
     let h = lat.lock().map(|h| h.clone()).map_err(|_| "poisoned")?;
     Ok(Row::from_histogram(
         "fanout",
