@@ -588,10 +588,9 @@ pub async fn open_stream_count(t: &Target) -> Result<u64, String> {
         .open_streams)
 }
 
-/// Waits until the server has no more event streams open than `before` (what a scenario
-/// opened is gone, and the presence changes of its accounts going offline with it), so that
-/// the next scenario does not measure the end of this one. Gives up after `QUIESCE_LIMIT`,
-/// saying so.
+/// Waits until the server has no more event streams open than `before` (the streams a
+/// scenario opened are gone, so their accounts have gone offline), so that the next scenario
+/// does not measure the end of this one. Gives up after `QUIESCE_LIMIT`, saying so.
 pub async fn quiesce(t: &Target, before: u64) -> Result<(), String> {
     let started = Instant::now();
     loop {
@@ -726,8 +725,8 @@ pub async fn fanout(t: &Target, k: &Knobs) -> Result<Row, String> {
         .await
         .map_err(|e| e.to_string())?;
     let waited = tokio::time::timeout(Duration::from_secs(60), all.notified()).await;
-    // The streams end here, not when the tool exits: the next scenario is measured without
-    // them (and without the hub's OFFLINE fan-out as they go).
+    // The streams end here, not when the tool exits (`quiesce` then waits for the server to
+    // let them go): the next scenario is measured without them.
     for r in readers {
         r.abort();
     }
