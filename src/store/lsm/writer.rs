@@ -1,6 +1,8 @@
 //! The LSM engine's single writer thread. Each job is checked against the writer's state,
 //! then written as one atomic fjall batch (so a later job of the same group sees it, and a
-//! failing job leaves nothing behind); once the group is written, its journal bytes go to the
+//! failing job leaves nothing behind), except that consecutive sends share one (`SendRun`:
+//! a send reads nothing an earlier one wrote but its idempotency key, which the run keeps,
+//! and checks everything before its first write); once the group is written, its journal bytes go to the
 //! OS and the group to the syncer thread, whose one fdatasync makes it durable before its
 //! events are published and its callers answered (`journal.rs`, `syncer`). The writer goes on
 //! with the next group meanwhile.
@@ -14,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use fjall::{OwnedWriteBatch, PersistMode};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -126,26 +128,67 @@ pub(crate) fn run(
 /// syncer. A failure to hand them over is answered here at once.
 fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Option<Committed> {
     let can_wait = can_wait(&group);
-    let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
-    let mut events = Vec::new();
-    let mut message_row = None;
+    let mut done = Written {
+        replies: Vec::with_capacity(group.len()),
+        events: Vec::new(),
+        message_row: None,
+    };
+    let mut run: Option<SendRun> = None;
     for job in group {
-        let result = if d.broken.load(Ordering::Acquire) {
-            Err(CoreError::Unavailable(
+        let refused = if d.broken.load(Ordering::Acquire) {
+            Some(CoreError::Unavailable(
                 "storage failed earlier; writes are refused".into(),
             ))
         } else if job.reply.is_closed() {
             // The caller is gone (deadline, cancellation) and was told the call failed.
-            Err(CoreError::Unavailable("the caller left".into()))
+            Some(CoreError::Unavailable("the caller left".into()))
         } else {
-            run_job(t, st, job.op, d).map(|(out, mut new, row)| {
-                events.append(&mut new);
-                message_row = row.or(message_row);
-                out
-            })
+            None
         };
-        replies.push((job.reply, result));
+        if let Some(e) = refused {
+            done.replies.push((job.reply, Err(e)));
+            continue;
+        }
+        match job.op {
+            WriteOp::SendMessage(m) => {
+                let r = run.get_or_insert_with(|| SendRun::start(t, &done));
+                let whole = r.send(t, st, d, job.reply, m, &mut done);
+                // A run shorter than the retention cannot drop an event it wrote itself
+                // (one batch would then insert and remove the same key).
+                if !whole {
+                    if let Some(r) = run.take() {
+                        r.from.fail(st, &mut done, || {
+                            CoreError::Internal("a send of the same group failed midway".into())
+                        });
+                    }
+                } else if r.jobs as u64 >= st.retention
+                    && let Some(r) = run.take()
+                {
+                    r.commit(st, d, &mut done);
+                }
+            }
+            op => {
+                // This job may read what the run's sends wrote.
+                if let Some(r) = run.take() {
+                    r.commit(st, d, &mut done);
+                }
+                let result = run_job(t, st, op, d).map(|(out, mut new, row)| {
+                    done.events.append(&mut new);
+                    done.message_row = row.or(done.message_row);
+                    out
+                });
+                done.replies.push((job.reply, result));
+            }
+        }
     }
+    if let Some(r) = run.take() {
+        r.commit(st, d, &mut done);
+    }
+    let Written {
+        replies,
+        events,
+        message_row,
+    } = done;
     if replies.iter().any(|(_, r)| r.is_ok())
         && let Err(e) = t.db.persist(PersistMode::Buffer)
     {
@@ -166,49 +209,170 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
     })
 }
 
+/// What a group has written so far: its answers, its events, its newest message row.
+struct Written {
+    replies: Vec<Reply>,
+    events: Vec<CommittedEvent>,
+    message_row: Option<i64>,
+}
+
+/// Consecutive SendMessage jobs of a group, written as one fjall batch: a batch's commit costs
+/// about a third of a send's writes on its own (journal lock, seqno, each keyspace's memtable
+/// checks; BENCHMARKS.md), and a send reads nothing an earlier one of the run wrote but its
+/// idempotency key, which the run keeps. Every fallible check of a send comes before its first
+/// write, so a refused send leaves nothing in the batch.
+struct SendRun {
+    batch: OwnedWriteBatch,
+    /// Idempotency keys the run's sends wrote, with their messages.
+    client_keys: HashMap<Vec<u8>, pb::Message>,
+    /// Where the run starts in the group.
+    from: RunStart,
+    /// Sends written.
+    jobs: usize,
+}
+
+/// Where a [`SendRun`] starts in its group: what undoing it goes back to.
+struct RunStart {
+    reply: usize,
+    event: usize,
+    /// The group's newest message row before the run.
+    message_row: Option<i64>,
+}
+
+impl RunStart {
+    /// Undoes the run in `done`: its sends are answered `error`, its events are dropped and
+    /// their seqs given back.
+    fn fail(self, st: &mut State, done: &mut Written, error: impl Fn() -> CoreError) {
+        give_back(st, &done.events[self.event..]);
+        done.events.truncate(self.event);
+        done.message_row = self.message_row;
+        for (_, result) in &mut done.replies[self.reply..] {
+            if result.is_ok() {
+                *result = Err(error());
+            }
+        }
+    }
+}
+
+impl SendRun {
+    fn start(t: &Tables, done: &Written) -> Self {
+        SendRun {
+            batch: t.db.batch(),
+            client_keys: HashMap::new(),
+            from: RunStart {
+                reply: done.replies.len(),
+                event: done.events.len(),
+                message_row: done.message_row,
+            },
+            jobs: 0,
+        }
+    }
+
+    /// Adds one send, answering it into `done`; false if it failed after writing to the
+    /// batch (it cannot: `send_message` checks first), which spoils the whole run.
+    fn send(
+        &mut self,
+        t: &Tables,
+        st: &mut State,
+        d: &Durable,
+        reply: oneshot::Sender<CoreResult<WriteOutput>>,
+        m: pb::Message,
+        done: &mut Written,
+    ) -> bool {
+        let before = self.batch.len();
+        let mut tx = Tx {
+            t,
+            st,
+            batch: &mut self.batch,
+            events: Vec::new(),
+            message_row: None,
+            client_keys: &mut self.client_keys,
+        };
+        match send_message(&mut tx, m) {
+            Ok(out) => {
+                // Readers must not see these events before the journal sync.
+                d.fence(&tx.events);
+                done.events.append(&mut tx.events);
+                done.message_row = tx.message_row.or(done.message_row);
+                done.replies.push((reply, Ok(out)));
+                self.jobs += 1;
+                true
+            }
+            Err(e) => {
+                let whole = tx.batch.len() == before;
+                give_back(tx.st, &tx.events);
+                done.replies.push((reply, Err(e)));
+                whole
+            }
+        }
+    }
+
+    /// Commits the run; on failure its sends are answered UNAVAILABLE and nothing is stored.
+    fn commit(self, st: &mut State, d: &Durable, done: &mut Written) {
+        if let Err(e) = self.batch.commit() {
+            d.broken.store(true, Ordering::Release);
+            tracing::error!(error = %e, "store write failed; refusing writes from now on");
+            self.from.fail(st, done, || {
+                CoreError::Unavailable("storage write failed; nothing was stored".into())
+            });
+        }
+    }
+}
+
+/// Gives back the seqs `events` took (their writes were not stored).
+fn give_back(st: &mut State, events: &[CommittedEvent]) {
+    for ev in events {
+        if let Some(a) = st.accounts.get_mut(&ev.account_id) {
+            a.head = a.head.min(ev.event.seq - 1);
+        }
+    }
+}
+
 /// A job's output, its events and the message row it wrote.
 type JobDone = (WriteOutput, Vec<CommittedEvent>, Option<i64>);
 
 /// Checks and writes one job as one fjall batch. On failure nothing of it is written, and the
 /// seqs it took are given back.
 fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<JobDone> {
+    let mut batch = t.db.batch();
+    let mut client_keys = HashMap::new();
     let mut tx = Tx {
         t,
         st,
-        batch: t.db.batch(),
+        batch: &mut batch,
         events: Vec::new(),
         message_row: None,
+        client_keys: &mut client_keys,
     };
     let out = match apply(&mut tx, op) {
         Ok(out) => out,
         Err(e) => {
-            for ev in &tx.events {
-                if let Some(a) = tx.st.accounts.get_mut(&ev.account_id) {
-                    a.head = a.head.min(ev.event.seq - 1);
-                }
-            }
+            give_back(tx.st, &tx.events);
             return Err(e);
         }
     };
+    let (events, message_row) = (tx.events, tx.message_row);
     // Readers must not see these events before the journal sync.
-    d.fence(&tx.events);
-    if let Err(e) = tx.batch.commit() {
+    d.fence(&events);
+    if let Err(e) = batch.commit() {
         d.broken.store(true, Ordering::Release);
         tracing::error!(error = %e, "store write failed; refusing writes from now on");
         return Err(CoreError::Unavailable(
             "storage write failed; nothing was stored".into(),
         ));
     }
-    Ok((out, tx.events, tx.message_row))
+    Ok((out, events, message_row))
 }
 
 /// One job's writes, committed together.
 struct Tx<'a> {
     t: &'a Tables,
     st: &'a mut State,
-    batch: OwnedWriteBatch,
+    batch: &'a mut OwnedWriteBatch,
     events: Vec<CommittedEvent>,
     message_row: Option<i64>,
+    /// Idempotency keys written to `batch` and not yet committed, with their messages.
+    client_keys: &'a mut HashMap<Vec<u8>, pb::Message>,
 }
 
 impl Tx<'_> {
@@ -421,13 +585,20 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         .ok_or_else(|| CoreError::Internal(format!("no account {sender} to send from")))?;
     let client_key =
         (!m.client_message_id.is_empty()).then(|| client_key(sender_row, &m.client_message_id));
-    if let Some(key) = &client_key
-        && let Some(v) = tx.t.client_ids.get(key)?
-    {
-        return Ok(WriteOutput::Sent(SentMessage {
-            message: tx.t.message(int_at(&v, 0)?)?,
-            duplicate: true,
-        }));
+    if let Some(key) = &client_key {
+        let earlier = match tx.client_keys.get(key) {
+            Some(m) => Some(m.clone()),
+            None => match tx.t.client_ids.get(key)? {
+                Some(v) => Some(tx.t.message(int_at(&v, 0)?)?),
+                None => None,
+            },
+        };
+        if let Some(message) = earlier {
+            return Ok(WriteOutput::Sent(SentMessage {
+                message,
+                duplicate: true,
+            }));
+        }
     }
     let recipient_row = tx
         .st
@@ -444,7 +615,8 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     tx.batch
         .insert(&tx.t.conversations, key2(pair, row as u64), []);
     if let Some(key) = client_key {
-        tx.batch.insert(&tx.t.client_ids, key, be(row));
+        tx.batch.insert(&tx.t.client_ids, key.as_slice(), be(row));
+        tx.client_keys.insert(key, m.clone());
     }
     tx.message_row = Some(row);
     // The sender's event first, so that a message to oneself logs MessageSent before
@@ -635,15 +807,140 @@ mod tests {
         t.message(row).unwrap().state
     }
 
+    /// A fresh store with two accounts, "a" and "b", and logs of `retention` events.
+    fn two_accounts(
+        retention: u64,
+    ) -> (
+        tempfile::TempDir,
+        Tables,
+        State,
+        Durable,
+        AccountId,
+        AccountId,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tables::open(dir.path()).unwrap();
+        let mut st = State::load(&t, retention).unwrap();
+        let d = Durable::new(0);
+        let (a, b) = (create(&t, &mut st, &d, "a"), create(&t, &mut st, &d, "b"));
+        (dir, t, st, d, a, b)
+    }
+
+    fn message(from: AccountId, to: AccountId, client_message_id: &str) -> pb::Message {
+        pb::Message {
+            message_id: Uuid::now_v7().to_string(),
+            sender_id: from.to_string(),
+            recipient_id: to.to_string(),
+            text: "hi".into(),
+            client_message_id: client_message_id.into(),
+            state: MessageState::Sent as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Runs `ops` as one group, as the writer thread would; the answers it would send.
+    fn group(
+        t: &Tables,
+        st: &mut State,
+        d: &Durable,
+        ops: Vec<WriteOp>,
+    ) -> (Vec<CoreResult<WriteOutput>>, Vec<CommittedEvent>) {
+        let mut waiting = Vec::new();
+        let jobs = ops
+            .into_iter()
+            .map(|op| {
+                let (reply, rx) = oneshot::channel();
+                waiting.push(rx);
+                Job { op, reply }
+            })
+            .collect();
+        let committed = commit_group(t, st, jobs, d).expect("the group is written");
+        let results = committed.replies.into_iter().map(|(_, r)| r).collect();
+        (results, committed.events)
+    }
+
+    fn sent(r: &CoreResult<WriteOutput>) -> (String, bool) {
+        match r {
+            Ok(WriteOutput::Sent(s)) => (s.message.message_id.clone(), s.duplicate),
+            Ok(_) => panic!("SendMessage answers Sent"),
+            Err(e) => panic!("send failed: {e:?}"),
+        }
+    }
+
+    /// Sends of one group share a batch: an idempotency key is seen by a later send of the
+    /// same run, a refused send leaves the others whole, and a job that reads what the run
+    /// wrote (MarkRead of its message) sees it.
+    #[test]
+    fn sends_of_a_group_share_one_batch() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let first = message(a, b, "k");
+        let up_to = parse(&first.message_id).unwrap();
+        let ops = vec![
+            WriteOp::SendMessage(first),
+            WriteOp::SendMessage(message(a, Uuid::new_v4(), "")),
+            WriteOp::SendMessage(message(a, b, "k")),
+            WriteOp::SendMessage(message(a, b, "other")),
+            WriteOp::MarkRead {
+                reader: b,
+                sender: a,
+                up_to,
+            },
+            WriteOp::SendMessage(message(a, b, "k")),
+        ];
+        let (results, events) = group(&t, &mut st, &d, ops);
+        let (id, duplicate) = sent(&results[0]);
+        assert!(!duplicate);
+        assert!(matches!(results[1], Err(CoreError::NotFound { .. })));
+        // The same key in the same run, and again after the run was committed.
+        assert_eq!(sent(&results[2]), (id.clone(), true));
+        assert_eq!(sent(&results[5]), (id.clone(), true));
+        let (other, _) = sent(&results[3]);
+        assert_ne!(other, id);
+        match &results[4] {
+            Ok(WriteOutput::Ids(ids)) => assert_eq!(ids, &vec![id.clone()]),
+            _ => panic!("MarkRead answers the ids it marked"),
+        }
+        // Two events per new message and the sender's receipt, seqs without a gap.
+        let seqs = |who: AccountId| -> Vec<u64> {
+            let evs = events.iter().filter(|e| e.account_id == who);
+            evs.map(|e| e.event.seq).collect()
+        };
+        assert_eq!(seqs(a), vec![1, 2, 3]);
+        assert_eq!(seqs(b), vec![1, 2]);
+        assert_eq!(t.head(st.row(a).unwrap()).unwrap(), 3);
+        assert_eq!(t.head(st.row(b).unwrap()).unwrap(), 2);
+        assert_eq!(state_of(&t, parse(&id).unwrap()), MessageState::Read as i32);
+    }
+
+    /// Retention inside one group of sends: with a retention of 2, five sends leave exactly
+    /// the newest 2 events in the log, before and after the journal is replayed at open (a
+    /// run also ends before it is as long as the retention, so that no batch both writes an
+    /// event and drops it).
+    #[test]
+    fn a_run_never_outlives_the_retention() {
+        let (dir, t, mut st, d, a, b) = two_accounts(2);
+        let ops = (0..5)
+            .map(|_| WriteOp::SendMessage(message(a, b, "")))
+            .collect();
+        let (results, _) = group(&t, &mut st, &d, ops);
+        assert!(results.iter().all(|r| r.is_ok()));
+        let row = st.row(a).unwrap();
+        let kept = |t: &Tables| -> Vec<u64> {
+            let log = t.events.range(key2(row, 0)..=key2(row, u64::MAX));
+            log.map(|g| int_at(&g.key().unwrap(), 8).unwrap() as u64)
+                .collect()
+        };
+        assert_eq!(kept(&t), vec![4, 5]);
+        t.db.persist(PersistMode::SyncAll).unwrap();
+        drop(t);
+        assert_eq!(kept(&Tables::open(dir.path()).unwrap()), vec![4, 5]);
+    }
+
     /// Receipts write the state into the index entry; an entry of the older shape (the row
     /// alone) keeps reading its state from the message record until a receipt rewrites it.
     #[test]
     fn states_live_in_the_index_and_old_entries_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = Tables::open(dir.path()).unwrap();
-        let mut st = State::load(&t, 1000).unwrap();
-        let d = Durable::new(0);
-        let (a, b) = (create(&t, &mut st, &d, "a"), create(&t, &mut st, &d, "b"));
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
         let new = send(&t, &mut st, &d, a, b);
         let old = send(&t, &mut st, &d, a, b);
         // Make `old` an entry as written before states moved to the index.
