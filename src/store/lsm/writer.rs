@@ -153,8 +153,9 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
             WriteOp::SendMessage(m) => {
                 let r = run.get_or_insert_with(|| SendRun::start(t, &done));
                 let whole = r.send(t, st, d, job.reply, m, &mut done);
-                // A run shorter than the retention cannot drop an event it wrote itself
-                // (one batch would then insert and remove the same key).
+                // A send that failed after writing spoils its run's batch (it cannot: see
+                // `SendRun`); a run shorter than the retention cannot drop an event it wrote
+                // itself (one batch would then insert and remove the same key).
                 if !whole {
                     if let Some(r) = run.take() {
                         r.from.fail(st, &mut done, || {
