@@ -1,11 +1,10 @@
 //! The LSM engine's single writer thread. Each job is checked against the writer's state,
 //! then written as one atomic fjall batch (so a later job of the same group sees it, and a
-//! failing job leaves nothing behind), except that consecutive sends share one (`SendRun`:
-//! a send reads nothing an earlier one wrote but its idempotency key, which the run keeps,
-//! and checks everything before its first write); once the group is written, its journal bytes go to the
-//! OS and the group to the syncer thread, whose one fdatasync makes it durable before its
-//! events are published and its callers answered (`journal.rs`, `syncer`). The writer goes on
-//! with the next group meanwhile.
+//! failing job leaves nothing behind), except that consecutive sends share one (`SendRun`);
+//! once the group is written, its journal bytes go to the OS and the group to the syncer
+//! thread, whose one fdatasync makes it durable before its events are published and its
+//! callers answered (`journal.rs`, `syncer`). The writer goes on with the next group
+//! meanwhile.
 //!
 //! The writer owns what every write needs and readers do not: each account's row and head seq
 //! (loaded at open from the log itself), and the next row of messages and contacts.
@@ -217,11 +216,11 @@ struct Written {
     message_row: Option<i64>,
 }
 
-/// Consecutive SendMessage jobs of a group, written as one fjall batch: a batch's commit costs
-/// about a third of a send's writes on its own (journal lock, seqno, each keyspace's memtable
-/// checks; BENCHMARKS.md), and a send reads nothing an earlier one of the run wrote but its
-/// idempotency key, which the run keeps. Every fallible check of a send comes before its first
-/// write, so a refused send leaves nothing in the batch.
+/// Consecutive SendMessage jobs of a group, written as one fjall batch: each batch's commit
+/// has fixed costs (journal lock, seqno, each keyspace's memtable checks: 1-2 of fjall's
+/// ~10 µs per send, BENCHMARKS.md), and a send reads nothing an earlier one of the run wrote
+/// but its idempotency key, which the run keeps. Every fallible check of a send comes before
+/// its first write, so a refused send leaves nothing in the batch.
 struct SendRun {
     batch: OwnedWriteBatch,
     /// Idempotency keys the run's sends wrote, with their messages.
@@ -851,6 +850,7 @@ mod tests {
             .into_iter()
             .map(|op| {
                 let (reply, rx) = oneshot::channel();
+                // Held open: the writer refuses the job of a caller that went away.
                 waiting.push(rx);
                 Job { op, reply }
             })
