@@ -7,7 +7,8 @@
 //! thread (`writer`) applies every durable change, each as one atomic fjall batch (a run of
 //! consecutive sends as one); each group of them then goes to the syncer thread, which
 //! fdatasyncs the journal once for every group waiting before anything is answered or
-//! published (group commit), while the writer goes on with the next group (`journal`). Readers use fjall directly from tokio's blocking pool.
+//! published (group commit), while the writer goes on with the next group (`journal`).
+//! Readers use fjall directly from tokio's blocking pool.
 //!
 //! Keyspaces and their keys (integers big-endian, so that byte order is numeric order):
 //!
