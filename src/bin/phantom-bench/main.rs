@@ -8,6 +8,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod echo;
+mod external;
 mod load;
 mod procs;
 mod scenarios;
@@ -44,6 +45,14 @@ struct Args {
     /// Process id of --target, for memory figures.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// `host:port` of --target's `GET /metrics` (`[metrics] listen`), to check the outcome of
+    /// every call h2load makes.
+    #[arg(long)]
+    target_metrics: Option<String>,
+    /// Also drive unary-read and unary-send with h2load (nghttp2, on PATH), each against the
+    /// echo ceiling driven by h2load in the same alternating rounds.
+    #[arg(long)]
+    h2load: bool,
     /// The server binary to start (default: phantom-grpc-api beside this binary).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -146,10 +155,14 @@ async fn run(mut args: Args) -> Result<(), String> {
         echo_bytes: args.echo_bytes,
     };
 
+    if args.h2load {
+        external::check_installed().await?;
+    }
     // The echo server stays up (idle) for the runs paired with it.
     let echo_proc = procs::echo()?;
     let ceiling_op = scenarios::echo(&echo_proc.addr, &k).await?;
     let echo_op = ceiling_op.op.clone();
+    let echo_fixed = ceiling_op.fixed.clone();
     let mut rows = vec![ceiling_op.run(&k).await];
     let ceiling = rows[0].per_sec.unwrap_or(0.0);
     let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
@@ -161,7 +174,14 @@ async fn run(mut args: Args) -> Result<(), String> {
                 .admin_token
                 .clone()
                 .ok_or("--target needs --admin-token")?;
-            let t = Target::connect(addr, &token, args.server_pid, k.connections).await?;
+            let t = Target::connect(
+                addr,
+                &token,
+                args.server_pid,
+                args.target_metrics.clone(),
+                k.connections,
+            )
+            .await?;
             (None, t)
         }
         None => {
@@ -170,19 +190,35 @@ async fn run(mut args: Args) -> Result<(), String> {
         }
     };
 
+    let at = external::Endpoints {
+        echo: &echo_proc.addr,
+        server: &target.addr,
+        metrics: target.metrics.as_deref(),
+    };
     let mut send_rate = None;
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
         let open_before = scenarios::open_stream_count(&target).await?;
+        // The same scenario driven by h2load, when asked: its own line after this one.
+        let mut external = None;
         let mut row = match *name {
-            "unary-read" => {
-                let p = scenarios::unary_read(&target).await?;
-                p.run_paired(&echo_op, &k, args.rounds).await
-            }
-            "unary-send" => {
-                let p = scenarios::unary_send(&target).await?;
+            "unary-read" | "unary-send" => {
+                let p = if *name == "unary-read" {
+                    scenarios::unary_read(&target).await?
+                } else {
+                    scenarios::unary_send(&target).await?
+                };
+                let fixed = p.fixed.clone();
                 let r = p.run_paired(&echo_op, &k, args.rounds).await;
-                send_rate = r.per_sec;
+                if *name == "unary-send" {
+                    send_rate = r.per_sec;
+                }
+                if args.h2load {
+                    eprintln!("phantom-bench: running {name} with h2load ...");
+                    let label = format!("{name}/h2load");
+                    let h = external::paired(&label, &at, &echo_fixed, &fixed, &k, args.rounds);
+                    external = Some(h.await?);
+                }
                 r
             }
             "e2e" => {
@@ -211,6 +247,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             _ => None,
         };
         rows.push(row);
+        rows.extend(external);
         scenarios::quiesce(&target, open_before).await?;
     }
     report(&rows, args.json)
@@ -221,7 +258,14 @@ async fn run(mut args: Args) -> Result<(), String> {
 async fn start_server(args: &Args, conns: usize) -> Result<(procs::Served, Target), String> {
     let bin = procs::server_binary(args.server_bin.clone())?;
     let served = procs::phantom(&bin, &args.engine)?;
-    let t = Target::connect(&served.addr, procs::ADMIN, Some(served.pid()), conns).await?;
+    let t = Target::connect(
+        &served.addr,
+        procs::ADMIN,
+        Some(served.pid()),
+        served.metrics.clone(),
+        conns,
+    )
+    .await?;
     Ok((served, t))
 }
 
@@ -233,12 +277,12 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
     }
     let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     println!(
-        "{:<16} {:>12} {:>9} {:>9} {:>9} {:>8}  note",
+        "{:<18} {:>12} {:>9} {:>9} {:>9} {:>8}  note",
         "scenario", "per sec", "p50 ms", "p99 ms", "max ms", "ratio"
     );
     for r in rows {
         println!(
-            "{:<16} {:>12} {:>9} {:>9} {:>9} {:>8}  {}",
+            "{:<18} {:>12} {:>9} {:>9} {:>9} {:>8}  {}",
             r.scenario,
             f(r.per_sec, 0),
             f(r.p50_ms, 3),

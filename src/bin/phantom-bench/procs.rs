@@ -13,6 +13,8 @@ pub struct Served {
     child: Child,
     /// Where it listens.
     pub addr: String,
+    /// Where it serves `GET /metrics`, if it does.
+    pub metrics: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -30,26 +32,36 @@ impl Drop for Served {
     }
 }
 
-/// Starts `cmd` and reads its first stdout line, `<prefix><addr>`.
-fn start(mut cmd: Command, prefix: &str, dir: Option<tempfile::TempDir>) -> Result<Served, String> {
+/// Starts `cmd` and reads one stdout line per `(prefix, suffix)`, `<prefix><value><suffix>`:
+/// its address, then (if asked) its metrics address. The child prints nothing after them, so
+/// the pipe can close.
+fn start(
+    mut cmd: Command,
+    lines: &[(&str, &str)],
+    dir: Option<tempfile::TempDir>,
+) -> Result<Served, String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let addr = line
-        .trim()
-        .strip_prefix(prefix)
-        .ok_or_else(|| format!("unexpected first line from {cmd:?}: {line:?}"))?
-        .to_string();
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut values = Vec::with_capacity(lines.len());
+    for (prefix, suffix) in lines {
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        let value = line
+            .trim()
+            .strip_prefix(prefix)
+            .and_then(|v| v.strip_suffix(suffix))
+            .ok_or_else(|| format!("unexpected line from {cmd:?}: {line:?}"))?;
+        values.push(value.to_string());
+    }
+    let addr = values.first().cloned().ok_or("no address line expected")?;
     Ok(Served {
         child,
         addr,
+        metrics: values.get(1).cloned(),
         _dir: dir,
     })
 }
@@ -84,7 +96,8 @@ pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
              [limits]\nsend_rate_per_sec = 1000000000\nsend_burst = 1000000000\n\
              max_event_streams_per_account = 1000000\nmax_streams_per_connection = 100000\n\
              [events]\nretention_per_account = 1000000\n\
-             [log]\nlevel = \"warn\"\n",
+             [log]\nlevel = \"warn\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("data")
         ),
     )
@@ -93,7 +106,11 @@ pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
     cmd.arg("--config")
         .arg(&config)
         .env_remove("PHANTOM_ADMIN_TOKEN");
-    start(cmd, "phantom-grpc-api listening on ", Some(dir))
+    let lines = [
+        ("phantom-grpc-api listening on ", ""),
+        ("metrics on http://", "/metrics"),
+    ];
+    start(cmd, &lines, Some(dir))
 }
 
 /// Starts the echo ceiling (this binary).
@@ -101,7 +118,7 @@ pub fn echo() -> Result<Served, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(me);
     cmd.args(["--serve-echo", "127.0.0.1:0"]);
-    start(cmd, "echo listening on ", None)
+    start(cmd, &[("echo listening on ", "")], None)
 }
 
 /// Resident memory of a process, bytes (Linux `/proc`).

@@ -16,6 +16,7 @@ use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::Channel;
 
 use crate::echo::pb::{EchoMessage, echo_client::EchoClient};
+use crate::external::Fixed;
 use crate::load::{self, Measured, Op};
 use crate::procs;
 
@@ -132,6 +133,8 @@ pub struct Target {
     pub admin_token: String,
     /// Its process, for memory figures.
     pub pid: Option<u32>,
+    /// Its `GET /metrics` address, to check the outcome of calls an external generator made.
+    pub metrics: Option<String>,
     /// Load connections.
     pub conns: Vec<Channel>,
 }
@@ -151,12 +154,14 @@ impl Target {
         addr: &str,
         admin_token: &str,
         pid: Option<u32>,
+        metrics: Option<String>,
         n: usize,
     ) -> Result<Target, String> {
         Ok(Target {
             addr: addr.to_string(),
             admin_token: admin_token.to_string(),
             pid,
+            metrics,
             conns: channels(addr, n).await?,
         })
     }
@@ -347,6 +352,8 @@ pub struct Prepared {
     pub op: Op,
     /// What the report says of it.
     pub note: String,
+    /// One of its requests, for an external generator (h2load) to send again and again.
+    pub fixed: Fixed,
 }
 
 impl Prepared {
@@ -393,9 +400,11 @@ pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
     if reply.get_ref().body != request.body {
         return Err("echo answered another body".into());
     }
+    let path = "/phantom.bench.v1.Echo/Unary";
     Ok(Prepared {
         name: "echo (ceiling)",
-        op: same_request(conns, "/phantom.bench.v1.Echo/Unary", None, request),
+        fixed: Fixed::new(path, None, &request),
+        op: same_request(conns, path, None, request),
         note: String::new(),
     })
 }
@@ -427,6 +436,7 @@ pub async fn unary_read(t: &Target) -> Result<Prepared, String> {
     let token = auth(&reader.token)?;
     Ok(Prepared {
         name: "unary-read",
+        fixed: Fixed::new(path, Some(&reader.token), &request),
         op: same_request(t.conns.clone(), path, Some(&token), request),
         note: "GetContacts, 20 contacts".into(),
     })
@@ -446,12 +456,24 @@ async fn pairs(t: &Target, n: usize) -> Result<Vec<(Acct, Acct)>, String> {
 
 /// SendMessage between many pairs; every reply is durable.
 pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
-    let calls = pairs(t, 64)
-        .await?
+    let path = "/phantom.v1.PhantomController/SendMessage";
+    let request = |to: String| pb::SendMessageRequest {
+        recipient_id: to,
+        text: "benchmark message, about the size of a chat line".into(),
+        ..Default::default()
+    };
+    let pairs = pairs(t, 64).await?;
+    let (first_sender, first_recipient) = pairs.first().ok_or("no pairs")?;
+    // An external generator sends one body: the first pair's.
+    let fixed = Fixed::new(
+        path,
+        Some(&first_sender.token),
+        &request(first_recipient.id.clone()),
+    );
+    let calls = pairs
         .iter()
         .enumerate()
         .map(|(i, (a, b))| {
-            let path = "/phantom.v1.PhantomController/SendMessage";
             Ok((
                 LeanCall::new(t.conn(i), path, Some(&auth(&a.token)?)),
                 b.id.clone(),
@@ -460,14 +482,11 @@ pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
         .collect::<Result<Vec<_>, String>>()?;
     let op: Op = Arc::new(move |w| {
         let (c, to) = calls[w % calls.len()].clone();
-        Box::pin(c.call(pb::SendMessageRequest {
-            recipient_id: to,
-            text: "benchmark message, about the size of a chat line".into(),
-            ..Default::default()
-        }))
+        Box::pin(c.call(request(to)))
     });
     Ok(Prepared {
         name: "unary-send",
+        fixed,
         op,
         note: "64 pairs, fsync'd group commit".into(),
     })

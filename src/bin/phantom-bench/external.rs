@@ -1,0 +1,363 @@
+//! An external load generator, h2load (nghttp2), driving the unary scenarios beside the tool's
+//! own client: one fixed request each, in windows alternating with the echo ceiling driven by
+//! h2load too, and every call's outcome checked against the server's own `/metrics`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::scenarios::{Knobs, Row};
+
+/// One request an external generator sends again and again.
+#[derive(Clone, Debug)]
+pub struct Fixed {
+    /// The method's path, `/package.Service/Method`.
+    pub path: &'static str,
+    /// Bearer token, if the method needs one.
+    pub token: Option<String>,
+    /// The request as one gRPC frame: flag, big-endian length, protobuf bytes.
+    pub frame: Vec<u8>,
+}
+
+impl Fixed {
+    /// `msg` sent to `path` with `token`.
+    pub fn new(path: &'static str, token: Option<&str>, msg: &impl prost::Message) -> Fixed {
+        let body = msg.encode_to_vec();
+        let mut frame = Vec::with_capacity(5 + body.len());
+        frame.push(0);
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        Fixed {
+            path,
+            token: token.map(str::to_string),
+            frame,
+        }
+    }
+}
+
+/// Fails unless `h2load` runs.
+pub async fn check_installed() -> Result<(), String> {
+    match Command::new("h2load").arg("--version").output().await {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err("--h2load: h2load not found on PATH (Debian: apt install nghttp2-client)".into()),
+    }
+}
+
+/// What h2load measured over one or more windows.
+#[derive(Debug, Default)]
+struct Windows {
+    succeeded: u64,
+    failed: u64,
+    secs: f64,
+    /// Sum of each window's mean latency times its calls, ms.
+    weighted_mean_ms: f64,
+    max_ms: f64,
+}
+
+impl Windows {
+    fn rate(&self) -> f64 {
+        self.succeeded as f64 / self.secs
+    }
+
+    fn mean_ms(&self) -> f64 {
+        self.weighted_mean_ms / self.succeeded.max(1) as f64
+    }
+
+    fn add(&mut self, w: Windows) {
+        self.succeeded += w.succeeded;
+        self.failed += w.failed;
+        self.secs += w.secs;
+        self.weighted_mean_ms += w.weighted_mean_ms;
+        self.max_ms = self.max_ms.max(w.max_ms);
+    }
+}
+
+/// Flags of every h2load run: the tool's connections and calls in flight, one thread.
+fn shape(k: &Knobs) -> (usize, usize) {
+    let clients = k.connections.max(1);
+    (clients, (k.concurrency / clients).max(1))
+}
+
+/// One h2load run of `f` against `addr`: `warmup` (not counted), then `window`.
+async fn window(
+    addr: &str,
+    f: &Fixed,
+    dir: &Path,
+    k: &Knobs,
+    warmup: Duration,
+    window: Duration,
+) -> Result<Windows, String> {
+    let body = dir.join(f.path.replace('/', "_"));
+    std::fs::write(&body, &f.frame).map_err(|e| format!("{}: {e}", body.display()))?;
+    let (clients, streams) = shape(k);
+    let mut cmd = Command::new("h2load");
+    cmd.arg("-D")
+        .arg(format!("{}ms", window.as_millis().max(1)))
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-m")
+        .arg(streams.to_string())
+        .args(["-t", "1"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(&body);
+    if !warmup.is_zero() {
+        cmd.arg("--warm-up-time")
+            .arg(format!("{}ms", warmup.as_millis()));
+    }
+    if let Some(t) = &f.token {
+        cmd.arg("-H").arg(format!("authorization: Bearer {t}"));
+    }
+    cmd.arg(format!("http://{addr}{}", f.path));
+    let out = cmd.output().await.map_err(|e| format!("h2load: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("h2load failed ({}): {text}", out.status));
+    }
+    parse(&text, window.as_secs_f64())
+}
+
+/// The figures of h2load's summary.
+fn parse(text: &str, secs: f64) -> Result<Windows, String> {
+    let line = |start: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(start))
+            .ok_or_else(|| format!("h2load printed no {start:?} line: {text}"))
+    };
+    // "requests: 151057 total, 151057 started, 151057 done, 151057 succeeded, 0 failed, ..."
+    let requests = line("requests:")?;
+    let count = |what: &str| {
+        requests
+            .split(',')
+            .find_map(|part| part.trim().strip_suffix(what)?.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("h2load: no {what:?} in {requests:?}"))
+    };
+    let (succeeded, failed, errored) = (count("succeeded")?, count("failed")?, count("errored")?);
+    // "time for request:       59us      9.68ms      1.13ms       483us    74.85%"
+    let times: Vec<f64> = line("time for request:")?
+        .trim_start_matches("time for request:")
+        .split_whitespace()
+        .filter_map(millis)
+        .collect();
+    let [_, max_ms, mean_ms, ..] = times[..] else {
+        return Err(format!("h2load: unreadable request times in {text}"));
+    };
+    Ok(Windows {
+        succeeded,
+        failed: failed + errored,
+        secs,
+        weighted_mean_ms: mean_ms * succeeded as f64,
+        max_ms,
+    })
+}
+
+/// An h2load duration ("59us", "9.68ms", "1.20s") in ms.
+fn millis(s: &str) -> Option<f64> {
+    let (n, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else {
+        (s.strip_suffix('s')?, 1000.0)
+    };
+    n.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// Calls of `method` the server counted, by gRPC code, from its Prometheus text.
+async fn calls_by_code(metrics: &str, method: &str) -> Result<HashMap<String, f64>, String> {
+    let mut tcp = tokio::net::TcpStream::connect(metrics)
+        .await
+        .map_err(|e| format!("metrics {metrics}: {e}"))?;
+    // HTTP/1.0: the server closes the connection after the reply, which ends the read.
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .map_err(|e| format!("metrics {metrics}: {e}"))?;
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply)
+        .await
+        .map_err(|e| format!("metrics {metrics}: {e}"))?;
+    let wanted = format!("method=\"{method}\"");
+    let mut counts = HashMap::new();
+    for l in reply.lines() {
+        let Some(labels) = l.strip_prefix("phantom_grpc_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = labels.split_once("} ") else {
+            continue;
+        };
+        if !labels.split(',').any(|kv| kv == wanted) {
+            continue;
+        }
+        let code = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("code=\""))
+            .map(|c| c.trim_end_matches('"').to_string())
+            .unwrap_or_default();
+        *counts.entry(code).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
+}
+
+/// Where a scenario's h2load rounds go.
+pub struct Endpoints<'a> {
+    /// The echo ceiling.
+    pub echo: &'a str,
+    /// The server under test.
+    pub server: &'a str,
+    /// The server's metrics address, to check every call's outcome (none: unchecked).
+    pub metrics: Option<&'a str>,
+}
+
+/// `name` through h2load: `rounds` windows of `echo` alternating with `f`'s, adding up to
+/// `k.window` each; the row's ratio is to echo's rate over the same rounds.
+pub async fn paired(
+    name: &str,
+    at: &Endpoints<'_>,
+    echo: &Fixed,
+    f: &Fixed,
+    k: &Knobs,
+    rounds: u32,
+) -> Result<Row, String> {
+    if at.server.starts_with("unix:") || at.server.contains("://") {
+        return Err(format!(
+            "--h2load needs a host:port target, not {}",
+            at.server
+        ));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let method = f.path.rsplit('/').next().unwrap_or(f.path);
+    let before = match at.metrics {
+        Some(m) => Some(calls_by_code(m, method).await?),
+        None => None,
+    };
+    let rounds = rounds.max(1);
+    let slice = k.window / rounds;
+    let rewarm = k.warmup.min(Duration::from_millis(500));
+    let (mut e, mut s) = (Windows::default(), Windows::default());
+    for round in 0..rounds {
+        let warm = if round == 0 { k.warmup } else { rewarm };
+        e.add(window(at.echo, echo, dir.path(), k, warm, slice).await?);
+        s.add(window(at.server, f, dir.path(), k, warm, slice).await?);
+    }
+    let checked = match (at.metrics, before) {
+        (Some(m), Some(before)) => {
+            // Each window can cut off what is in flight twice: when its warm-up ends (h2load
+            // starts its clients over) and when it ends.
+            let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
+            let after = calls_by_code(m, method).await?;
+            outcome(&before, &after, &s, cut_bound)
+        }
+        _ => "outcomes not checked (no --target-metrics)".to_string(),
+    };
+    let (clients, streams) = shape(k);
+    let mut note = format!(
+        "h2load -c {clients} -m {streams} -t 1, one request; mean {:.3} ms; \
+         echo {:.0}/s through h2load in the same {rounds} rounds; {checked}",
+        s.mean_ms(),
+        e.rate()
+    );
+    if s.failed + e.failed > 0 {
+        note += &format!("; h2load failed calls: {} (echo {})", s.failed, e.failed);
+    }
+    Ok(Row {
+        scenario: name.to_string(),
+        per_sec: Some(s.rate()),
+        p50_ms: None,
+        p99_ms: None,
+        max_ms: Some(s.max_ms),
+        note,
+        ratio: Some(s.rate() / e.rate()),
+    })
+}
+
+/// What the server says of the calls between two counts: h2load counts an HTTP 200 as a
+/// success, but a gRPC error is an HTTP 200 too, with the code in its trailers. The server's
+/// count includes the warm-ups, which h2load leaves out.
+fn outcome(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    s: &Windows,
+    cut_bound: u64,
+) -> String {
+    let delta = |code: &str| after.get(code).unwrap_or(&0.0) - before.get(code).unwrap_or(&0.0);
+    // The server's code labels are tonic's `Code` names. A call whose connection h2load closes
+    // at a window's end is Cancelled, or Unknown if its request was cut before it was whole
+    // (tonic's code for a body that broke off).
+    let (ok, cut) = (delta("Ok"), delta("Cancelled") + delta("Unknown"));
+    let mut failed: Vec<String> = after
+        .keys()
+        .filter(|c| !matches!(c.as_str(), "Ok" | "Cancelled" | "Unknown"))
+        .filter(|c| delta(c) > 0.0)
+        .map(|c| format!("{c} {}", delta(c)))
+        .collect();
+    failed.sort();
+    if failed.is_empty() && ok >= s.succeeded as f64 && cut <= cut_bound as f64 {
+        format!("server: {ok} OK, {cut} cut off at window ends, none failed")
+    } else {
+        format!(
+            "SERVER ANSWERED ERRORS: {ok} OK against {} counted by h2load, {cut} cancelled or \
+             unknown (at most {cut_bound} expected at window ends); {}",
+            s.succeeded,
+            failed.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_h2loads_summary() {
+        let text = "finished in 4.00s, 50352.33 req/s, 4.90MB/s\n\
+            requests: 151057 total, 151057 started, 151050 done, 151040 succeeded, 7 failed, \
+            3 errored, 0 timeout\n\
+            status codes: 151057 2xx, 0 3xx, 0 4xx, 0 5xx\n\
+            time for request:       59us      9.68ms      1.13ms       483us    74.85%\n";
+        let w = parse(text, 3.0).expect("parsed");
+        assert_eq!((w.succeeded, w.failed), (151_040, 10));
+        assert!((w.max_ms - 9.68).abs() < 1e-9);
+        assert!((w.mean_ms() - 1.13).abs() < 1e-9);
+        assert!((w.rate() - 151_040.0 / 3.0).abs() < 1e-6);
+        assert_eq!(millis("1.5s"), Some(1500.0));
+        assert!(parse("no summary", 1.0).is_err());
+    }
+
+    #[test]
+    fn a_fixed_request_is_one_grpc_frame() {
+        let f = Fixed::new(
+            "/phantom.v1.PhantomController/GetContacts",
+            Some("t"),
+            &phantom::pb::GetContactsRequest {
+                page_size: 50,
+                page_token: String::new(),
+            },
+        );
+        assert_eq!(f.frame, [0, 0, 0, 0, 2, 0x08, 50]);
+    }
+
+    #[test]
+    fn errors_the_server_counted_are_reported() {
+        let before = HashMap::from([("Ok".to_string(), 10.0)]);
+        let w = Windows {
+            succeeded: 5,
+            ..Default::default()
+        };
+        let clean = HashMap::from([("Ok".to_string(), 15.0), ("Cancelled".to_string(), 2.0)]);
+        assert_eq!(
+            outcome(&before, &clean, &w, 4),
+            "server: 5 OK, 2 cut off at window ends, none failed"
+        );
+        let bad = HashMap::from([
+            ("Ok".to_string(), 15.0),
+            ("Unauthenticated".to_string(), 1.0),
+        ]);
+        assert!(outcome(&before, &bad, &w, 4).contains("Unauthenticated 1"));
+        let too_many_cut = HashMap::from([("Ok".to_string(), 15.0), ("Unknown".to_string(), 9.0)]);
+        assert!(outcome(&before, &too_many_cut, &w, 4).starts_with("SERVER ANSWERED ERRORS"));
+    }
+}
