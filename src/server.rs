@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -417,17 +418,24 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
             ),
             (Bound::Tcp(listener, local), None) => (
                 Listen::Tcp(local),
-                Box::pin(router.serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    signal,
-                )),
+                Box::pin(
+                    router.serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true))
+                            .map(|accepted| accepted.map(crate::net::Coalesced)),
+                        signal,
+                    ),
+                ),
             ),
             (Bound::Unix(listener, path), _) => (
                 Listen::Unix(path),
-                Box::pin(router.serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    signal,
-                )),
+                Box::pin(
+                    router.serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(listener)
+                            .map(|accepted| accepted.map(crate::net::Coalesced)),
+                        signal,
+                    ),
+                ),
             ),
         };
     let stop_metrics = tokio_util::sync::CancellationToken::new();

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -319,15 +320,38 @@ fn observe(response: Response<Body>, record: Record) -> Response<Body> {
     response.map(|body| {
         Body::new(Observed {
             inner: body,
+            rest: Bytes::new(),
             record: Some(record),
         })
     })
 }
 
+/// The largest DATA frame h2 copies into its write buffer on a connection without vectored
+/// writes (`net::Coalesced`) instead of writing the buffer out before it.
+const COPIED_FRAME: usize = 1023;
+
+/// Chunks up to this size leave in pieces of at most `COPIED_FRAME` bytes (a GetContacts page
+/// of 20 contacts is ~1.45 KiB: two pieces), so that many replies share one write; larger ones
+/// leave whole, where a frame of their own costs less than the many copied pieces would.
+const SPLIT_UP_TO: usize = 4 * COPIED_FRAME;
+
+/// The next piece of `chunk` to send, leaving the rest in it (see `SPLIT_UP_TO`).
+fn next_piece(chunk: &mut Bytes) -> Bytes {
+    let len = chunk.len();
+    if len <= COPIED_FRAME || len > SPLIT_UP_TO {
+        return std::mem::take(chunk);
+    }
+    // Even pieces: 1,450 bytes go as 725 + 725, not 1,023 + 427.
+    let pieces = len.div_ceil(COPIED_FRAME);
+    chunk.split_to(len.div_ceil(pieces))
+}
+
 /// A response body that records the call when its trailers (with `grpc-status`) go out, or as
-/// CANCELLED if the client leaves first.
+/// CANCELLED if the client leaves first, and hands h2 its data in pieces it can coalesce.
 struct Observed {
     inner: Body,
+    /// What is left of a data chunk handed out in pieces (`next_piece`).
+    rest: Bytes,
     record: Option<Record>,
 }
 
@@ -339,7 +363,17 @@ impl HttpBody for Observed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if !self.rest.is_empty() {
+            let piece = next_piece(&mut self.rest);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(data) = frame.data_mut()
+        {
+            self.rest = std::mem::take(data);
+            *data = next_piece(&mut self.rest);
+        }
         let ended = match &polled {
             Poll::Ready(Some(Ok(frame))) => frame
                 .trailers_ref()
@@ -357,11 +391,17 @@ impl HttpBody for Observed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let (inner, rest) = (self.inner.size_hint(), self.rest.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
@@ -376,6 +416,44 @@ impl Drop for Observed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn data_goes_out_in_pieces_h2_can_copy_and_arrives_whole() {
+        use http_body_util::BodyExt;
+        let bytes = |n: usize| Bytes::from((0..n).map(|i| i as u8).collect::<Vec<u8>>());
+        let sent = [bytes(1450), bytes(100), bytes(5000), bytes(3000)];
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, Status>> = sent
+            .iter()
+            .cloned()
+            .map(|b| Ok(Frame::data(b)))
+            .chain([Ok(Frame::trailers(trailers))])
+            .collect();
+        let inner = Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
+        let mut body = Observed {
+            inner,
+            rest: Bytes::new(),
+            record: None,
+        };
+        let (mut lens, mut joined, mut got_trailers) = (Vec::new(), Vec::new(), false);
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(d) => {
+                    lens.push(d.len());
+                    joined.extend_from_slice(&d);
+                }
+                Err(f) => got_trailers = f.is_trailers(),
+            }
+        }
+        // 1,450 in two even pieces, 100 whole, 5,000 whole (past SPLIT_UP_TO), 3,000 in three.
+        assert_eq!(lens, [725, 725, 100, 5000, 1000, 1000, 1000]);
+        assert_eq!(joined, sent.concat());
+        assert!(got_trailers, "the trailers follow the data");
+        assert!(lens.iter().all(|&n| n <= COPIED_FRAME || n > SPLIT_UP_TO));
+    }
 
     #[test]
     fn grpc_timeout_units() {
