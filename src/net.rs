@@ -24,7 +24,7 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> (TcpStream, S
     }
 }
 
-/// A connection that tells h2 its writes are not vectored. h2 then copies DATA frames under
+/// A connection (TCP, Unix or TLS) that tells h2 its writes are not vectored. h2 then copies DATA frames under
 /// 1 KiB into its write buffer, where with vectored writes it chains every frame of 256 bytes
 /// or more and writes the buffer out before the next frame: one system call per such reply
 /// instead of one for many replies (measured in BENCHMARKS.md). Frames of 1 KiB and more are

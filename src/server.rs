@@ -411,10 +411,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         match (bind(&listen, cfg.server.socket_mode).await?, &tls) {
             (Bound::Tcp(listener, local), Some(tls)) => (
                 Listen::Tcp(local),
-                Box::pin(router.serve_with_incoming_shutdown(
-                    crate::tls::incoming(listener, tls.clone()),
-                    signal,
-                )),
+                Box::pin(
+                    router.serve_with_incoming_shutdown(
+                        crate::tls::incoming(listener, tls.clone())
+                            .map(|accepted| accepted.map(crate::net::Coalesced)),
+                        signal,
+                    ),
+                ),
             ),
             (Bound::Tcp(listener, local), None) => (
                 Listen::Tcp(local),
