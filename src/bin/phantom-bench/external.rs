@@ -3,7 +3,7 @@
 //! h2load too, and every call's outcome checked against the server's own `/metrics`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,17 +81,23 @@ fn shape(k: &Knobs) -> (usize, usize) {
     (clients, (k.concurrency / clients).max(1))
 }
 
-/// One h2load run of `f` against `addr`: `warmup` (not counted), then `window`.
+/// Writes `f`'s request into `dir`, for h2load's `-d`; returns the file.
+fn body_file(dir: &Path, f: &Fixed) -> Result<PathBuf, String> {
+    let body = dir.join(f.path.replace('/', "_"));
+    std::fs::write(&body, &f.frame).map_err(|e| format!("{}: {e}", body.display()))?;
+    Ok(body)
+}
+
+/// One h2load run of `f` (its request in the file `body`) against `addr`: `warmup` (not
+/// counted), then `window`.
 async fn window(
     addr: &str,
     f: &Fixed,
-    dir: &Path,
+    body: &Path,
     k: &Knobs,
     warmup: Duration,
     window: Duration,
 ) -> Result<Windows, String> {
-    let body = dir.join(f.path.replace('/', "_"));
-    std::fs::write(&body, &f.frame).map_err(|e| format!("{}: {e}", body.display()))?;
     let (clients, streams) = shape(k);
     let mut cmd = Command::new("h2load");
     cmd.arg("-D")
@@ -103,7 +109,7 @@ async fn window(
         .args(["-t", "1"])
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("-d")
-        .arg(&body);
+        .arg(body);
     if !warmup.is_zero() {
         cmd.arg("--warm-up-time")
             .arg(format!("{}ms", warmup.as_millis()));
@@ -229,6 +235,7 @@ pub async fn paired(
         ));
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (echo_body, body) = (body_file(dir.path(), echo)?, body_file(dir.path(), f)?);
     let method = f.path.rsplit('/').next().unwrap_or(f.path);
     let before = match at.metrics {
         Some(m) => Some(calls_by_code(m, method).await?),
@@ -240,8 +247,8 @@ pub async fn paired(
     let (mut e, mut s) = (Windows::default(), Windows::default());
     for round in 0..rounds {
         let warm = if round == 0 { k.warmup } else { rewarm };
-        e.add(window(at.echo, echo, dir.path(), k, warm, slice).await?);
-        s.add(window(at.server, f, dir.path(), k, warm, slice).await?);
+        e.add(window(at.echo, echo, &echo_body, k, warm, slice).await?);
+        s.add(window(at.server, f, &body, k, warm, slice).await?);
     }
     let checked = match (at.metrics, before) {
         (Some(m), Some(before)) => {
