@@ -414,7 +414,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
                 Box::pin(
                     router.serve_with_incoming_shutdown(
                         crate::tls::incoming(listener, tls.clone())
-                            .map(|accepted| accepted.map(crate::net::Coalesced)),
+                            .map(|accepted| accepted.map(crate::net::Coalesced::new)),
                         signal,
                     ),
                 ),
@@ -425,7 +425,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
                     router.serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(listener)
                             .with_nodelay(Some(true))
-                            .map(|accepted| accepted.map(crate::net::Coalesced)),
+                            .map(|accepted| accepted.map(crate::net::Coalesced::new)),
                         signal,
                     ),
                 ),
@@ -435,7 +435,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
                 Box::pin(
                     router.serve_with_incoming_shutdown(
                         tokio_stream::wrappers::UnixListenerStream::new(listener)
-                            .map(|accepted| accepted.map(crate::net::Coalesced)),
+                            .map(|accepted| accepted.map(crate::net::Coalesced::new)),
                         signal,
                     ),
                 ),
