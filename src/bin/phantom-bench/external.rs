@@ -186,24 +186,22 @@ async fn calls_by_code(metrics: &str, method: &str) -> Result<HashMap<String, f6
     tcp.read_to_string(&mut reply)
         .await
         .map_err(|e| format!("metrics {metrics}: {e}"))?;
-    let wanted = format!("method=\"{method}\"");
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("metrics {metrics}: {e}"))?;
     let mut counts = HashMap::new();
-    for l in reply.lines() {
-        let Some(labels) = l.strip_prefix("phantom_grpc_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = labels.split_once("} ") else {
-            continue;
-        };
-        if !labels.split(',').any(|kv| kv == wanted) {
+    for sample in scrape.samples {
+        if sample.metric != "phantom_grpc_requests_total"
+            || sample.labels.get("method") != Some(method)
+        {
             continue;
         }
-        let code = labels
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("code=\""))
-            .map(|c| c.trim_end_matches('"').to_string())
-            .unwrap_or_default();
-        *counts.entry(code).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        if let prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) =
+            sample.value
+        {
+            let code = sample.labels.get("code").unwrap_or_default().to_string();
+            *counts.entry(code).or_insert(0.0) += v;
+        }
     }
     Ok(counts)
 }
