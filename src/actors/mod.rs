@@ -28,6 +28,7 @@ impl ActorRuntime {
         let thread = std::thread::Builder::new()
             .name("phantom-actors".into())
             .spawn(move || {
+                crate::sched::short_slice();
                 let sys = actix::System::new();
                 let _ = tx.send((System::current(), actix::Arbiter::current()));
                 if let Err(e) = sys.run() {

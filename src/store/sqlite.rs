@@ -244,7 +244,10 @@ impl SqliteStore {
         let writer_durable = durable.clone();
         let writer = std::thread::Builder::new()
             .name("phantom-store-writer".into())
-            .spawn(move || writer::run(conn, rx, to_syncer, writer_durable, retention, stats))
+            .spawn(move || {
+                crate::sched::short_slice();
+                writer::run(conn, rx, to_syncer, writer_durable, retention, stats)
+            })
             .map_err(CoreError::internal)?;
         Ok(SqliteStore {
             durable,

@@ -205,7 +205,10 @@ pub(crate) fn start(
     let (to_syncer, committed) = mpsc::sync_channel(SYNC_QUEUE);
     let handle = std::thread::Builder::new()
         .name("phantom-store-syncer".into())
-        .spawn(move || run(sync, committed, sink, durable, RECEIPT_WAIT))
+        .spawn(move || {
+            crate::sched::short_slice();
+            run(sync, committed, sink, durable, RECEIPT_WAIT)
+        })
         .map_err(CoreError::internal)?;
     Ok((to_syncer, handle))
 }

@@ -348,7 +348,10 @@ impl LsmStore {
         let (t, d) = (tables.clone(), durable.clone());
         let writer = std::thread::Builder::new()
             .name("phantom-store-writer".into())
-            .spawn(move || writer::run(t, state, rx, to_syncer, d, stats))
+            .spawn(move || {
+                crate::sched::short_slice();
+                writer::run(t, state, rx, to_syncer, d, stats)
+            })
             .map_err(CoreError::internal)?;
         Ok(LsmStore {
             tables,
