@@ -40,21 +40,45 @@ struct SchedAttr {
 
 #[cfg(target_os = "linux")]
 fn set_slice(ns: u64) -> std::io::Result<()> {
-    // The call sets policy and nice too: keep SCHED_OTHER and the thread's nice value.
-    // SAFETY: getpriority reads the calling thread's nice value; no memory is passed.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        sched_policy: libc::SCHED_OTHER as u32,
-        sched_nice: nice,
-        sched_runtime: ns,
-        ..Default::default()
-    };
+    let mut attr = attributes()?;
+    // A policy an operator chose (`chrt --batch`, `--idle`, real-time) is left as it is.
+    if attr.sched_policy != libc::SCHED_OTHER as u32 {
+        return Err(std::io::Error::other(format!(
+            "the thread runs under policy {}, not SCHED_OTHER",
+            attr.sched_policy
+        )));
+    }
+    // Policy and nice stay as read; only the slice changes.
+    attr.size = std::mem::size_of::<SchedAttr>() as u32;
+    attr.sched_flags = 0;
+    attr.sched_runtime = ns;
     // SAFETY: `attr` is an initialised `sched_attr` of the size it declares and outlives the
     // call; pid 0 is the calling thread.
     let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
     if r == 0 {
         Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's scheduling attributes (`sched_getattr`).
+#[cfg(target_os = "linux")]
+fn attributes() -> std::io::Result<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: the kernel writes at most `size` bytes into `attr`, which is that large.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut SchedAttr,
+            size,
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(attr)
     } else {
         Err(std::io::Error::last_os_error())
     }
@@ -71,23 +95,7 @@ fn set_slice(_ns: u64) -> std::io::Result<()> {
 /// The calling thread's slice as the kernel reports it (`sched_getattr`; 0 before 6.12).
 #[cfg(target_os = "linux")]
 pub fn current_slice() -> std::io::Result<u64> {
-    let mut attr = SchedAttr::default();
-    let size = std::mem::size_of::<SchedAttr>() as u32;
-    // SAFETY: the kernel writes at most `size` bytes into `attr`, which is that large.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            &mut attr as *mut SchedAttr,
-            size,
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(attr.sched_runtime)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    attributes().map(|a| a.sched_runtime)
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -109,5 +117,27 @@ mod tests {
             assert_ne!(before, SHORT_SLICE_NS, "the default slice is not the hint");
             assert_eq!(after, SHORT_SLICE_NS);
         }
+    }
+
+    #[test]
+    fn a_policy_chosen_by_an_operator_is_left_alone() {
+        let (policy, slice_before, slice_after) = std::thread::spawn(|| {
+            let mut attr = attributes().expect("sched_getattr");
+            attr.size = std::mem::size_of::<SchedAttr>() as u32;
+            attr.sched_policy = libc::SCHED_BATCH as u32;
+            attr.sched_flags = 0;
+            // SAFETY: as in `set_slice`; SCHED_BATCH needs no privilege.
+            let r =
+                unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            let before = current_slice().expect("sched_getattr");
+            short_slice();
+            let after = attributes().expect("sched_getattr");
+            (after.sched_policy, before, after.sched_runtime)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(policy, libc::SCHED_BATCH as u32);
+        assert_eq!(slice_after, slice_before);
     }
 }
