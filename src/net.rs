@@ -51,6 +51,12 @@ impl<T> Coalesced<T> {
     }
 }
 
+/// One accept of a listener's stream, wrapped (the failures pass through), for every listener
+/// the gRPC server serves.
+pub fn coalesced<T, E>(accepted: Result<T, E>) -> Result<Coalesced<T>, E> {
+    accepted.map(Coalesced::new)
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

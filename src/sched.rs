@@ -21,6 +21,20 @@ pub fn short_slice() {
     }
 }
 
+/// Starts a named thread that a send wakes on its way (the actors', the store's writer and
+/// syncer), with the short slice asked for first.
+pub fn spawn_woken<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            short_slice();
+            f()
+        })
+}
+
 /// `struct sched_attr` (include/uapi/linux/sched/types.h) up to `SCHED_ATTR_SIZE_VER1`.
 #[cfg(target_os = "linux")]
 #[repr(C)]
@@ -49,17 +63,18 @@ fn set_slice(ns: u64) -> std::io::Result<()> {
         )));
     }
     // Policy and nice stay as read; only the slice changes.
+    attr.sched_runtime = ns;
+    set_attributes(&mut attr)
+}
+
+/// Sets the calling thread's scheduling attributes (`sched_setattr`) to `attr`, without flags.
+#[cfg(target_os = "linux")]
+fn set_attributes(attr: &mut SchedAttr) -> std::io::Result<()> {
     attr.size = std::mem::size_of::<SchedAttr>() as u32;
     attr.sched_flags = 0;
-    attr.sched_runtime = ns;
     // SAFETY: `attr` is an initialised `sched_attr` of the size it declares and outlives the
     // call; pid 0 is the calling thread.
-    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    checked(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, attr as *const SchedAttr, 0) })
 }
 
 /// The calling thread's scheduling attributes (`sched_getattr`).
@@ -77,8 +92,14 @@ fn attributes() -> std::io::Result<SchedAttr> {
             0,
         )
     };
+    checked(r).map(|()| attr)
+}
+
+/// A system call's result: 0 is success, anything else is `errno`.
+#[cfg(target_os = "linux")]
+fn checked(r: libc::c_long) -> std::io::Result<()> {
     if r == 0 {
-        Ok(attr)
+        Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }
@@ -92,12 +113,6 @@ fn set_slice(_ns: u64) -> std::io::Result<()> {
     ))
 }
 
-/// The calling thread's slice as the kernel reports it (`sched_getattr`; 0 before 6.12).
-#[cfg(target_os = "linux")]
-pub fn current_slice() -> std::io::Result<u64> {
-    attributes().map(|a| a.sched_runtime)
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -107,7 +122,7 @@ mod tests {
         let (policy, before, after) = std::thread::spawn(|| {
             let attr = attributes().expect("sched_getattr");
             short_slice();
-            let after = current_slice().expect("sched_getattr");
+            let after = attributes().expect("sched_getattr").sched_runtime;
             (attr.sched_policy, attr.sched_runtime, after)
         })
         .join()
@@ -125,14 +140,10 @@ mod tests {
     fn a_policy_chosen_by_an_operator_is_left_alone() {
         let (policy, slice_before, slice_after) = std::thread::spawn(|| {
             let mut attr = attributes().expect("sched_getattr");
-            attr.size = std::mem::size_of::<SchedAttr>() as u32;
+            // SCHED_BATCH needs no privilege.
             attr.sched_policy = libc::SCHED_BATCH as u32;
-            attr.sched_flags = 0;
-            // SAFETY: as in `set_slice`; SCHED_BATCH needs no privilege.
-            let r =
-                unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-            let before = current_slice().expect("sched_getattr");
+            set_attributes(&mut attr).expect("sched_setattr");
+            let before = attributes().expect("sched_getattr").sched_runtime;
             short_slice();
             let after = attributes().expect("sched_getattr");
             (after.sched_policy, before, after.sched_runtime)

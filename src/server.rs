@@ -411,13 +411,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         match (bind(&listen, cfg.server.socket_mode).await?, &tls) {
             (Bound::Tcp(listener, local), Some(tls)) => (
                 Listen::Tcp(local),
-                Box::pin(
-                    router.serve_with_incoming_shutdown(
-                        crate::tls::incoming(listener, tls.clone())
-                            .map(|accepted| accepted.map(crate::net::Coalesced::new)),
-                        signal,
-                    ),
-                ),
+                Box::pin(router.serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls.clone()).map(crate::net::coalesced),
+                    signal,
+                )),
             ),
             (Bound::Tcp(listener, local), None) => (
                 Listen::Tcp(local),
@@ -425,7 +422,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
                     router.serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(listener)
                             .with_nodelay(Some(true))
-                            .map(|accepted| accepted.map(crate::net::Coalesced::new)),
+                            .map(crate::net::coalesced),
                         signal,
                     ),
                 ),
@@ -435,7 +432,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
                 Box::pin(
                     router.serve_with_incoming_shutdown(
                         tokio_stream::wrappers::UnixListenerStream::new(listener)
-                            .map(|accepted| accepted.map(crate::net::Coalesced::new)),
+                            .map(crate::net::coalesced),
                         signal,
                     ),
                 ),

@@ -25,17 +25,14 @@ impl ActorRuntime {
     /// Starts an actix `System` on a thread of its own.
     pub fn start() -> Result<Self, CoreError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("phantom-actors".into())
-            .spawn(move || {
-                crate::sched::short_slice();
-                let sys = actix::System::new();
-                let _ = tx.send((System::current(), actix::Arbiter::current()));
-                if let Err(e) = sys.run() {
-                    tracing::error!(error = %e, "actor system stopped with an error");
-                }
-            })
-            .map_err(CoreError::internal)?;
+        let thread = crate::sched::spawn_woken("phantom-actors", move || {
+            let sys = actix::System::new();
+            let _ = tx.send((System::current(), actix::Arbiter::current()));
+            if let Err(e) = sys.run() {
+                tracing::error!(error = %e, "actor system stopped with an error");
+            }
+        })
+        .map_err(CoreError::internal)?;
         let (system, arbiter) = rx.recv().map_err(CoreError::internal)?;
         Ok(ActorRuntime {
             arbiter,

@@ -242,13 +242,10 @@ impl SqliteStore {
             syncer::start(sync, stats.sync_seconds.clone(), sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let writer_durable = durable.clone();
-        let writer = std::thread::Builder::new()
-            .name("phantom-store-writer".into())
-            .spawn(move || {
-                crate::sched::short_slice();
-                writer::run(conn, rx, to_syncer, writer_durable, retention, stats)
-            })
-            .map_err(CoreError::internal)?;
+        let writer = crate::sched::spawn_woken("phantom-store-writer", move || {
+            writer::run(conn, rx, to_syncer, writer_durable, retention, stats)
+        })
+        .map_err(CoreError::internal)?;
         Ok(SqliteStore {
             durable,
             syncer: Mutex::new(Some(syncer)),

@@ -203,13 +203,10 @@ pub(crate) fn start(
         sync()
     };
     let (to_syncer, committed) = mpsc::sync_channel(SYNC_QUEUE);
-    let handle = std::thread::Builder::new()
-        .name("phantom-store-syncer".into())
-        .spawn(move || {
-            crate::sched::short_slice();
-            run(sync, committed, sink, durable, RECEIPT_WAIT)
-        })
-        .map_err(CoreError::internal)?;
+    let handle = crate::sched::spawn_woken("phantom-store-syncer", move || {
+        run(sync, committed, sink, durable, RECEIPT_WAIT)
+    })
+    .map_err(CoreError::internal)?;
     Ok((to_syncer, handle))
 }
 

@@ -346,13 +346,10 @@ impl LsmStore {
             syncer::start(sync, stats.sync_seconds.clone(), sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let (t, d) = (tables.clone(), durable.clone());
-        let writer = std::thread::Builder::new()
-            .name("phantom-store-writer".into())
-            .spawn(move || {
-                crate::sched::short_slice();
-                writer::run(t, state, rx, to_syncer, d, stats)
-            })
-            .map_err(CoreError::internal)?;
+        let writer = crate::sched::spawn_woken("phantom-store-writer", move || {
+            writer::run(t, state, rx, to_syncer, d, stats)
+        })
+        .map_err(CoreError::internal)?;
         Ok(LsmStore {
             tables,
             durable,
