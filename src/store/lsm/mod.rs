@@ -8,7 +8,8 @@
 //! consecutive sends as one); each group of them then goes to the syncer thread, which
 //! fdatasyncs the journal once for every group waiting before anything is answered or
 //! published (group commit), while the writer goes on with the next group (`journal`).
-//! Readers use fjall directly from tokio's blocking pool.
+//! Readers use fjall directly from tokio's blocking pool. Tables are lz4-compressed at every
+//! level (`keyspace_options`).
 //!
 //! Keyspaces and their keys (integers big-endian, so that byte order is numeric order):
 //!
@@ -38,7 +39,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use fjall::config::CompressionPolicy;
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions};
 use futures::future::BoxFuture;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -225,6 +227,16 @@ pub(crate) struct Tables {
     delivered: Keyspace,
 }
 
+/// Options of a keyspace this engine creates (an existing keyspace keeps the ones it was made
+/// with: fjall stores them). Every level's data blocks are lz4-compressed, not only from the
+/// third level down (fjall's default): a flush writes a whole table and fsyncs it at the end,
+/// and every journal fsync behind it waits until those bytes are on the disk, so the tables of
+/// a send are half the bytes and half the wait (BENCHMARKS.md, 2026-12-04).
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
+}
+
 impl Tables {
     fn open(dir: &Path) -> CoreResult<Self> {
         // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
@@ -234,7 +246,7 @@ impl Tables {
             .cache_size(64 << 20)
             .manual_journal_persist(true)
             .open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let ks = |name: &str| db.keyspace(name, keyspace_options);
         Ok(Tables {
             accounts: ks("accounts")?,
             account_ids: ks("account_ids")?,

@@ -826,6 +826,33 @@ mod tests {
         (dir, t, st, d, a, b)
     }
 
+    #[test]
+    fn flushed_tables_are_compressed_and_read_back() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1_000_000);
+        let ids: Vec<Uuid> = (0..2_000).map(|_| send(&t, &mut st, &d, a, b)).collect();
+        t.events.rotate_memtable_and_wait().unwrap();
+        assert_eq!(t.events.sealed_memtable_count(), 0);
+        assert!(t.events.table_count() > 0, "the events went to a table");
+        // Read back from the table: every event whole, in order.
+        let mut raw = 0u64;
+        let mut received = Vec::new();
+        for kv in t.events.iter() {
+            let (k, v) = kv.into_inner().unwrap();
+            raw += (k.len() + v.len()) as u64;
+            if let Some(Kind::MessageReceived(r)) = pb::Event::decode(&v[..]).unwrap().kind {
+                received.push(r.message.unwrap().message_id);
+            }
+        }
+        let sent: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        assert_eq!(received, sent);
+        // Uncompressed, the table would hold at least the raw bytes.
+        let on_disk = t.events.disk_space();
+        assert!(
+            on_disk * 10 < raw * 7,
+            "{on_disk} bytes on disk for {raw} raw"
+        );
+    }
+
     fn message(from: AccountId, to: AccountId, client_message_id: &str) -> pb::Message {
         pb::Message {
             message_id: Uuid::now_v7().to_string(),
