@@ -35,6 +35,8 @@ pub struct Coalesced<T> {
     io: T,
     /// Bytes accepted from h2 and not yet written (at most `HOLD_UP_TO`).
     held: Vec<u8>,
+    /// Whether the flush of the bytes held now was put off once already (`poll_flush`).
+    deferred: bool,
 }
 
 /// h2's buffer is held when it is this small: its frame heads and copied frames before a
@@ -47,6 +49,7 @@ impl<T> Coalesced<T> {
         Coalesced {
             io,
             held: Vec::new(),
+            deferred: false,
         }
     }
 }
@@ -104,6 +107,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.held.is_empty() && !std::mem::replace(&mut this.deferred, true) {
+            // Replies that finish together (one fsync answers a dozen sends) would each leave
+            // in a write of their own: the handler that finishes wakes this connection's task,
+            // which tokio runs next on the same worker, before the other handlers already
+            // woken. Yielding once puts the flush behind them (a task that wakes itself goes
+            // to the back of its worker's queue), so their replies join these bytes.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.deferred = false;
         while !this.held.is_empty() {
             let n = ready!(Pin::new(&mut this.io).poll_write(cx, &this.held))?;
             if n == 0 {
@@ -208,6 +221,53 @@ mod tests {
         c.flush().await.unwrap();
         assert_eq!(c.io.calls, 2);
         assert!(c.io.out.ends_with(&small));
+    }
+
+    /// Counts wake-ups.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl futures::task::ArcWake for Wakes {
+        fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+            arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_flush_yields_once_so_replies_finishing_meanwhile_share_its_write() {
+        let wakes = std::sync::Arc::new(Wakes(Default::default()));
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut c = Coalesced::new(Slow {
+            per_call: usize::MAX,
+            ..Default::default()
+        });
+        let (first, second) = (bytes(200, 1), bytes(300, 2));
+        let mut c = Pin::new(&mut c);
+        assert!(matches!(
+            c.as_mut().poll_write(&mut cx, &first),
+            Poll::Ready(Ok(200))
+        ));
+        // The first flush puts itself behind the tasks already woken, and asks to come back.
+        assert!(c.as_mut().poll_flush(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(c.io.calls, 0);
+        // A reply finished meanwhile: it leaves with the held bytes, in one call.
+        assert!(matches!(
+            c.as_mut().poll_write(&mut cx, &second),
+            Poll::Ready(Ok(300))
+        ));
+        assert!(c.as_mut().poll_flush(&mut cx).is_ready());
+        assert_eq!(c.io.calls, 1);
+        assert_eq!(c.io.out, [first, second].concat());
+        // Nothing held: a flush does not yield. Held again: it yields once, then writes.
+        assert!(c.as_mut().poll_flush(&mut cx).is_ready());
+        let third = bytes(100, 3);
+        assert!(c.as_mut().poll_write(&mut cx, &third).is_ready());
+        assert!(c.as_mut().poll_flush(&mut cx).is_pending());
+        assert!(c.as_mut().poll_flush(&mut cx).is_ready());
+        assert_eq!(c.io.calls, 2);
+        assert!(c.io.out.ends_with(&third));
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The ceiling: a bare tonic echo service (no actors, no storage), served by this same binary
 //! in a child process so that it costs what the real server costs in processes and sockets.
 
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 #[allow(missing_docs, clippy::all)]
@@ -22,18 +23,22 @@ impl Echo for Service {
     }
 }
 
-/// Serves echo on `listen` until killed; prints the bound address first.
-pub async fn serve(listen: &str) -> Result<(), String> {
+/// Serves echo on `listen` until killed; prints the bound address first. `coalesced` hands
+/// each connection to tonic through the server's own wrapper (`phantom::net::Coalesced`).
+pub async fn serve(listen: &str, coalesced: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot bind {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("echo listening on {addr}");
-    tonic::transport::Server::builder()
-        .add_service(EchoServer::new(Service))
-        .serve_with_incoming(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        )
-        .await
-        .map_err(|e| e.to_string())
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder().add_service(EchoServer::new(Service));
+    let served = if coalesced {
+        server
+            .serve_with_incoming(incoming.map(phantom::net::coalesced))
+            .await
+    } else {
+        server.serve_with_incoming(incoming).await
+    };
+    served.map_err(|e| e.to_string())
 }

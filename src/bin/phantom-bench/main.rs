@@ -84,6 +84,10 @@ struct Args {
     /// what a reply's size costs on its own
     #[arg(long, default_value_t = 64)]
     echo_bytes: usize,
+    /// Serve the echo ceiling through the server's own connection wrapper (`net::Coalesced`:
+    /// writes held and batched) instead of bare tonic, to compare like with like
+    #[arg(long)]
+    echo_coalesced: bool,
     /// Alternating windows of echo and scenario for unary-read and unary-send (their ratio)
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         if let Some(listen) = &args.serve_echo {
-            return echo::serve(listen).await;
+            return echo::serve(listen, args.echo_coalesced).await;
         }
         run(args).await
     });
@@ -159,7 +163,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         external::check_installed().await?;
     }
     // The echo server stays up (idle) for the runs paired with it.
-    let echo_proc = procs::echo()?;
+    let echo_proc = procs::echo(args.echo_coalesced)?;
     let ceiling_op = scenarios::echo(&echo_proc.addr, &k).await?;
     let echo_op = ceiling_op.op.clone();
     let echo_fixed = ceiling_op.fixed.clone();

@@ -113,11 +113,14 @@ pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
     start(cmd, &lines, Some(dir))
 }
 
-/// Starts the echo ceiling (this binary).
-pub fn echo() -> Result<Served, String> {
+/// Starts the echo ceiling (this binary), on bare tonic or through `net::Coalesced`.
+pub fn echo(coalesced: bool) -> Result<Served, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(me);
     cmd.args(["--serve-echo", "127.0.0.1:0"]);
+    if coalesced {
+        cmd.arg("--echo-coalesced");
+    }
     start(cmd, &[("echo listening on ", "")], None)
 }
 
