@@ -31,6 +31,8 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> (TcpStream, S
 /// per such reply instead of one for many replies (measured in BENCHMARKS.md). A frame of 1 KiB
 /// or more is still chained; without vectored writes h2 then writes its buffer and the payload
 /// in two calls, so a small buffer is held here and leaves with the payload in one `writev`.
+/// A flush of held bytes yields to the worker's other tasks once first, so that replies
+/// finishing at the same moment leave together (`poll_flush`).
 pub struct Coalesced<T> {
     io: T,
     /// Bytes accepted from h2 and not yet written (at most `HOLD_UP_TO`).
@@ -148,6 +150,8 @@ impl<T: Connected> Connected for Coalesced<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncWriteExt;
 
     /// A socket that takes at most `per_call` bytes a call and is not ready every other call.
@@ -224,17 +228,17 @@ mod tests {
     }
 
     /// Counts wake-ups.
-    struct Wakes(std::sync::atomic::AtomicUsize);
+    struct Wakes(AtomicUsize);
 
     impl futures::task::ArcWake for Wakes {
-        fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
-            arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     #[test]
     fn a_flush_yields_once_so_replies_finishing_meanwhile_share_its_write() {
-        let wakes = std::sync::Arc::new(Wakes(Default::default()));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = futures::task::waker(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let mut c = Coalesced::new(Slow {
@@ -249,7 +253,7 @@ mod tests {
         ));
         // The first flush puts itself behind the tasks already woken, and asks to come back.
         assert!(c.as_mut().poll_flush(&mut cx).is_pending());
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         assert_eq!(c.io.calls, 0);
         // A reply finished meanwhile: it leaves with the held bytes, in one call.
         assert!(matches!(
@@ -267,7 +271,7 @@ mod tests {
         assert!(c.as_mut().poll_flush(&mut cx).is_ready());
         assert_eq!(c.io.calls, 2);
         assert!(c.io.out.ends_with(&third));
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
