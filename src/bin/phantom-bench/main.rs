@@ -168,6 +168,10 @@ async fn run(mut args: Args) -> Result<(), String> {
     let echo_op = ceiling_op.op.clone();
     let echo_fixed = ceiling_op.fixed.clone();
     let mut rows = vec![ceiling_op.run(&k).await];
+    if args.echo_coalesced {
+        // Said in the row itself, so that a table or JSON read later tells which ceiling it was.
+        rows[0].note = "served through the server's connection wrapper (--echo-coalesced)".into();
+    }
     let ceiling = rows[0].per_sec.unwrap_or(0.0);
     let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
 
