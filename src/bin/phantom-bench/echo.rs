@@ -1,5 +1,6 @@
 //! The ceiling: a bare tonic echo service (no actors, no storage), served by this same binary
 //! in a child process so that it costs what the real server costs in processes and sockets.
+//! With `--echo-coalesced` its connections go through the server's own wrapper instead.
 
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
