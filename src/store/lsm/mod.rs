@@ -33,6 +33,7 @@
 //! one in its record until a receipt writes its entry whole (`MessageIndex::state`).
 
 mod journal;
+mod memtables;
 mod writer;
 
 use std::path::Path;
@@ -263,6 +264,23 @@ impl Tables {
         })
     }
 
+    /// Every keyspace.
+    fn keyspaces(&self) -> Vec<Keyspace> {
+        vec![
+            self.accounts.clone(),
+            self.account_ids.clone(),
+            self.handles.clone(),
+            self.tokens.clone(),
+            self.contacts.clone(),
+            self.messages.clone(),
+            self.message_ids.clone(),
+            self.conversations.clone(),
+            self.client_ids.clone(),
+            self.events.clone(),
+            self.delivered.clone(),
+        ]
+    }
+
     /// The row of an account, `None` if there is no such account.
     fn account_row(&self, id: AccountId) -> CoreResult<Option<i64>> {
         match self.account_ids.get(id.as_bytes())? {
@@ -334,6 +352,8 @@ pub struct LsmStore {
     jobs: Jobs,
     writer: Mutex<Option<JoinHandle<()>>>,
     syncer: Mutex<Option<JoinHandle<()>>>,
+    /// Frees flushed memtables outside fjall's locks (`memtables`).
+    keeper: Mutex<memtables::Keeper>,
 }
 
 impl LsmStore {
@@ -350,6 +370,7 @@ impl LsmStore {
             CoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let tables = Tables::open(&dir)?;
+        let keeper = memtables::Keeper::start(tables.keyspaces())?;
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));
         let mut journal = journal::JournalSync::new(tables.db.clone(), &dir);
@@ -368,6 +389,7 @@ impl LsmStore {
             jobs,
             writer: Mutex::new(Some(writer)),
             syncer: Mutex::new(Some(syncer)),
+            keeper: Mutex::new(keeper),
         })
     }
 
@@ -499,5 +521,8 @@ impl Store for LsmStore {
     fn close(&self) {
         self.jobs.close();
         syncer::join(&self.writer, &self.syncer);
+        if let Ok(mut keeper) = self.keeper.lock() {
+            keeper.stop();
+        }
     }
 }

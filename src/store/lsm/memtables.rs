@@ -1,0 +1,149 @@
+//! Frees fjall's flushed memtables on a thread of our own, outside fjall's locks.
+//!
+//! fjall drops a flushed memtable when it prunes a keyspace's old versions, at the next memtable
+//! rotation, and it does so holding that keyspace's version lock (fjall 3.1.13,
+//! `Keyspace::inner_rotate_memtable`; lsm-tree 3.1.10, `SuperVersions::maintenance`). Freeing
+//! a 64 MiB skiplist of a few hundred thousand entries took 70–90 ms of CPU there, and every
+//! write to the keyspace waits for that lock meanwhile: the writer's next commit, and with it
+//! every send and receipt behind it (BENCHMARKS.md, thirteenth session). This thread keeps a
+//! reference to every memtable it sees, so fjall's drop only lets go of one reference; once
+//! the only one left is ours, the memtable is freed here, where nothing waits for it.
+//!
+//! `Keyspace::tree` and `AbstractTree` are public but hidden from fjall's docs; if a later
+//! fjall frees memtables outside the lock itself, this module can go.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fjall::{AbstractTree, Keyspace};
+
+use crate::core::{CoreError, CoreResult};
+
+/// How often the keyspaces are looked at. A memtable lives for seconds under load (from its
+/// first write until its table is written), so none is missed; one freed by fjall before this
+/// saw it is only freed as before.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+
+/// A memtable held here, whatever its type: all this needs is whether others still hold it.
+trait Held: Send {
+    /// Whether this is the last reference.
+    fn only_ours(&self) -> bool;
+    /// What it points to, to tell memtables apart.
+    fn address(&self) -> usize;
+}
+
+impl<T: Send + Sync> Held for Arc<T> {
+    fn only_ours(&self) -> bool {
+        Arc::strong_count(self) == 1
+    }
+
+    fn address(&self) -> usize {
+        Arc::as_ptr(self) as *const () as usize
+    }
+}
+
+/// The keeper thread; dropping it (or `stop`) ends the thread and frees what it holds.
+pub(crate) struct Keeper {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Keeper {
+    /// Starts keeping the memtables of `keyspaces`.
+    pub fn start(keyspaces: Vec<Keyspace>) -> CoreResult<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("phantom-lsm-memtables".into())
+            .spawn(move || run(&keyspaces, &stopped))
+            .map_err(CoreError::internal)?;
+        Ok(Keeper {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("memtable keeper thread panicked");
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
+    let mut held: Vec<Box<dyn Held>> = Vec::new();
+    loop {
+        look(keyspaces, &mut held);
+        match stopped.recv_timeout(LOOK_EVERY) {
+            Err(RecvTimeoutError::Timeout) => {}
+            // The store is closing: what is held goes with this thread.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Takes each keyspace's active memtable if it is new here, and frees those only held here.
+fn look(keyspaces: &[Keyspace], held: &mut Vec<Box<dyn Held>>) {
+    for ks in keyspaces {
+        let memtable = ks.tree.active_memtable();
+        let address = Held::address(&memtable);
+        if !held.iter().any(|h| h.address() == address) {
+            held.push(Box::new(memtable));
+        }
+    }
+    held.retain(|h| !h.only_ours());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memtable_is_freed_here_once_fjall_lets_go_of_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = fjall::Database::builder(dir.path()).open().expect("open");
+        let ks = db
+            .keyspace("k", fjall::KeyspaceCreateOptions::default)
+            .expect("keyspace");
+        ks.insert("a", "1").expect("insert");
+        let mut held = Vec::new();
+        look(std::slice::from_ref(&ks), &mut held);
+        look(std::slice::from_ref(&ks), &mut held);
+        assert_eq!(held.len(), 1, "the same memtable is held once");
+        let first = held[0].address();
+
+        // Sealed and flushed: fjall's versions still hold it until it prunes them.
+        ks.rotate_memtable_and_wait().expect("flush");
+        ks.insert("b", "2").expect("insert");
+        look(std::slice::from_ref(&ks), &mut held);
+        let sealed = held.iter().find(|h| h.address() == first);
+        assert!(sealed.is_some_and(|h| !h.only_ours()), "fjall still holds it");
+        assert_eq!(held.len(), 2, "the new active memtable is held too");
+
+        // The next rotation prunes the versions that held it: fjall lets go of it, and the
+        // next look frees it here, with the database open.
+        ks.rotate_memtable_and_wait().expect("flush");
+        look(std::slice::from_ref(&ks), &mut held);
+        assert!(
+            !held.iter().any(|h| h.address() == first),
+            "the flushed memtable was freed by the keeper"
+        );
+
+        // Closed, nothing else holds the rest.
+        drop(ks);
+        drop(db);
+        look(&[], &mut held);
+        assert!(held.is_empty());
+    }
+}
