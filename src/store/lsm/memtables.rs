@@ -128,7 +128,10 @@ mod tests {
         ks.insert("b", "2").expect("insert");
         look(std::slice::from_ref(&ks), &mut held);
         let sealed = held.iter().find(|h| h.address() == first);
-        assert!(sealed.is_some_and(|h| !h.only_ours()), "fjall still holds it");
+        assert!(
+            sealed.is_some_and(|h| !h.only_ours()),
+            "fjall still holds it"
+        );
         assert_eq!(held.len(), 2, "the new active memtable is held too");
 
         // The next rotation prunes the versions that held it: fjall lets go of it, and the
