@@ -26,24 +26,6 @@ use crate::core::{CoreError, CoreResult};
 /// saw it is only freed as before.
 const LOOK_EVERY: Duration = Duration::from_millis(50);
 
-/// A memtable held here, whatever its type: all this needs is whether others still hold it.
-trait Held: Send {
-    /// Whether this is the last reference.
-    fn only_ours(&self) -> bool;
-    /// What it points to, to tell memtables apart.
-    fn address(&self) -> usize;
-}
-
-impl<T: Send + Sync> Held for Arc<T> {
-    fn only_ours(&self) -> bool {
-        Arc::strong_count(self) == 1
-    }
-
-    fn address(&self) -> usize {
-        Arc::as_ptr(self) as *const () as usize
-    }
-}
-
 /// The keeper thread; dropping it (or `stop`) ends the thread and frees what it holds.
 pub(crate) struct Keeper {
     stop: Option<mpsc::Sender<()>>,
@@ -82,9 +64,12 @@ impl Drop for Keeper {
 }
 
 fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
-    let mut held: Vec<Box<dyn Held>> = Vec::new();
+    let mut held = Vec::new();
     loop {
-        look(keyspaces, &mut held);
+        look(
+            keyspaces.iter().map(|ks| ks.tree.active_memtable()),
+            &mut held,
+        );
         match stopped.recv_timeout(LOOK_EVERY) {
             Err(RecvTimeoutError::Timeout) => {}
             // The store is closing: what is held goes with this thread.
@@ -93,16 +78,15 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     }
 }
 
-/// Takes each keyspace's active memtable if it is new here, and frees those only held here.
-fn look(keyspaces: &[Keyspace], held: &mut Vec<Box<dyn Held>>) {
-    for ks in keyspaces {
-        let memtable = ks.tree.active_memtable();
-        let address = Held::address(&memtable);
-        if !held.iter().any(|h| h.address() == address) {
-            held.push(Box::new(memtable));
+/// Keeps each of the keyspaces' active memtables that is new here, and frees those only held
+/// here (fjall's own type, `Arc<lsm_tree::Memtable>`, is inferred: fjall does not export it).
+fn look<M>(active: impl Iterator<Item = Arc<M>>, held: &mut Vec<Arc<M>>) {
+    for memtable in active {
+        if !held.iter().any(|h| Arc::ptr_eq(h, &memtable)) {
+            held.push(memtable);
         }
     }
-    held.retain(|h| !h.only_ours());
+    held.retain(|h| Arc::strong_count(h) > 1);
 }
 
 #[cfg(test)]
@@ -117,19 +101,20 @@ mod tests {
             .keyspace("k", fjall::KeyspaceCreateOptions::default)
             .expect("keyspace");
         ks.insert("a", "1").expect("insert");
+        let active = || std::iter::once(ks.tree.active_memtable());
         let mut held = Vec::new();
-        look(std::slice::from_ref(&ks), &mut held);
-        look(std::slice::from_ref(&ks), &mut held);
+        look(active(), &mut held);
+        look(active(), &mut held);
         assert_eq!(held.len(), 1, "the same memtable is held once");
-        let first = held[0].address();
+        let first = Arc::as_ptr(&held[0]);
 
         // Sealed and flushed: fjall's versions still hold it until it prunes them.
         ks.rotate_memtable_and_wait().expect("flush");
         ks.insert("b", "2").expect("insert");
-        look(std::slice::from_ref(&ks), &mut held);
-        let sealed = held.iter().find(|h| h.address() == first);
+        look(active(), &mut held);
+        let sealed = held.iter().find(|h| Arc::as_ptr(h) == first);
         assert!(
-            sealed.is_some_and(|h| !h.only_ours()),
+            sealed.is_some_and(|h| Arc::strong_count(h) > 1),
             "fjall still holds it"
         );
         assert_eq!(held.len(), 2, "the new active memtable is held too");
@@ -137,16 +122,16 @@ mod tests {
         // The next rotation prunes the versions that held it: fjall lets go of it, and the
         // next look frees it here, with the database open.
         ks.rotate_memtable_and_wait().expect("flush");
-        look(std::slice::from_ref(&ks), &mut held);
+        look(active(), &mut held);
         assert!(
-            !held.iter().any(|h| h.address() == first),
+            !held.iter().any(|h| Arc::as_ptr(h) == first),
             "the flushed memtable was freed by the keeper"
         );
 
         // Closed, nothing else holds the rest.
         drop(ks);
         drop(db);
-        look(&[], &mut held);
+        look(std::iter::empty(), &mut held);
         assert!(held.is_empty());
     }
 }
