@@ -77,9 +77,10 @@ struct Args {
     /// Events in the replay log.
     #[arg(long, default_value_t = 100_000)]
     replay_events: usize,
-    /// e2e send rate per second (default: half the measured unary-send rate).
-    #[arg(long, default_value_t = 0.0)]
-    e2e_rate: f64,
+    /// e2e send rates per second, comma-separated: one e2e row each, in order, to find the
+    /// rate a latency holds up to; 0 (the default) is half the measured unary-send rate
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    e2e_rate: Vec<f64>,
     /// Body of each echo call, both ways; 64 is the ceiling of the targets, a larger one shows
     /// what a reply's size costs on its own
     #[arg(long, default_value_t = 64)]
@@ -148,6 +149,11 @@ async fn run(mut args: Args) -> Result<(), String> {
             ALL.join(", ")
         ));
     }
+    if let Some(bad) = args.e2e_rate.iter().find(|r| !r.is_finite() || **r < 0.0) {
+        return Err(format!(
+            "--e2e-rate {bad}: a rate is a number of sends per second, 0 or more"
+        ));
+    }
     let k = Knobs {
         connections: args.connections,
         concurrency: args.concurrency,
@@ -155,7 +161,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         window: Duration::from_secs_f64(args.duration),
         streams: args.streams,
         replay_events: args.replay_events,
-        e2e_rate: args.e2e_rate,
+        e2e_rates: args.e2e_rate.clone(),
         echo_bytes: args.echo_bytes,
     };
 
@@ -207,8 +213,8 @@ async fn run(mut args: Args) -> Result<(), String> {
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
         let open_before = scenarios::open_stream_count(&target).await?;
-        // The same scenario driven by h2load, when asked: its own line after this one.
-        let mut external = None;
+        // Rows after this one: the same scenario driven by h2load, or e2e's further rates.
+        let mut extra = Vec::new();
         let mut row = match *name {
             "unary-read" | "unary-send" => {
                 let p = if *name == "unary-read" {
@@ -225,17 +231,32 @@ async fn run(mut args: Args) -> Result<(), String> {
                     eprintln!("phantom-bench: running {name} with h2load ...");
                     let label = format!("{name}/h2load");
                     let h = external::paired(&label, &at, &echo_fixed, &fixed, &k, args.rounds);
-                    external = Some(h.await?);
+                    extra.push(h.await?);
                 }
                 r
             }
             "e2e" => {
-                let rate = if k.e2e_rate > 0.0 {
-                    k.e2e_rate
+                // 0 (or no rate given) stands for half the measured send rate.
+                let half = send_rate.map(|r| r / 2.0).unwrap_or(500.0);
+                let given = if k.e2e_rates.is_empty() {
+                    &[0.0][..]
                 } else {
-                    send_rate.map(|r| r / 2.0).unwrap_or(500.0)
+                    &k.e2e_rates[..]
                 };
-                scenarios::e2e(&target, &k, rate).await?
+                let mut swept = Vec::with_capacity(given.len());
+                for (i, &rate) in given.iter().enumerate() {
+                    let rate = if rate == 0.0 { half } else { rate };
+                    if i > 0 {
+                        // Each rate starts with the streams of the one before gone.
+                        scenarios::quiesce(&target, open_before).await?;
+                    }
+                    let mut r = scenarios::e2e(&target, &k, rate).await?;
+                    r.ratio = r.p99_ms.map(|p| p / ceiling_p99);
+                    swept.push(r);
+                }
+                let first = swept.remove(0);
+                extra = swept;
+                first
             }
             "fanout" => scenarios::fanout(&target, &k).await?,
             // On a fresh server when this tool starts it: memory freed by earlier scenarios
@@ -249,13 +270,13 @@ async fn run(mut args: Args) -> Result<(), String> {
             _ => unreachable!("checked above"),
         };
         row.ratio = match *name {
-            "unary-read" | "unary-send" => row.ratio,
+            "unary-read" | "unary-send" | "e2e" => row.ratio,
             "replay" => row.per_sec.map(|r| r / ceiling),
-            "e2e" | "fanout" => row.p99_ms.map(|p| p / ceiling_p99),
+            "fanout" => row.p99_ms.map(|p| p / ceiling_p99),
             _ => None,
         };
         rows.push(row);
-        rows.extend(external);
+        rows.extend(extra);
         scenarios::quiesce(&target, open_before).await?;
     }
     report(&rows, args.json)

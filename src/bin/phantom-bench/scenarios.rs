@@ -119,8 +119,9 @@ pub struct Knobs {
     pub streams: usize,
     /// Log size for `replay`.
     pub replay_events: usize,
-    /// Send rate for `e2e`; 0 means half of the measured `unary-send` rate.
-    pub e2e_rate: f64,
+    /// Send rates for `e2e`, one run each; none (or a lone 0) means half of the measured
+    /// `unary-send` rate.
+    pub e2e_rates: Vec<f64>,
     /// Body of each echo call (both ways).
     pub echo_bytes: usize,
 }
