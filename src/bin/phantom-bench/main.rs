@@ -161,7 +161,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         window: Duration::from_secs_f64(args.duration),
         streams: args.streams,
         replay_events: args.replay_events,
-        e2e_rates: args.e2e_rate.clone(),
+        e2e_rates: std::mem::take(&mut args.e2e_rate),
         echo_bytes: args.echo_bytes,
     };
 
