@@ -180,6 +180,8 @@ async fn run(mut args: Args) -> Result<(), String> {
     }
     let ceiling = rows[0].per_sec.unwrap_or(0.0);
     let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
+    // A latency scenario's ratio: its p99 over the echo's.
+    let p99_ratio = |r: &Row| r.p99_ms.map(|p| p / ceiling_p99);
 
     // The server under test: started here (and kept until the end), unless --target.
     let (_started, target) = match &args.target {
@@ -251,7 +253,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                         scenarios::quiesce(&target, open_before).await?;
                     }
                     let mut r = scenarios::e2e(&target, &k, rate).await?;
-                    r.ratio = r.p99_ms.map(|p| p / ceiling_p99);
+                    r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }
                 let first = swept.remove(0);
@@ -272,7 +274,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         row.ratio = match *name {
             "unary-read" | "unary-send" | "e2e" => row.ratio,
             "replay" => row.per_sec.map(|r| r / ceiling),
-            "fanout" => row.p99_ms.map(|p| p / ceiling_p99),
+            "fanout" => p99_ratio(&row),
             _ => None,
         };
         rows.push(row);
