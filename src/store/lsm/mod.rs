@@ -245,7 +245,7 @@ impl Tables {
         // The journal goes to the OS once per group (`writer`) and is fsync'd by the syncer.
         // One background worker: in a pool of two or more (fjall 3.1.13, `worker_pool.rs`),
         // worker 0 hands every compaction back to the queue and takes it again at once, a busy
-        // loop for as long as another worker is compacting: 2 µs of CPU per send under
+        // loop for as long as another worker is compacting: 2–4 µs of CPU per send under
         // sustained load, with no gain in flushing or compacting (BENCHMARKS.md, 2026-12-05).
         let db = Database::builder(dir)
             .cache_size(64 << 20)
