@@ -240,8 +240,8 @@ fn keyspace_options() -> KeyspaceCreateOptions {
 
 impl Tables {
     fn open(dir: &Path) -> CoreResult<Self> {
-        // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
-        // and compact in the background.
+        // Hot blocks of the newest log and messages stay in memory; fjall's own thread flushes
+        // and compacts in the background.
         // The journal goes to the OS once per group (`writer`) and is fsync'd by the syncer.
         // One background worker: in a pool of two or more (fjall 3.1.13, `worker_pool.rs`),
         // worker 0 hands every compaction back to the queue and takes it again at once, a busy
