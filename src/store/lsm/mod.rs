@@ -240,17 +240,15 @@ fn keyspace_options() -> KeyspaceCreateOptions {
 
 impl Tables {
     fn open(dir: &Path) -> CoreResult<Self> {
-        // Hot blocks of the newest log and messages stay in memory; fjall's own thread flushes
-        // and compacts in the background.
+        // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
+        // and compact in the background.
         // The journal goes to the OS once per group (`writer`) and is fsync'd by the syncer.
-        // One background worker: in a pool of two or more (fjall 3.1.13, `worker_pool.rs`),
-        // worker 0 hands every compaction back to the queue and takes it again at once, a busy
-        // loop for as long as another worker is compacting: 2–4 µs of CPU per send under
-        // sustained load, with no gain in flushing or compacting (BENCHMARKS.md, 2026-12-05).
+        // fjall's default pool of workers, not one: a single worker stopped flushing in one of
+        // six sustained-load runs, although a pool busy-loops in fjall 3.1.13's worker 0
+        // (ARCHITECTURE.md, "fjall's workers").
         let db = Database::builder(dir)
             .cache_size(64 << 20)
             .manual_journal_persist(true)
-            .worker_threads(1)
             .open()?;
         let ks = |name: &str| db.keyspace(name, keyspace_options);
         Ok(Tables {
