@@ -244,7 +244,7 @@ impl Tables {
         // and compact in the background.
         // The journal goes to the OS once per group (`writer`) and is fsync'd by the syncer.
         // fjall's default pool of workers, not one: a single worker stopped flushing in one of
-        // six sustained-load runs, although a pool busy-loops in fjall 3.1.13's worker 0
+        // eight sustained-load runs, although a pool busy-loops in fjall 3.1.13's worker 0
         // (ARCHITECTURE.md, "fjall's workers").
         let db = Database::builder(dir)
             .cache_size(64 << 20)
