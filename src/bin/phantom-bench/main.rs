@@ -79,7 +79,7 @@ struct Args {
     replay_events: usize,
     /// e2e send rates per second, comma-separated: one e2e row each, in order, to find the
     /// rate a latency holds up to; 0 (the default) is half the measured unary-send rate
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0")]
     e2e_rate: Vec<f64>,
     /// Body of each echo call, both ways; 64 is the ceiling of the targets, a larger one shows
     /// what a reply's size costs on its own
@@ -238,15 +238,10 @@ async fn run(mut args: Args) -> Result<(), String> {
                 r
             }
             "e2e" => {
-                // 0 (or no rate given) stands for half the measured send rate.
+                // 0 (the default) stands for half the measured send rate.
                 let half = send_rate.map(|r| r / 2.0).unwrap_or(500.0);
-                let given = if k.e2e_rates.is_empty() {
-                    &[0.0][..]
-                } else {
-                    &k.e2e_rates[..]
-                };
-                let mut swept = Vec::with_capacity(given.len());
-                for (i, &rate) in given.iter().enumerate() {
+                let mut swept = Vec::with_capacity(k.e2e_rates.len());
+                for (i, &rate) in k.e2e_rates.iter().enumerate() {
                     let rate = if rate == 0.0 { half } else { rate };
                     if i > 0 {
                         // Each rate starts with the streams of the one before gone.

@@ -119,8 +119,8 @@ pub struct Knobs {
     pub streams: usize,
     /// Log size for `replay`.
     pub replay_events: usize,
-    /// Send rates for `e2e`, one run each; a 0 stands for half of the measured `unary-send`
-    /// rate, and none for one run at that rate.
+    /// Send rates for `e2e`, one run each (at least one); a 0 stands for half of the measured
+    /// `unary-send` rate.
     pub e2e_rates: Vec<f64>,
     /// Body of each echo call (both ways).
     pub echo_bytes: usize,
