@@ -1,6 +1,21 @@
-//! Frees fjall's flushed memtables on a thread of our own, outside fjall's locks.
+//! Rotates fjall's memtables, and frees the flushed ones, on a thread of our own.
 //!
-//! fjall drops a flushed memtable when it prunes a keyspace's old versions, at the next memtable
+//! **Rotation.** fjall's own trigger can stop every flush for good (fjall 3.1.13): each write to
+//! a keyspace whose memtable is past `max_memtable_size` queues a `RotateMemtable` message for
+//! fjall's workers (`Keyspace::request_rotation`, `try_send`), so while the workers are busy
+//! the queue (1,000 messages) fills within milliseconds; a worker that then rotates a memtable
+//! sends `Flush` into that full queue and blocks (`inner_rotate_memtable`, a blocking `send`).
+//! With one worker, or two rotating two keyspaces at once, no one is left to drain the queue:
+//! no memtable is rotated or flushed again while writes go on, and memory and journals grow
+//! without bound (seen once in eight sustained runs of the server with one worker; made to
+//! happen in seconds with one worker and with two by a small program writing to five
+//! keyspaces, every worker's stack in that `send`; BENCHMARKS.md, sixteenth session). This
+//! thread rotates a memtable itself once it passes `ROTATE_AT`, below fjall's trigger, so no
+//! write queues a rotation and the workers only ever get `Flush` and `Compact` messages (a
+//! few per rotation). The `Flush` this thread sends cannot block on a full queue, and if it
+//! did, the workers would still drain it.
+//!
+//! **Freeing.** fjall drops a flushed memtable when it prunes a keyspace's old versions, at the next memtable
 //! rotation, and it does so holding that keyspace's version lock (fjall 3.1.13,
 //! `Keyspace::inner_rotate_memtable`; lsm-tree 3.1.10, `SuperVersions::maintenance`). Freeing
 //! a 64 MiB skiplist of a few hundred thousand entries took 70–90 ms of CPU there, and every
@@ -23,8 +38,15 @@ use crate::core::{CoreError, CoreResult};
 
 /// How often the keyspaces are looked at. A memtable lives for seconds under load (from its
 /// first write until its table is written), so none is missed; one freed by fjall before this
-/// saw it is only freed as before.
-const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// saw it is only freed as before. Between two looks a keyspace grows by at most a few MiB
+/// (the event log, the fastest, takes ~30 MiB/s at 40,000 sends/s), far less than the margin
+/// below fjall's own trigger.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// The memtable size at which this thread rotates: 16 MiB below fjall's default
+/// `max_memtable_size` (64 MiB), which every keyspace of ours has (fjall keeps a keyspace's
+/// options from its creation), so fjall's own trigger never fires.
+const ROTATE_AT: u64 = 48 << 20;
 
 /// The keeper thread; dropping it (or `stop`) ends the thread and frees what it holds.
 pub(crate) struct Keeper {
@@ -66,6 +88,7 @@ impl Drop for Keeper {
 fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     let mut held = Vec::new();
     loop {
+        rotate_full(keyspaces, ROTATE_AT);
         look(
             keyspaces.iter().map(|ks| ks.tree.active_memtable()),
             &mut held,
@@ -74,6 +97,20 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
             Err(RecvTimeoutError::Timeout) => {}
             // The store is closing: what is held goes with this thread.
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Rotates the memtable of each keyspace that holds `at` bytes or more; fjall's workers then
+/// flush it.
+fn rotate_full(keyspaces: &[Keyspace], at: u64) {
+    for ks in keyspaces {
+        if ks.tree.active_memtable().size() >= at
+            && let Err(e) = ks.rotate_memtable()
+        {
+            // fjall rotates under its journal's lock; a failure here is the journal's, which
+            // the writer's next commit meets and reports too.
+            tracing::error!(keyspace = %ks.name(), error = %e, "memtable rotation failed");
         }
     }
 }
@@ -92,6 +129,44 @@ fn look<M>(active: impl Iterator<Item = Arc<M>>, held: &mut Vec<Arc<M>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memtable_past_the_size_is_rotated_and_flushed_and_no_other() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = fjall::Database::builder(dir.path()).open().expect("open");
+        let open = |name| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
+        let (big, small) = (
+            open("big").expect("keyspace"),
+            open("small").expect("keyspace"),
+        );
+        big.insert("a", vec![0u8; 4096]).expect("insert");
+        small.insert("a", "1").expect("insert");
+        let (big_id, small_id) = (
+            big.tree.active_memtable().id(),
+            small.tree.active_memtable().id(),
+        );
+
+        rotate_full(&[big.clone(), small.clone()], 4096);
+
+        assert_ne!(
+            big.tree.active_memtable().id(),
+            big_id,
+            "past the size: rotated"
+        );
+        assert_eq!(
+            small.tree.active_memtable().id(),
+            small_id,
+            "under it: left alone"
+        );
+        // fjall's workers flush what was rotated: the value is then read from a table.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while big.tree.sealed_memtable_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never flushed");
+            std::thread::yield_now();
+        }
+        assert_eq!(big.tree.table_count(), 1, "flushed to one table");
+        assert_eq!(big.get("a").expect("get").map(|v| v.len()), Some(4096));
+    }
 
     #[test]
     fn a_memtable_is_freed_here_once_fjall_lets_go_of_it() {

@@ -243,12 +243,14 @@ impl Tables {
         // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
         // and compact in the background.
         // The journal goes to the OS once per group (`writer`) and is fsync'd by the syncer.
-        // fjall's default pool of workers, not one: a single worker stopped flushing in one of
-        // eight sustained-load runs, although a pool busy-loops in fjall 3.1.13's worker 0
-        // (ARCHITECTURE.md, "fjall's workers").
+        // One worker: in a pool, fjall 3.1.13's worker 0 busy-loops while another compacts.
+        // One worker alone is safe only because `memtables` rotates instead of fjall, whose
+        // trigger can leave every worker blocked on its own full queue (ARCHITECTURE.md,
+        // "fjall's workers").
         let db = Database::builder(dir)
             .cache_size(64 << 20)
             .manual_journal_persist(true)
+            .worker_threads(1)
             .open()?;
         let ks = |name: &str| db.keyspace(name, keyspace_options);
         Ok(Tables {
