@@ -12,11 +12,11 @@
 //! keyspaces, every worker's stack in that `send`; BENCHMARKS.md, sixteenth session). This
 //! thread rotates a memtable itself once it passes `ROTATE_AT`, below fjall's trigger, so no
 //! write queues a rotation and the workers only ever get `Flush` and `Compact` messages (a
-//! few per rotation). The `Flush` this thread sends cannot block on a full queue, and if it
-//! did, the workers would still drain it.
+//! few per rotation). Were that queue ever full, this thread's `Flush` would wait for the
+//! workers to drain it, not a worker for itself.
 //!
-//! **Freeing.** fjall drops a flushed memtable when it prunes a keyspace's old versions, at the next memtable
-//! rotation, and it does so holding that keyspace's version lock (fjall 3.1.13,
+//! **Freeing.** fjall drops a flushed memtable when it prunes a keyspace's old versions, at the
+//! next memtable rotation, and it does so holding that keyspace's version lock (fjall 3.1.13,
 //! `Keyspace::inner_rotate_memtable`; lsm-tree 3.1.10, `SuperVersions::maintenance`). Freeing
 //! a 64 MiB skiplist of a few hundred thousand entries took 70–90 ms of CPU there, and every
 //! write to the keyspace waits for that lock meanwhile: the writer's next commit, and with it
@@ -24,8 +24,9 @@
 //! reference to every memtable it sees, so fjall's drop only lets go of one reference; once
 //! the only one left is ours, the memtable is freed here, where nothing waits for it.
 //!
-//! `Keyspace::tree` and `AbstractTree` are public but hidden from fjall's docs; if a later
-//! fjall frees memtables outside the lock itself, this module can go.
+//! `Keyspace::tree`, `Keyspace::rotate_memtable` and `AbstractTree` are public but hidden from
+//! fjall's docs; a later fjall that frees memtables outside the lock and whose rotation cannot
+//! block a worker would let this module go.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -38,9 +39,9 @@ use crate::core::{CoreError, CoreResult};
 
 /// How often the keyspaces are looked at. A memtable lives for seconds under load (from its
 /// first write until its table is written), so none is missed; one freed by fjall before this
-/// saw it is only freed as before. Between two looks a keyspace grows by at most a few MiB
-/// (the event log, the fastest, takes ~30 MiB/s at 40,000 sends/s), far less than the margin
-/// below fjall's own trigger.
+/// saw it is only freed as before. Between two looks a keyspace grows by about a MiB at most
+/// (a send writes ~1.3 KiB in all, so 40,000 sends/s put well under 64 MiB/s into any one
+/// keyspace), far less than the 16 MiB margin below fjall's own trigger.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// The memtable size at which this thread rotates: 16 MiB below fjall's default

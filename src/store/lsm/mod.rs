@@ -246,7 +246,7 @@ impl Tables {
         // One worker: in a pool, fjall 3.1.13's worker 0 busy-loops while another compacts.
         // One worker alone is safe only because `memtables` rotates instead of fjall, whose
         // trigger can leave every worker blocked on its own full queue (ARCHITECTURE.md,
-        // "fjall's workers").
+        // "fjall's workers and memtable rotation").
         let db = Database::builder(dir)
             .cache_size(64 << 20)
             .manual_journal_persist(true)
