@@ -20,11 +20,11 @@
 //! | `handles` | handle | account row |
 //! | `tokens` | token id (16 bytes) | `StoredToken` (JSON) |
 //! | `contacts` | owner row, peer row | `ContactRecord` fields (JSON) |
-//! | `messages` | message row | `pb::Message` (protobuf; its `state` as sent, see below) |
+//! | `messages` | message row | `pb::Message` (protobuf, ids raw: `records`; `state` as sent, below) |
 //! | `message_ids` | message id (16 bytes) | `MessageIndex`: row, recipient row, sender id, state |
 //! | `conversations` | pair of account rows (`pair_key`), message row | empty |
 //! | `client_ids` | sender row, `client_message_id` | message row |
-//! | `events` | account row, seq | `pb::Event` (protobuf, with its message whole) |
+//! | `events` | account row, seq | `pb::Event` (protobuf, ids raw: `records`; its message whole) |
 //! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
 //!
 //! A message's state lives in its `message_ids` entry, not in its record, so that a receipt is
@@ -34,6 +34,7 @@
 
 mod journal;
 mod memtables;
+mod records;
 mod writer;
 
 use std::path::Path;
@@ -43,7 +44,6 @@ use std::thread::JoinHandle;
 use fjall::config::CompressionPolicy;
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions};
 use futures::future::BoxFuture;
-use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -307,7 +307,7 @@ impl Tables {
             .messages
             .get(be(row))?
             .ok_or_else(|| CoreError::Internal(format!("message row {row} is missing")))?;
-        let mut m = pb::Message::decode(&*v).map_err(CoreError::internal)?;
+        let mut m = records::decode_message(&v)?;
         let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
         if let Some(MessageIndex { state: Some(s), .. }) = self.message_index(id)? {
             m.state = s.state;
@@ -501,7 +501,7 @@ impl Store for LsmStore {
                 .events
                 .range(key2(row, after.saturating_add(1))..=key2(row, u64::MAX));
             for g in range.take(limit) {
-                out.push(pb::Event::decode(&*g.value()?).map_err(CoreError::internal)?);
+                out.push(records::decode_event(&g.value()?)?);
             }
             durable.keep_durable(account, &mut out);
             Ok(out)

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fjall::{OwnedWriteBatch, PersistMode};
-use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::records::{encode_event, encode_message};
 use super::{
     IndexedState, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
     int_at, key2, to_json,
@@ -387,8 +387,11 @@ impl Tx<'_> {
             .ok_or_else(|| CoreError::Internal(format!("no account {account} to log for")))?;
         a.head += 1;
         event.seq = a.head;
-        self.batch
-            .insert(&self.t.events, key2(a.row, a.head), event.encode_to_vec());
+        self.batch.insert(
+            &self.t.events,
+            key2(a.row, a.head),
+            encode_event(&mut event),
+        );
         if a.head > retention {
             self.batch
                 .remove(&self.t.events, key2(a.row, a.head - retention));
@@ -405,9 +408,9 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn put_message(&mut self, row: i64, m: &pb::Message) {
+    fn put_message(&mut self, row: i64, m: &mut pb::Message) {
         self.batch
-            .insert(&self.t.messages, be(row), m.encode_to_vec());
+            .insert(&self.t.messages, be(row), encode_message(m));
     }
 
     /// Writes a message's index entry whole, with its state.
@@ -609,7 +612,7 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     }
     let row = tx.st.next_message;
     tx.st.next_message += 1;
-    tx.put_message(row, &m);
+    tx.put_message(row, &mut m);
     tx.put_state(id, row, recipient_row, sender, m.state);
     let pair = pair_key(sender_row, recipient_row);
     tx.batch
@@ -754,6 +757,7 @@ fn mark_delivered(
 mod tests {
     use super::*;
     use crate::core::{AccountRecord, PresenceStatus, TokenRecord};
+    use crate::store::lsm::records::{decode_event, decode_message};
 
     fn create(t: &Tables, st: &mut State, d: &Durable, handle: &str) -> AccountId {
         let id = Uuid::new_v4();
@@ -839,7 +843,7 @@ mod tests {
         for kv in t.events.iter() {
             let (k, v) = kv.into_inner().unwrap();
             raw += (k.len() + v.len()) as u64;
-            if let Some(Kind::MessageReceived(r)) = pb::Event::decode(&v[..]).unwrap().kind {
+            if let Some(Kind::MessageReceived(r)) = decode_event(&v).unwrap().kind {
                 received.push(r.message.unwrap().message_id);
             }
         }
@@ -1001,9 +1005,6 @@ mod tests {
         assert_eq!(state_of(&t, old), MessageState::Read as i32);
         // The record itself still says how the message was sent.
         let v = t.messages.get(be(row)).unwrap().unwrap();
-        assert_eq!(
-            pb::Message::decode(&*v).unwrap().state,
-            MessageState::Sent as i32
-        );
+        assert_eq!(decode_message(&v).unwrap().state, MessageState::Sent as i32);
     }
 }
