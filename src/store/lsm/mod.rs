@@ -20,7 +20,7 @@
 //! | `handles` | handle | account row |
 //! | `tokens` | token id (16 bytes) | `StoredToken` (JSON) |
 //! | `contacts` | owner row, peer row | `ContactRecord` fields (JSON) |
-//! | `messages` | message row | `pb::Message` (protobuf, ids raw: `records`; `state` as sent, below) |
+//! | `messages` | message row | `pb::Message` (protobuf, ids raw: `records`; `state` as sent) |
 //! | `message_ids` | message id (16 bytes) | `MessageIndex`: row, recipient row, sender id, state |
 //! | `conversations` | pair of account rows (`pair_key`), message row | empty |
 //! | `client_ids` | sender row, `client_message_id` | message row |

@@ -2,12 +2,15 @@
 //! protobuf, except that the ids which are UUIDs (a message's own, its sender's and its
 //! recipient's, an event's) are stored as 16 raw bytes each in fields of their own (tags
 //! `IDS` and `EVENT_ID`, reserved in `phantom.proto`), not as 36 characters of text. A send
-//! stores its message three times (its record and two events), so this takes 231 of the
-//! ~800 bytes a send puts in the journal and the memtables, and later in the tables.
+//! stores its message three times (its record and two events), so this takes 231 bytes off
+//! those three records (675 → 444 bytes with a 49-byte text), in the journal, the memtables and
+//! the tables.
 //!
-//! Protobuf merges fields wherever they appear, so a record is the message (or event) with
-//! those strings left empty, followed by the raw ids. A record written before 2026-12-05 has
-//! its ids as text and no raw ids: it reads back as it was.
+//! A record is the raw ids' fields, then the message (or event) with those strings left empty:
+//! one protobuf, since fields may come in any order. Putting the raw ids first lets a read
+//! take them off the front without a second pass over the record, and without allocating.
+//! A record written before 2026-12-05 has its ids as text and no raw ids: it reads back as it
+//! was.
 
 use prost::Message as _;
 use uuid::Uuid;
@@ -19,32 +22,28 @@ use crate::pb::{self, event::Kind};
 const IDS: u32 = 1000;
 /// An event's id, raw.
 const EVENT_ID: u32 = 1001;
-
-/// The raw ids of a record; the rest of its bytes are skipped when it is read into this.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawIds {
-    #[prost(bytes = "vec", tag = "1000")]
-    ids: Vec<u8>,
-    #[prost(bytes = "vec", tag = "1001")]
-    event_id: Vec<u8>,
-}
+/// Bytes of the `IDS` field: a two-byte key, a one-byte length, three ids.
+const RAW_IDS_LEN: usize = 3 + 48;
+/// Bytes of the `EVENT_ID` field.
+const RAW_EVENT_ID_LEN: usize = 3 + 16;
 
 /// The stored bytes of a message.
 pub(super) fn encode_message(m: &mut pb::Message) -> Vec<u8> {
-    let taken = take_ids(m);
-    let mut out = m.encode_to_vec();
-    if let Some((raw, strings)) = taken {
-        put_ids(m, strings);
-        append_raw(&mut out, IDS, &raw);
-    }
+    let Some((raw, strings)) = take_ids(m) else {
+        return m.encode_to_vec();
+    };
+    let mut out = Vec::with_capacity(RAW_IDS_LEN + m.encoded_len());
+    append_raw(&mut out, IDS, &raw);
+    m.encode_raw(&mut out);
+    put_ids(m, strings);
     out
 }
 
 /// A message from its stored bytes.
 pub(super) fn decode_message(bytes: &[u8]) -> CoreResult<pb::Message> {
-    let mut m = pb::Message::decode(bytes).map_err(CoreError::internal)?;
-    let raw = RawIds::decode(bytes).map_err(CoreError::internal)?;
-    restore_ids(&mut m, &raw.ids)?;
+    let raw = Raw::split(bytes)?;
+    let mut m = pb::Message::decode(raw.rest).map_err(CoreError::internal)?;
+    restore_ids(&mut m, raw.ids)?;
     Ok(m)
 }
 
@@ -55,31 +54,68 @@ pub(super) fn encode_event(e: &mut pb::Event) -> Vec<u8> {
         .ok()
         .map(|id| (id, std::mem::take(&mut e.event_id)));
     let taken = message_of(e).and_then(take_ids);
-    let mut out = e.encode_to_vec();
-    if let Some((raw, strings)) = taken {
-        if let Some(m) = message_of(e) {
-            put_ids(m, strings);
-        }
-        append_raw(&mut out, IDS, &raw);
+    let mut out = Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + e.encoded_len());
+    if let Some((raw, _)) = &taken {
+        append_raw(&mut out, IDS, raw);
     }
-    if let Some((id, text)) = event_id {
-        e.event_id = text;
+    if let Some((id, _)) = &event_id {
         append_raw(&mut out, EVENT_ID, id.as_bytes());
+    }
+    e.encode_raw(&mut out);
+    if let (Some((_, strings)), Some(m)) = (taken, message_of(e)) {
+        put_ids(m, strings);
+    }
+    if let Some((_, text)) = event_id {
+        e.event_id = text;
     }
     out
 }
 
 /// An event from its stored bytes.
 pub(super) fn decode_event(bytes: &[u8]) -> CoreResult<pb::Event> {
-    let mut e = pb::Event::decode(bytes).map_err(CoreError::internal)?;
-    let raw = RawIds::decode(bytes).map_err(CoreError::internal)?;
+    let raw = Raw::split(bytes)?;
+    let mut e = pb::Event::decode(raw.rest).map_err(CoreError::internal)?;
     if !raw.event_id.is_empty() {
-        e.event_id = uuid_text(&raw.event_id)?;
+        e.event_id = uuid_text(raw.event_id)?;
     }
     if let Some(m) = message_of(&mut e) {
-        restore_ids(m, &raw.ids)?;
+        restore_ids(m, raw.ids)?;
     }
     Ok(e)
+}
+
+/// A record taken apart: the raw ids it starts with (empty if none), and the rest.
+struct Raw<'a> {
+    ids: &'a [u8],
+    event_id: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Raw<'a> {
+    fn split(mut bytes: &'a [u8]) -> CoreResult<Self> {
+        use prost::encoding::{WireType, decode_key, decode_varint};
+        let (mut ids, mut event_id): (&[u8], &[u8]) = (&[], &[]);
+        loop {
+            let mut rest = bytes;
+            let slot = match decode_key(&mut rest) {
+                Ok((IDS, WireType::LengthDelimited)) => &mut ids,
+                Ok((EVENT_ID, WireType::LengthDelimited)) => &mut event_id,
+                // The message's own fields (or nothing): the raw ids, if any, are behind.
+                _ => break,
+            };
+            let len = decode_varint(&mut rest).map_err(CoreError::internal)?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&n| n <= rest.len())
+                .ok_or_else(|| CoreError::Internal("a stored id field is cut short".into()))?;
+            (*slot, bytes) = rest.split_at(len);
+        }
+        Ok(Raw {
+            ids,
+            event_id,
+            rest: bytes,
+        })
+    }
 }
 
 fn message_of(e: &mut pb::Event) -> Option<&mut pb::Message> {
@@ -132,9 +168,12 @@ fn restore_ids(m: &mut pb::Message, raw: &[u8]) -> CoreResult<()> {
 }
 
 fn uuid_text(raw: &[u8]) -> CoreResult<String> {
-    Uuid::from_slice(raw)
-        .map(|u| u.to_string())
-        .map_err(CoreError::internal)
+    let id = Uuid::from_slice(raw).map_err(CoreError::internal)?;
+    // Straight into a buffer: half the time of `to_string`'s formatting machinery.
+    Ok(id
+        .hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned())
 }
 
 fn append_raw(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
@@ -223,8 +262,11 @@ mod tests {
 
     #[test]
     fn raw_ids_of_the_wrong_length_are_an_error() {
-        let mut stored = message().encode_to_vec();
+        let mut stored = Vec::new();
         append_raw(&mut stored, IDS, &[1; 20]);
+        message().encode_raw(&mut stored);
         assert!(decode_message(&stored).is_err());
+        // A length past the end of the record.
+        assert!(decode_message(&stored[..10]).is_err());
     }
 }
