@@ -2,8 +2,8 @@
 //!
 //! A write appends to fjall's journal and inserts into its memtables; sorted tables are written
 //! and compacted by fjall's own background threads, in long sequential runs. A SendMessage
-//! costs the journal about 1 KiB of appended bytes instead of the several 4 KiB B-tree pages
-//! SQLite rewrites per send (BENCHMARKS.md): that is what this engine is for. One writer
+//! costs the journal well under 1 KiB of appended bytes instead of the several 4 KiB B-tree
+//! pages SQLite rewrites per send (BENCHMARKS.md): that is what this engine is for. One writer
 //! thread (`writer`) applies every durable change, each as one atomic fjall batch (a run of
 //! consecutive sends as one); each group of them then goes to the syncer thread, which
 //! fdatasyncs the journal once for every group waiting before anything is answered or
