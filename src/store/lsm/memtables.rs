@@ -31,7 +31,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fjall::{AbstractTree, Keyspace};
 
@@ -40,7 +40,7 @@ use crate::core::{CoreError, CoreResult};
 /// How often the keyspaces are looked at. A memtable lives for seconds under load (from its
 /// first write until its table is written), so none is missed; one freed by fjall before this
 /// saw it is only freed as before. Between two looks a keyspace grows by about a MiB at most
-/// (a send writes ~1.3 KiB in all, so 40,000 sends/s put well under 64 MiB/s into any one
+/// (a send writes ~1.2 KiB in all, so 40,000 sends/s put well under 64 MiB/s into any one
 /// keyspace), far less than the 16 MiB margin below fjall's own trigger.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
@@ -86,10 +86,14 @@ impl Drop for Keeper {
     }
 }
 
+/// How often a rotation that keeps failing is logged again.
+const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
+
 fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     let mut held = Vec::new();
+    let mut failures: Vec<Failures> = keyspaces.iter().map(|_| Failures::default()).collect();
     loop {
-        rotate_full(keyspaces, ROTATE_AT);
+        rotate_full(keyspaces, ROTATE_AT, &mut failures);
         look(
             keyspaces.iter().map(|ks| ks.tree.active_memtable()),
             &mut held,
@@ -103,15 +107,59 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
 }
 
 /// Rotates the memtable of each keyspace that holds `at` bytes or more; fjall's workers then
-/// flush it.
-fn rotate_full(keyspaces: &[Keyspace], at: u64) {
-    for ks in keyspaces {
-        if ks.tree.active_memtable().size() >= at
-            && let Err(e) = ks.rotate_memtable()
-        {
+/// flush it. `failures` has one entry per keyspace.
+fn rotate_full(keyspaces: &[Keyspace], at: u64, failures: &mut [Failures]) {
+    for (ks, failures) in keyspaces.iter().zip(failures) {
+        if ks.tree.active_memtable().size() < at {
+            continue;
+        }
+        match ks.rotate_memtable() {
+            Ok(_) => failures.ended(|failed| {
+                tracing::info!(keyspace = %ks.name(), failed, "memtable rotation works again");
+            }),
             // fjall rotates under its journal's lock; a failure here is the journal's, which
             // the writer's next commit meets and reports too.
-            tracing::error!(keyspace = %ks.name(), error = %e, "memtable rotation failed");
+            Err(e) => failures.failed(Instant::now(), |failed| {
+                tracing::error!(
+                    keyspace = %ks.name(), error = %e, failed,
+                    "memtable rotation failed",
+                );
+            }),
+        }
+    }
+}
+
+/// A keyspace's run of failed rotations, logged when it starts and then once per
+/// `COMPLAIN_EVERY` (this thread tries again every `LOOK_EVERY`, so a journal that keeps failing
+/// would otherwise log fifty errors a second), and when it ends.
+#[derive(Default)]
+struct Failures {
+    /// Failures in the run so far, and when the last was logged.
+    run: Option<(u64, Instant)>,
+}
+
+impl Failures {
+    /// Counts a failure; `log` is called with the run's count when it is time to say so.
+    fn failed(&mut self, now: Instant, log: impl FnOnce(u64)) {
+        match &mut self.run {
+            Some((failed, logged)) => {
+                *failed += 1;
+                if now.duration_since(*logged) >= COMPLAIN_EVERY {
+                    *logged = now;
+                    log(*failed);
+                }
+            }
+            None => {
+                self.run = Some((1, now));
+                log(1);
+            }
+        }
+    }
+
+    /// Ends a run of failures, if there was one; `log` is called with its count.
+    fn ended(&mut self, log: impl FnOnce(u64)) {
+        if let Some((failed, _)) = self.run.take() {
+            log(failed);
         }
     }
 }
@@ -147,7 +195,11 @@ mod tests {
             small.tree.active_memtable().id(),
         );
 
-        rotate_full(&[big.clone(), small.clone()], 4096);
+        rotate_full(
+            &[big.clone(), small.clone()],
+            4096,
+            &mut [Failures::default(), Failures::default()],
+        );
 
         assert_ne!(
             big.tree.active_memtable().id(),
@@ -167,6 +219,28 @@ mod tests {
         }
         assert_eq!(big.tree.table_count(), 1, "flushed to one table");
         assert_eq!(big.get("a").expect("get").map(|v| v.len()), Some(4096));
+    }
+
+    #[test]
+    fn failed_rotations_are_logged_when_they_start_then_every_so_often() {
+        let mut f = Failures::default();
+        let mut logged = Vec::new();
+        let t0 = Instant::now();
+        f.ended(|n| logged.push(("ended", n)));
+        assert!(logged.is_empty(), "no run, nothing to say");
+        f.failed(t0, |n| logged.push(("failed", n)));
+        for i in 1..500 {
+            f.failed(t0 + LOOK_EVERY * i, |n| logged.push(("failed", n)));
+        }
+        // 500 failures over ten seconds: the first is logged, then one at ten seconds.
+        assert_eq!(logged, [("failed", 1)]);
+        f.failed(t0 + COMPLAIN_EVERY, |n| logged.push(("failed", n)));
+        f.ended(|n| logged.push(("ended", n)));
+        f.ended(|n| logged.push(("ended", n)));
+        assert_eq!(logged, [("failed", 1), ("failed", 501), ("ended", 501)]);
+        // A new run is logged at once.
+        f.failed(t0 + COMPLAIN_EVERY, |n| logged.push(("failed", n)));
+        assert_eq!(logged.last(), Some(&("failed", 1)));
     }
 
     #[test]
