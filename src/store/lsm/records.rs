@@ -50,9 +50,7 @@ pub(super) fn decode_message(bytes: &[u8]) -> CoreResult<pb::Message> {
 /// The stored bytes of an event; a MessageSent's or MessageReceived's message as in
 /// `encode_message`.
 pub(super) fn encode_event(e: &mut pb::Event) -> Vec<u8> {
-    let event_id = Uuid::try_parse(&e.event_id)
-        .ok()
-        .map(|id| (id, std::mem::take(&mut e.event_id)));
+    let event_id = canonical(&e.event_id).map(|id| (id, std::mem::take(&mut e.event_id)));
     let taken = message_of(e).and_then(take_ids);
     let mut out = Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + e.encoded_len());
     if let Some((raw, _)) = &taken {
@@ -126,15 +124,22 @@ fn message_of(e: &mut pb::Event) -> Option<&mut pb::Message> {
     }
 }
 
-/// Takes a message's three ids out of it, raw and as text, if all three are UUIDs (they always
-/// are when the server made them; anything else stays text).
+/// The UUID written as `text`, if `text` is how `uuid_text` writes it back (lowercase,
+/// hyphenated: how the server writes every id), so that a record reads back exactly as given.
+fn canonical(text: &str) -> Option<Uuid> {
+    let id = Uuid::try_parse(text).ok()?;
+    (id.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == text).then_some(id)
+}
+
+/// Takes a message's three ids out of it, raw and as text, if all three are UUIDs in their
+/// canonical form (they always are when the server made them; anything else stays text).
 fn take_ids(m: &mut pb::Message) -> Option<([u8; 48], [String; 3])> {
     let mut raw = [0u8; 48];
     for (slot, id) in raw
         .chunks_exact_mut(16)
         .zip([&m.message_id, &m.sender_id, &m.recipient_id])
     {
-        slot.copy_from_slice(Uuid::try_parse(id).ok()?.as_bytes());
+        slot.copy_from_slice(canonical(id)?.as_bytes());
     }
     let strings = [
         std::mem::take(&mut m.message_id),
@@ -251,13 +256,20 @@ mod tests {
     }
 
     #[test]
-    fn ids_that_are_not_uuids_stay_text() {
-        let mut m = message();
-        m.sender_id = "not-a-uuid".into();
-        let before = m.clone();
-        let stored = encode_message(&mut m);
-        assert_eq!(stored, before.encode_to_vec());
-        assert_eq!(decode_message(&stored).unwrap(), before);
+    fn ids_that_are_not_uuids_in_their_usual_form_stay_text() {
+        let id = Uuid::new_v4();
+        for other in [
+            "not-a-uuid".to_string(),
+            id.hyphenated().to_string().to_uppercase(),
+            id.simple().to_string(),
+        ] {
+            let mut m = message();
+            m.sender_id = other;
+            let before = m.clone();
+            let stored = encode_message(&mut m);
+            assert_eq!(stored, before.encode_to_vec());
+            assert_eq!(decode_message(&stored).unwrap(), before);
+        }
     }
 
     #[test]
