@@ -35,6 +35,48 @@ pub fn spawn_woken<T: Send + 'static>(
         })
 }
 
+/// The nice value for background threads: fjall's worker, whose flushes take one of the two
+/// CPUs for a third of a second or more at a time; at its default priority the threads a
+/// message crosses queue behind it meanwhile and `e2e`'s slow messages come in those
+/// episodes (BENCHMARKS.md, seventeenth session). At 19 it runs when they do not need the CPU;
+/// it still gets a small share under full load (in a 300 s run at full load it kept up, with
+/// no write halt).
+pub const BACKGROUND_NICE: i32 = 19;
+
+/// Gives every thread of this process whose name starts with `prefix` the nice value `nice`
+/// (a thread's nice can be raised without privilege). Returns how many it set: none where
+/// this system has no per-thread nice, or no such thread has named itself yet.
+#[cfg(target_os = "linux")]
+pub fn lower_priority_of(prefix: &str, nice: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut set = 0;
+    for task in tasks.flatten() {
+        let named = std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|comm| comm.starts_with(prefix));
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: plain system call on a thread id of this process; on Linux PRIO_PROCESS
+        // with a thread id sets that thread's nice alone.
+        if named && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
+            set += 1;
+        }
+    }
+    set
+}
+
+/// No per-thread nice here: nothing is changed.
+#[cfg(not(target_os = "linux"))]
+pub fn lower_priority_of(_prefix: &str, _nice: i32) -> usize {
+    0
+}
+
 /// `struct sched_attr` (include/uapi/linux/sched/types.h) up to `SCHED_ATTR_SIZE_VER1`.
 #[cfg(target_os = "linux")]
 #[repr(C)]
@@ -134,6 +176,38 @@ mod tests {
             assert_ne!(before, SHORT_SLICE_NS, "the default slice is not the hint");
             assert_eq!(after, SHORT_SLICE_NS);
         }
+    }
+
+    #[test]
+    fn threads_named_with_the_prefix_get_the_nice_value_and_no_other() {
+        let nice_of = |tid: libc::pid_t| {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            // Field 19 is nice; fields after the parenthesised name have no spaces inside.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
+        };
+        let spawn = |name: &str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    // SAFETY: gettid has no arguments and cannot fail.
+                    tx.send(unsafe { libc::gettid() }).unwrap();
+                    let _ = stop_rx.recv();
+                })
+                .unwrap();
+            (rx.recv().unwrap(), stop_tx, t)
+        };
+        let (bg, stop_bg, t_bg) = spawn("test-bg-nice");
+        let (fg, stop_fg, t_fg) = spawn("test-fg-nice");
+        let inherited = nice_of(fg);
+        assert!(lower_priority_of("test-bg-", BACKGROUND_NICE) >= 1);
+        assert_eq!(nice_of(bg), BACKGROUND_NICE);
+        assert_eq!(nice_of(fg), inherited, "another name is left as it was");
+        drop((stop_bg, stop_fg));
+        t_bg.join().unwrap();
+        t_fg.join().unwrap();
     }
 
     #[test]

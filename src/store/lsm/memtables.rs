@@ -1,4 +1,5 @@
-//! Rotates fjall's memtables, and frees the flushed ones, on a thread of our own.
+//! Rotates fjall's memtables, and frees the flushed ones, on a thread of our own; it also
+//! gives fjall's worker thread a background priority (`sched::BACKGROUND_NICE`).
 //!
 //! **Rotation.** fjall's own trigger can stop every flush for good (fjall 3.1.13): each write to
 //! a keyspace whose memtable is past `max_memtable_size` queues a `RotateMemtable` message for
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 use fjall::{AbstractTree, Keyspace};
 
 use crate::core::{CoreError, CoreResult};
+use crate::sched;
 
 /// How often the keyspaces are looked at. A memtable lives for seconds under load (from its
 /// first write until its table is written), so none is missed; one freed by fjall before this
@@ -89,10 +91,18 @@ impl Drop for Keeper {
 /// How often a rotation that keeps failing is logged again.
 const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
 
+/// fjall's worker threads' name (fjall 3.1.13, `worker_pool.rs`).
+const FJALL_WORKER: &str = "fjall:worker";
+
 fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     let mut held = Vec::new();
     let mut failures: Vec<Failures> = keyspaces.iter().map(|_| Failures::default()).collect();
+    // fjall's worker names itself once it runs, so it is looked for until found.
+    let mut worker_niced = false;
     loop {
+        if !worker_niced {
+            worker_niced = sched::lower_priority_of(FJALL_WORKER, sched::BACKGROUND_NICE) > 0;
+        }
         rotate_full(keyspaces, ROTATE_AT, &mut failures);
         look(
             keyspaces.iter().map(|ks| ks.tree.active_memtable()),
