@@ -97,11 +97,19 @@ const FJALL_WORKER: &str = "fjall:worker";
 fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     let mut held = Vec::new();
     let mut failures: Vec<Failures> = keyspaces.iter().map(|_| Failures::default()).collect();
-    // fjall's worker names itself once it runs, so it is looked for until found.
-    let mut worker_niced = false;
+    // fjall's worker names itself once it runs, so it is looked for until found, for a second
+    // at most (were fjall to name it differently, it would be looked for forever).
+    let mut looks_for_worker = 50;
     loop {
-        if !worker_niced {
-            worker_niced = sched::lower_priority_of(FJALL_WORKER, sched::BACKGROUND_NICE) > 0;
+        if looks_for_worker > 0 {
+            looks_for_worker -= 1;
+            if sched::lower_priority_of(FJALL_WORKER, sched::BACKGROUND_NICE) > 0 {
+                looks_for_worker = 0;
+            } else if looks_for_worker == 0 {
+                tracing::debug!(
+                    "no {FJALL_WORKER} thread found: fjall's worker keeps its priority"
+                );
+            }
         }
         rotate_full(keyspaces, ROTATE_AT, &mut failures);
         look(
