@@ -51,24 +51,17 @@ pub fn lower_priority_of(prefix: &str, nice: i32) -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
-    let mut set = 0;
-    for task in tasks.flatten() {
-        let named = std::fs::read_to_string(task.path().join("comm"))
-            .is_ok_and(|comm| comm.starts_with(prefix));
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<libc::id_t>().ok())
-        else {
-            continue;
-        };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
+        })
+        .filter_map(|task| task.file_name().to_str()?.parse::<libc::id_t>().ok())
         // SAFETY: plain system call on a thread id of this process; on Linux PRIO_PROCESS
         // with a thread id sets that thread's nice alone.
-        if named && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
-            set += 1;
-        }
-    }
-    set
+        .filter(|&tid| unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0)
+        .count()
 }
 
 /// No per-thread nice here: nothing is changed.

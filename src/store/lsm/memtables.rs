@@ -230,9 +230,9 @@ mod tests {
             "under it: left alone"
         );
         // fjall's workers flush what was rotated: the value is then read from a table.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while big.tree.sealed_memtable_count() > 0 {
-            assert!(std::time::Instant::now() < deadline, "never flushed");
+            assert!(Instant::now() < deadline, "never flushed");
             std::thread::yield_now();
         }
         assert_eq!(big.tree.table_count(), 1, "flushed to one table");
