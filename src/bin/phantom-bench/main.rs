@@ -85,6 +85,11 @@ struct Args {
     /// what a reply's size costs on its own
     #[arg(long, default_value_t = 64)]
     echo_bytes: usize,
+    /// Write every e2e message's send and receive times to this file (one section per rate,
+    /// its clock in Unix time), to line slow messages up with what the server did meanwhile
+    /// (BENCHMARKS.md, "Where e2e's slow messages fall")
+    #[arg(long)]
+    e2e_trace: Option<std::path::PathBuf>,
     /// Serve the echo ceiling through the server's own connection wrapper (`net::Coalesced`:
     /// writes held and batched) instead of bare tonic, to compare like with like
     #[arg(long)]
@@ -163,7 +168,12 @@ async fn run(mut args: Args) -> Result<(), String> {
         replay_events: args.replay_events,
         e2e_rates: std::mem::take(&mut args.e2e_rate),
         echo_bytes: args.echo_bytes,
+        e2e_trace: args.e2e_trace.clone(),
     };
+    // Emptied (or made) now, so that a path that cannot be written fails before any load.
+    if let Some(path) = &k.e2e_trace {
+        std::fs::write(path, "").map_err(|e| format!("--e2e-trace {}: {e}", path.display()))?;
+    }
 
     if args.h2load {
         external::check_installed().await?;

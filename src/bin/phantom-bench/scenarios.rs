@@ -156,6 +156,59 @@ pub struct Knobs {
     pub e2e_rates: Vec<f64>,
     /// Body of each echo call (both ways).
     pub echo_bytes: usize,
+    /// Where `e2e` appends each message's send and receive times (`--e2e-trace`).
+    pub e2e_trace: Option<std::path::PathBuf>,
+}
+
+/// Most messages one `e2e` run keeps for its trace (16 bytes each): a run of 10 minutes at
+/// 16,000/s fits.
+const TRACE_MAX: usize = 10_000_000;
+
+/// What `e2e`'s readers record of each message: its latency, and its times for a trace.
+struct Received {
+    latencies: Histogram<u64>,
+    /// (sent, received) in µs since the run's clock started, when a trace is asked for.
+    trace: Option<Vec<(u64, u64)>>,
+}
+
+impl Received {
+    fn record(&mut self, sent: u64, now: u64) {
+        let _ = self.latencies.record(now.saturating_sub(sent).max(1));
+        if let Some(t) = self.trace.as_mut().filter(|t| t.len() < TRACE_MAX) {
+            t.push((sent, now));
+        }
+    }
+}
+
+/// Appends one `e2e` run's trace to `path`: a header that places the run's clock in Unix time
+/// (to line it up with samples taken on the server's side), then one line per message
+/// received, its send and receive times in µs on that clock, in the order received.
+fn append_trace(
+    path: &std::path::Path,
+    rate: f64,
+    clock_unix_us: u128,
+    measured_from_us: u64,
+    trace: &[(u64, u64)],
+) -> Result<(), String> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("--e2e-trace {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(
+        out,
+        "# e2e at {rate:.0}/s: clock 0 = {clock_unix_us} µs Unix time; measured from \
+         {measured_from_us} µs; columns: sent_us received_us"
+    )
+    .and_then(|()| {
+        trace
+            .iter()
+            .try_for_each(|(sent, got)| writeln!(out, "{sent} {got}"))
+    })
+    .and_then(|()| out.flush())
+    .map_err(|e| format!("--e2e-trace {}: {e}", path.display()))
 }
 
 /// A server to drive.
@@ -529,7 +582,14 @@ pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
 pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let pairs = pairs(t, 32).await?;
     let clock = Instant::now();
-    let latencies = Arc::new(std::sync::Mutex::new(load::histogram()));
+    let clock_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let latencies = Arc::new(std::sync::Mutex::new(Received {
+        latencies: load::histogram(),
+        trace: k.e2e_trace.as_ref().map(|_| Vec::new()),
+    }));
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for (i, (_, b)) in pairs.iter().enumerate() {
@@ -541,8 +601,8 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
                     && let Some(sent) = m.message.and_then(|m| m.text.parse::<u64>().ok())
                 {
                     let now = clock.elapsed().as_micros() as u64;
-                    if let Ok(mut h) = lat.lock() {
-                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    if let Ok(mut r) = lat.lock() {
+                        r.record(sent, now);
                     }
                     got.fetch_add(1, Ordering::Relaxed);
                 }
@@ -564,10 +624,10 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
         n += 1;
         if Instant::now() >= measure_from {
             if warming {
-                // Forget what arrived during the warm-up.
+                // Forget what arrived during the warm-up (the trace keeps it).
                 warming = false;
-                if let Ok(mut h) = latencies.lock() {
-                    h.reset();
+                if let Ok(mut r) = latencies.lock() {
+                    r.latencies.reset();
                 }
             }
             sent += 1;
@@ -591,10 +651,14 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     for r in readers {
         r.abort();
     }
-    let h = latencies
+    let measured_from_us = measure_from.duration_since(clock).as_micros() as u64;
+    let (h, trace) = latencies
         .lock()
-        .map(|h| h.clone())
+        .map(|mut r| (r.latencies.clone(), r.trace.take()))
         .map_err(|_| "poisoned")?;
+    if let (Some(path), Some(trace)) = (&k.e2e_trace, trace) {
+        append_trace(path, rate, clock_unix_us, measured_from_us, &trace)?;
+    }
     Ok(Row::from_histogram(
         "e2e",
         Some(sent as f64 / k.window.as_secs_f64()),
