@@ -7,7 +7,10 @@
 //! shorter slice (`sched_attr.sched_runtime` under `SCHED_OTHER`): its deadline comes
 //! earlier, so it preempts on wake-up, runs its short burst and yields. It is a latency hint,
 //! not a priority: the thread's share of the CPU does not change and no privilege is needed.
-//! Older kernels ignore the field; other systems have no such call.
+//! Older kernels ignore the field; other systems have no such call. It is not honoured
+//! everywhere: on the eighteenth session's host (preemption model "none", 250 Hz) a thread
+//! asking for 100 µs still waited as long for a CPU held by busy threads as one without
+//! (`bench/disk/fsync_beside_busy_cpus.py`); only a lower priority for those threads helped.
 
 /// The slice asked for: about a writer's group commit under load (~0.2 ms), so that one
 /// commit is seldom cut in two.
