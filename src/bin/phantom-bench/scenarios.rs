@@ -927,3 +927,47 @@ pub async fn replay(t: &Target, k: &Knobs) -> Result<Row, String> {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_messages_are_timed_and_traced_when_asked() {
+        let mut untraced = Received {
+            latencies: load::histogram(),
+            trace: None,
+        };
+        untraced.record(100, 350);
+        assert_eq!(untraced.latencies.len(), 1);
+        assert_eq!(untraced.latencies.max(), 250);
+        let mut traced = Received {
+            latencies: load::histogram(),
+            trace: Some(Vec::new()),
+        };
+        traced.record(100, 350);
+        // A receive clocked before its send (never, on one clock) still counts, as 1 µs.
+        traced.record(400, 390);
+        assert_eq!(traced.latencies.min(), 1);
+        assert_eq!(traced.trace, Some(vec![(100, 350), (400, 390)]));
+    }
+
+    #[test]
+    fn a_trace_has_one_section_per_rate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("trace.txt");
+        append_trace(&path, 500.0, 1_000_000, 2_000, &[(1, 5), (2, 9)]).expect("first");
+        append_trace(&path, 1000.0, 3_000_000, 2_000, &[(7, 8)]).expect("second");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].starts_with("# e2e at 500/s: clock 0 = 1000000 µs Unix time"));
+        assert!(lines[0].contains("measured from 2000 µs"));
+        assert_eq!(&lines[1..3], ["1 5", "2 9"]);
+        assert!(lines[3].starts_with("# e2e at 1000/s: clock 0 = 3000000"));
+        assert_eq!(lines[4], "7 8");
+        let unwritable = dir.path().join("no/such/dir/trace.txt");
+        let err = append_trace(&unwritable, 1.0, 0, 0, &[]).expect_err("no such dir");
+        assert!(err.starts_with("--e2e-trace "), "{err}");
+    }
+}
