@@ -70,6 +70,6 @@ def summary(label, bs):
     if v:
         print(f"{label}: {len(bs)} buckets, {len(v)} messages, p50 {v[len(v) // 2] / 1000:.2f} ms, p99 {v[int(len(v) * 0.99)] / 1000:.2f} ms")
 
-busy = [b for b in buckets if run[b].get("fjall:worker", 0) > 30e6]
+busy = {b for b in buckets if run[b].get("fjall:worker", 0) > 30e6}
 summary("fjall's worker busy", busy)
-summary("the rest", [b for b in buckets if b not in set(busy)])
+summary("the rest", [b for b in buckets if b not in busy])

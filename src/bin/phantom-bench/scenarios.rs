@@ -186,7 +186,7 @@ impl Received {
 fn append_trace(
     path: &std::path::Path,
     rate: f64,
-    clock_unix_us: u128,
+    clock_unix_us: i64,
     measured_from_us: u64,
     trace: &[(u64, u64)],
 ) -> Result<(), String> {
@@ -582,11 +582,8 @@ pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
 pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let pairs = pairs(t, 32).await?;
     let clock = Instant::now();
-    let clock_unix_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let latencies = Arc::new(std::sync::Mutex::new(Received {
+    let clock_unix_us = phantom::core::time::now_micros();
+    let readings = Arc::new(std::sync::Mutex::new(Received {
         latencies: load::histogram(),
         trace: k.e2e_trace.as_ref().map(|_| Vec::new()),
     }));
@@ -594,14 +591,14 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let mut readers = Vec::new();
     for (i, (_, b)) in pairs.iter().enumerate() {
         let mut s = subscribe(&mut t.user(&b.token, i)?, None).await?;
-        let (lat, got) = (latencies.clone(), received.clone());
+        let (readings, got) = (readings.clone(), received.clone());
         readers.push(tokio::spawn(async move {
             while let Ok(Some(ev)) = s.message().await {
                 if let Some(Kind::MessageReceived(m)) = ev.kind
                     && let Some(sent) = m.message.and_then(|m| m.text.parse::<u64>().ok())
                 {
                     let now = clock.elapsed().as_micros() as u64;
-                    if let Ok(mut r) = lat.lock() {
+                    if let Ok(mut r) = readings.lock() {
                         r.record(sent, now);
                     }
                     got.fetch_add(1, Ordering::Relaxed);
@@ -626,7 +623,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
             if warming {
                 // Forget what arrived during the warm-up (the trace keeps it).
                 warming = false;
-                if let Ok(mut r) = latencies.lock() {
+                if let Ok(mut r) = readings.lock() {
                     r.latencies.reset();
                 }
             }
@@ -652,7 +649,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
         r.abort();
     }
     let measured_from_us = measure_from.duration_since(clock).as_micros() as u64;
-    let (h, trace) = latencies
+    let (h, trace) = readings
         .lock()
         .map(|mut r| (r.latencies.clone(), r.trace.take()))
         .map_err(|_| "poisoned")?;
