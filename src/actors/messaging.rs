@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::core::time::{now_micros, to_timestamp};
-use crate::core::{AccountId, CoreError, CoreResult, MessageState, Page, PageRequest};
+use crate::core::{AccountId, CoreError, CoreResult, MessageState, Page, PageRequest, uuid_text};
 use crate::pb;
 use crate::store::{LogRange, SentMessage, Store};
 
@@ -67,9 +67,9 @@ impl Handler<SendMessage> for MessagingActor {
             )));
         }
         let message = pb::Message {
-            message_id: Uuid::now_v7().to_string(),
-            sender_id: msg.sender.to_string(),
-            recipient_id: msg.recipient.to_string(),
+            message_id: uuid_text(Uuid::now_v7()),
+            sender_id: uuid_text(msg.sender),
+            recipient_id: uuid_text(msg.recipient),
             text: msg.text,
             payload: msg.payload,
             content_type: msg.content_type,

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::time::{Micros, now_micros, to_timestamp};
-use super::{AccountRecord, ContactRecord, PresenceStatus};
+use super::{AccountRecord, ContactRecord, PresenceStatus, uuid_text};
 use crate::pb::{self, event::Kind};
 
 /// An event on its way to streams: shared, so fan-out copies a pointer, not the event, and
@@ -14,7 +14,7 @@ pub type SharedEvent = std::sync::Arc<pb::Event>;
 pub fn new_event(kind: Kind) -> pb::Event {
     pb::Event {
         seq: 0,
-        event_id: Uuid::new_v4().to_string(),
+        event_id: uuid_text(Uuid::new_v4()),
         time: Some(to_timestamp(now_micros())),
         kind: Some(kind),
     }

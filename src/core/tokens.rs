@@ -4,7 +4,6 @@
 //! than an actor round-trip: an actor would serialise every call in the server through one
 //! thread. The map holds only hashes; the store is the source of truth and fills it at start.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use base64::Engine;
@@ -50,7 +49,7 @@ fn parse(hash: &str) -> Option<TokenDigest> {
 /// hashes its token and nothing more (no hex string per call).
 #[derive(Default)]
 pub struct TokenIndex {
-    by_hash: RwLock<HashMap<TokenDigest, (Uuid, AccountId)>>,
+    by_hash: RwLock<foldhash::HashMap<TokenDigest, (Uuid, AccountId)>>,
 }
 
 impl TokenIndex {

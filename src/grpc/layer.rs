@@ -3,7 +3,6 @@
 //! answers an oversized request with RESOURCE_EXHAUSTED, and records the call's code and
 //! duration in the metrics.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -56,7 +55,7 @@ impl CallLayer {
 /// lock, and a call would otherwise make two (profiled on GetContacts).
 struct Routes {
     metrics: CallMetrics,
-    known: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+    known: RwLock<foldhash::HashMap<String, Arc<RouteMetrics>>>,
     /// The handles of every path past `MAX_ROUTES`.
     other: Arc<RouteMetrics>,
 }

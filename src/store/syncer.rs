@@ -11,7 +11,6 @@
 //! the event log and messages (see `Durable`). A failed fsync refuses its batches and every
 //! later write, since what reached the disk is then unknown.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -52,7 +51,7 @@ pub(crate) struct Committed {
 /// and the newest durable message row. Rows past these are committed but not yet fsync'd.
 #[derive(Default)]
 pub(crate) struct Durable {
-    heads: Mutex<HashMap<AccountId, u64>>,
+    heads: Mutex<foldhash::HashMap<AccountId, u64>>,
     message_row: AtomicI64,
     /// Set when an fsync failed: the store refuses every later write.
     pub broken: AtomicBool,

@@ -17,7 +17,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::records::{encode_event, encode_message};
+use super::records::{StoredMessage, encode_event};
 use super::{
     IndexedState, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
     int_at, key2, to_json,
@@ -44,7 +44,7 @@ struct Account {
 
 /// What the writer knows beyond the tables.
 pub(crate) struct State {
-    accounts: HashMap<AccountId, Account>,
+    accounts: foldhash::HashMap<AccountId, Account>,
     next_account: i64,
     next_contact: i64,
     next_message: i64,
@@ -55,7 +55,7 @@ impl State {
     /// Reads the writer's state from the tables, and trims any log longer than `retention`
     /// (after the setting was lowered).
     pub fn load(t: &Tables, retention: u64) -> CoreResult<Self> {
-        let mut accounts = HashMap::new();
+        let mut accounts = foldhash::HashMap::default();
         let mut trim = t.db.batch();
         for g in t.account_ids.iter() {
             let (k, v) = g.into_inner()?;
@@ -378,7 +378,17 @@ struct Tx<'a> {
 impl Tx<'_> {
     /// Appends an event to an account's log at its next seq, dropping the entry that falls
     /// out of retention. The account was checked by the caller.
-    fn append(&mut self, account: AccountId, mut event: pb::Event) -> CoreResult<()> {
+    fn append(&mut self, account: AccountId, event: pb::Event) -> CoreResult<()> {
+        self.append_encoded(account, event, encode_event)
+    }
+
+    /// `append`, the event's record made by `encode`.
+    fn append_encoded(
+        &mut self,
+        account: AccountId,
+        mut event: pb::Event,
+        encode: impl FnOnce(&mut pb::Event) -> Vec<u8>,
+    ) -> CoreResult<()> {
         let retention = self.st.retention;
         let a = self
             .st
@@ -387,11 +397,8 @@ impl Tx<'_> {
             .ok_or_else(|| CoreError::Internal(format!("no account {account} to log for")))?;
         a.head += 1;
         event.seq = a.head;
-        self.batch.insert(
-            &self.t.events,
-            key2(a.row, a.head),
-            encode_event(&mut event),
-        );
+        self.batch
+            .insert(&self.t.events, key2(a.row, a.head), encode(&mut event));
         if a.head > retention {
             self.batch
                 .remove(&self.t.events, key2(a.row, a.head - retention));
@@ -406,11 +413,6 @@ impl Tx<'_> {
     fn put_account(&mut self, row: i64, a: &StoredAccount) -> CoreResult<()> {
         self.batch.insert(&self.t.accounts, be(row), to_json(a)?);
         Ok(())
-    }
-
-    fn put_message(&mut self, row: i64, m: &mut pb::Message) {
-        self.batch
-            .insert(&self.t.messages, be(row), encode_message(m));
     }
 
     /// Writes a message's index entry whole, with its state.
@@ -612,7 +614,8 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     }
     let row = tx.st.next_message;
     tx.st.next_message += 1;
-    tx.put_message(row, &mut m);
+    let stored = StoredMessage::encode_parsed(&mut m, Some([id, sender, recipient]));
+    tx.batch.insert(&tx.t.messages, be(row), stored.record());
     tx.put_state(id, row, recipient_row, sender, m.state);
     let pair = pair_key(sender_row, recipient_row);
     tx.batch
@@ -627,11 +630,11 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let sent = Kind::MessageSent(pb::MessageSent {
         message: Some(m.clone()),
     });
-    tx.append(sender, new_event(sent))?;
+    tx.append_encoded(sender, new_event(sent), |e| stored.event(e))?;
     let received = Kind::MessageReceived(pb::MessageReceived {
         message: Some(m.clone()),
     });
-    tx.append(recipient, new_event(received))?;
+    tx.append_encoded(recipient, new_event(received), |e| stored.event(e))?;
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,

@@ -1,0 +1,80 @@
+#!/bin/bash
+# Instructions per call, counted by callgrind (BENCHMARKS.md, "Instructions per call"): runs
+# the server (or the tool's echo ceiling) under `valgrind --tool=callgrind` on a temp data dir,
+# sends WARMUP calls with h2load, zeroes the counts, sends N more (4 connections, 16 calls in
+# flight each), and writes the counts of those N calls to OUT. callgrind counts instructions,
+# not seconds: the same binary gives the same count within a tenth of a per cent, whatever
+# else the host does, so a change to user-space code shows as an exact difference.
+# Kernel time (system calls, wake-ups, the disk) is not counted.
+#
+# usage: bench/callgrind/count.sh send|echo N OUT
+#   BIN=DIR (default target/release) holds phantom-grpc-api, phantomctl and phantom-bench; build
+#   them with line tables for function names:
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --bins
+# then: python3 bench/callgrind/summary.py OUT N
+set -euo pipefail
+what=$1; n=$2; out=$(realpath -m "$3")
+bin=$(realpath "${BIN:-target/release}")
+warmup=${WARMUP:-2000}
+for tool in valgrind callgrind_control h2load; do
+  command -v $tool >/dev/null || { echo "$tool not found (apt install valgrind nghttp2-client)"; exit 1; }
+done
+dir=$(mktemp -d)
+vp=
+trap '[ -n "$vp" ] && kill $vp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+h2() { h2load -c 4 -m 16 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' "$@"; }
+callgrind() { valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" "$@" >"$dir/log" 2>&1 & vp=$!; }
+up() { for _ in $(seq 120); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 1; done; echo "not listening"; exit 1; }
+counted() {  # h2 ARGS: warm-up, zero, N calls, dump
+  h2 -n "$warmup" "$@" | grep -q "$warmup succeeded"
+  callgrind_control -z $vp >/dev/null 2>&1
+  h2 -n "$n" "$@" | tee "$dir/h2" | grep -E 'finished in|succeeded'
+  grep -q " $n succeeded" "$dir/h2" || { echo "not every call succeeded"; exit 1; }
+  callgrind_control -d $vp >/dev/null 2>&1
+}
+case $what in
+echo)
+  callgrind "$bin/phantom-bench" --serve-echo 127.0.0.1:50997
+  up 50997
+  python3 -c "import sys; sys.stdout.buffer.write(b'\x00\x00\x00\x00\x42\x0a\x40' + b'\x07'*64)" >"$dir/echo.bin"
+  counted -d "$dir/echo.bin" http://127.0.0.1:50997/phantom.bench.v1.Echo/Unary
+  ;;
+send)
+  admin=callgrind-admin-token-0123456789abcdef
+  cat >"$dir/server.toml" <<CFG
+[server]
+listen = "127.0.0.1:50996"
+[storage]
+data_dir = "$dir/data"
+[auth]
+admin_token = "$admin"
+[limits]
+send_rate_per_sec = 1000000000
+send_burst = 1000000000
+[metrics]
+listen = "127.0.0.1:50995"
+[log]
+level = "warn"
+CFG
+  callgrind "$bin/phantom-grpc-api" --config "$dir/server.toml"
+  up 50996
+  ctl() { "$bin/phantomctl" --server 127.0.0.1:50996 --token $admin "$@"; }
+  token=$(ctl account create callgrind-a$$ | awk '/^token:/ {print $2}')
+  to=$(ctl account create callgrind-b$$ | awk '/^account_id:/ {print $2}')
+  python3 - "$to" >"$dir/send.bin" <<'PY'
+import sys
+f = lambda n, d: bytes([(n << 3) | 2, len(d)]) + d
+m = f(1, sys.argv[1].encode()) + f(2, b"benchmark message, about the size of a chat line")
+sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)
+PY
+  counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
+    http://127.0.0.1:50996/phantom.v1.PhantomController/SendMessage
+  # h2load counts a gRPC error as a success (HTTP 200): the server's own count of OK sends.
+  ok=$(python3 -c "import urllib.request as u; print(sum(int(float(l.split()[-1])) for l in u.urlopen('http://127.0.0.1:50995/metrics').read().decode().splitlines() if l.startswith('phantom_grpc_requests_total') and 'code=\"Ok\"' in l and 'SendMessage' in l))")
+  [ "$ok" -eq $((warmup + n)) ] || { echo "the server answered $ok sends OK, not $((warmup + n))"; exit 1; }
+  ;;
+*) echo "usage: $0 send|echo N OUT"; exit 2 ;;
+esac
+kill $vp; wait $vp 2>/dev/null || true; vp=
+cp "$(ls "$dir"/cg.*.1)" "$out"
+echo "counts of $n calls in $out"
