@@ -12,12 +12,19 @@ pub type SharedEvent = std::sync::Arc<pb::Event>;
 
 /// A new event with a fresh id and the current time; `seq` is 0 until the store assigns one.
 pub fn new_event(kind: Kind) -> pb::Event {
-    pb::Event {
+    new_event_with_id(kind).0
+}
+
+/// `new_event`, and its id, for a caller that would otherwise parse it back from the text.
+pub fn new_event_with_id(kind: Kind) -> (pb::Event, Uuid) {
+    let id = Uuid::new_v4();
+    let event = pb::Event {
         seq: 0,
-        event_id: uuid_text(Uuid::new_v4()),
+        event_id: uuid_text(id),
         time: Some(to_timestamp(now_micros())),
         kind: Some(kind),
-    }
+    };
+    (event, id)
 }
 
 /// Whether an event is kept in the account's log (and so gets a seq).

@@ -54,11 +54,7 @@ where
     M: actix::Message + Send + 'static,
     M::Result: Answer,
 {
-    let actor = std::any::type_name::<A>()
-        .rsplit("::")
-        .next()
-        .unwrap_or("actor");
-    let depth = crate::metrics::ACTOR_IN_FLIGHT.with_label_values(&[actor]);
+    let depth = crate::metrics::actor_in_flight::<A>();
     depth.inc();
     // Decremented however the call ends, cancellation included.
     let _queued = scopeguard::guard(depth, |d| d.dec());

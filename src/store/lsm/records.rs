@@ -83,16 +83,22 @@ impl StoredMessage {
 
     /// The record of `e`, a MessageSent or MessageReceived of this message: the same bytes as
     /// `encode_event` gives, the message's taken from here instead of encoded again. Any other
-    /// event is encoded by `encode_event`.
-    pub fn event(&self, e: &mut pb::Event) -> Vec<u8> {
+    /// event is encoded by `encode_event`. `id`, if given, is `e`'s id already parsed from its
+    /// text (else parsed here).
+    pub fn event(&self, e: &mut pb::Event, id: Option<Uuid>) -> Vec<u8> {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
         let tag = match e.kind {
             Some(Kind::MessageSent(_)) => MESSAGE_SENT,
             Some(Kind::MessageReceived(_)) => MESSAGE_RECEIVED,
             _ => return encode_event(e),
         };
+        debug_assert!(id.is_none_or(|id| Uuid::try_parse(&e.event_id).ok() == Some(id)));
         let kind = e.kind.take();
-        let event_id = canonical(&e.event_id).map(|id| (id, std::mem::take(&mut e.event_id)));
+        let parsed = match id {
+            Some(id) => canonical_form(&e.event_id).then_some(id),
+            None => canonical(&e.event_id),
+        };
+        let event_id = parsed.map(|id| (id, std::mem::take(&mut e.event_id)));
         // The kind's field holds its one field, the message.
         let inner = 1 + encoded_len_varint(self.body.len() as u64) + self.body.len();
         let mut out =
@@ -344,7 +350,9 @@ mod tests {
                 let mut e = new_event(kind);
                 e.seq = 7;
                 let before = e.clone();
-                let once = stored.event(&mut e);
+                let once = stored.event(&mut e, None);
+                let id = Uuid::try_parse(&e.event_id).ok();
+                assert_eq!(stored.event(&mut e, id), once, "with the id given");
                 assert_eq!(e, before, "the event is given back untouched");
                 assert_eq!(once, encode_event(&mut e));
                 assert_eq!(decode_event(&once).unwrap(), before);
@@ -355,7 +363,7 @@ mod tests {
             contact_id: Uuid::new_v4().to_string(),
         }));
         let stored = StoredMessage::encode(&mut message());
-        assert_eq!(stored.event(&mut e.clone()), encode_event(&mut e));
+        assert_eq!(stored.event(&mut e.clone(), None), encode_event(&mut e));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::{
     IndexedState, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
     int_at, key2, to_json,
 };
-use crate::core::events::new_event;
+use crate::core::events::{new_event, new_event_with_id};
 use crate::core::stats::StoreStats;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState};
@@ -630,11 +630,13 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let sent = Kind::MessageSent(pb::MessageSent {
         message: Some(m.clone()),
     });
-    tx.append_encoded(sender, new_event(sent), |e| stored.event(e))?;
+    let (event, id) = new_event_with_id(sent);
+    tx.append_encoded(sender, event, |e| stored.event(e, Some(id)))?;
     let received = Kind::MessageReceived(pb::MessageReceived {
         message: Some(m.clone()),
     });
-    tx.append_encoded(recipient, new_event(received), |e| stored.event(e))?;
+    let (event, id) = new_event_with_id(received);
+    tx.append_encoded(recipient, event, |e| stored.event(e, Some(id)))?;
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,
