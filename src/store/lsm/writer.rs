@@ -25,7 +25,7 @@ use super::{
 use crate::core::events::{new_event, new_event_with_id};
 use crate::core::stats::StoreStats;
 use crate::core::time::{now_micros, to_timestamp};
-use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState};
+use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState, uuid_text};
 use crate::pb::{self, event::Kind};
 use crate::store::jobs::{Job, WriteOp, WriteOutput, can_wait, log_delivered, next_group};
 use crate::store::sqlite::pair_key;
@@ -654,7 +654,7 @@ fn mark_read(
 ) -> CoreResult<WriteOutput> {
     let not_found =
         || CoreError::not_found("up_to_message_id", "no such message from contact_id to you");
-    let (r, s) = (reader.to_string(), sender.to_string());
+    let (r, s) = (uuid_text(reader), uuid_text(sender));
     let (Some(reader_row), Some(sender_row)) = (tx.st.row(reader), tx.st.row(sender)) else {
         return Err(not_found());
     };
@@ -714,7 +714,7 @@ fn mark_delivered(
     if covers.is_some_and(|c| c.through <= watermark) {
         return Ok(WriteOutput::Ids(Vec::new()));
     }
-    let r = recipient.to_string();
+    let r = uuid_text(recipient);
     let delivered = MessageState::Delivered as i32;
     let mut by_sender: BTreeMap<AccountId, Vec<String>> = BTreeMap::new();
     let mut seen = HashSet::new();
