@@ -84,13 +84,14 @@ impl ControllerService {
         self.auth.controller(req.metadata())
     }
 
-    /// Authenticates, then runs `work` for the caller inside `observe`.
-    async fn call<Req, Resp, F>(
+    /// Authenticates, then runs `work` for the caller inside `observe` (a plain function for
+    /// the reason `logged` gives).
+    fn call<Req, Resp, F>(
         &self,
         method: &'static str,
         req: Request<Req>,
         work: impl FnOnce(Caller, Req) -> F,
-    ) -> Result<Response<Resp>, Status>
+    ) -> impl Future<Output = Result<Response<Resp>, Status>>
     where
         F: Future<Output = CoreResult<Resp>>,
     {
@@ -100,7 +101,6 @@ impl ControllerService {
             let caller = caller?;
             work(caller, req.into_inner()).await
         })
-        .await
     }
 
     /// SendMessage, shared by the unary call and Connect.
