@@ -219,7 +219,12 @@ fn canonical(text: &str) -> Option<Uuid> {
 /// Whether `text`, if it parses as a UUID, is in the canonical form: of the forms `try_parse`
 /// takes, only the hyphenated one is 36 characters long.
 fn canonical_form(text: &str) -> bool {
-    text.len() == 36 && !text.bytes().any(|b| b.is_ascii_uppercase())
+    // A fold, not `any`: without the early exit the 36 bytes are checked in a few vector
+    // instructions.
+    text.len() == 36
+        && !text
+            .bytes()
+            .fold(false, |up, b| up | b.is_ascii_uppercase())
 }
 
 /// Takes a message's three ids out of it, raw and as text, if all three are UUIDs in their
