@@ -9,22 +9,14 @@ usage: fsync_cpu.py DIR sparse|fallocated|written [N]
 """
 import os, resource, sys, time
 
+from layout import open_laid_out
+
+if len(sys.argv) < 3:
+    sys.exit(__doc__)
 d, layout = sys.argv[1], sys.argv[2]
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 20000
 path = os.path.join(d, "fsync_cpu")
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-size = 128 << 20
-if layout == "written":
-    for _ in range(size >> 20):
-        os.write(fd, b"\0" * (1 << 20))
-    os.lseek(fd, 0, os.SEEK_SET)
-elif layout == "fallocated":
-    os.posix_fallocate(fd, 0, size)
-elif layout == "sparse":
-    os.ftruncate(fd, size)
-else:
-    sys.exit(__doc__)
-os.fsync(fd)
+fd = open_laid_out(path, layout, 128 << 20)
 
 
 def busy_ticks():

@@ -1,26 +1,20 @@
 #!/usr/bin/env python3
 """Whether fsyncs overlap on this disk (BENCHMARKS.md, nineteenth session): K threads, each
-appending 4 KiB (in turn) then fdatasync'ing, for SECONDS, on a 256 MiB file that is sparse
-(`set_len`, as fjall makes its journals) or written before. Prints fsyncs per second in all
-and the p50 / p90 / p99 of one.
+appending 4 KiB (in turn) then fdatasync'ing, for SECONDS, on a 256 MiB file laid out as
+`layout.py` makes it. Prints fsyncs per second in all and the p50 / p90 / p99 of one.
 
-usage: fsync_overlapping.py DIR K sparse|written [SECONDS]
+usage: fsync_overlapping.py DIR K sparse|fallocated|written [SECONDS]
 """
 import os, sys, threading, time
 
+from layout import open_laid_out
+
+if len(sys.argv) < 4:
+    sys.exit(__doc__)
 d, k, layout = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 8.0
 path = os.path.join(d, "fsync_overlapping")
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-size = 256 << 20
-if layout == "written":
-    for _ in range(size >> 20):
-        os.write(fd, b"\0" * (1 << 20))
-elif layout == "sparse":
-    os.ftruncate(fd, size)
-else:
-    sys.exit(__doc__)
-os.fsync(fd)
+fd = open_laid_out(path, layout, 256 << 20)
 lock, at, times = threading.Lock(), [0], []
 end = time.time() + seconds
 
