@@ -26,8 +26,9 @@ const EVENT_ID: u32 = 1001;
 const RAW_IDS_LEN: usize = 3 + 48;
 /// Bytes of the `EVENT_ID` field.
 const RAW_EVENT_ID_LEN: usize = 3 + 16;
-/// `Event.message_sent` and `Event.message_received` in `phantom.proto`.
+/// `Event.message_sent`'s field number in `phantom.proto`.
 const MESSAGE_SENT: u32 = 6;
+/// `Event.message_received`'s field number in `phantom.proto`.
 const MESSAGE_RECEIVED: u32 = 5;
 
 /// A message encoded once, for its own record and for the two events that carry it (a send
@@ -118,6 +119,8 @@ impl StoredMessage {
         if let Some((_, text)) = event_id {
             e.event_id = text;
         }
+        // The event must carry this very message: then it is what encoding it whole gives.
+        debug_assert_eq!(out, encode_event(&mut e.clone()));
         out
     }
 }
