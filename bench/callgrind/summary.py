@@ -7,7 +7,10 @@ per call through each edge; `--inclusive` sorts functions by instructions includ
 
 usage: summary.py FILE CALLS [--top N] [--inclusive] [--match RE] [--callees RE] [--callers RE]
 """
-import argparse, collections, re
+import argparse, collections, re, signal
+
+# Output piped into `head` or `grep -q` ends quietly when the reader stops.
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("file")
