@@ -69,8 +69,9 @@ threads = [
     ("store writer", r"^phantom::store::(lsm|sqlite)::writer::run$|^phantom::store::writer::run$"),
     ("store syncer", r"^phantom::store::syncer::run$"),
     ("actors' thread", r"^actix_rt::system::SystemRunner::run$"),
-    ("memtable keeper", r"^phantom::store::lsm::memtables::"),
-    ("fjall worker", r"^fjall::.*worker|^fjall::flush::|^fjall::compaction::worker"),
+    ("memtable keeper", r"^phantom::store::lsm::memtables::run$"),
+    # fjall 3.1.13's worker thread calls this in its loop (`worker_pool.rs`).
+    ("fjall worker", r"^fjall::worker_pool::worker_tick$"),
 ]
 print("\nby thread (inclusive):")
 for label, pattern in threads:

@@ -42,14 +42,8 @@ pub(super) struct StoredMessage {
 }
 
 impl StoredMessage {
-    /// Encodes `m`, which is given back as it was.
-    #[cfg(test)]
-    pub fn encode(m: &mut pb::Message) -> Self {
-        Self::encode_parsed(m, None)
-    }
-
-    /// `encode`, with the message's own id, sender and recipient already parsed from its
-    /// text by the caller, if it has them (else parsed here).
+    /// Encodes `m`, which is given back as it was; `parsed`, if given, are its own id, sender
+    /// and recipient already parsed from its text by the caller (else parsed here).
     pub fn encode_parsed(m: &mut pb::Message, parsed: Option<[Uuid; 3]>) -> Self {
         debug_assert!(parsed.is_none_or(|p| {
             [&m.message_id, &m.sender_id, &m.recipient_id]
@@ -93,32 +87,17 @@ impl StoredMessage {
             Some(Kind::MessageReceived(_)) => MESSAGE_RECEIVED,
             _ => return encode_event(e),
         };
-        debug_assert!(id.is_none_or(|id| Uuid::try_parse(&e.event_id).ok() == Some(id)));
         let kind = e.kind.take();
-        let parsed = match id {
-            Some(id) => canonical_form(&e.event_id).then_some(id),
-            None => canonical(&e.event_id),
-        };
-        let event_id = parsed.map(|id| (id, std::mem::take(&mut e.event_id)));
         // The kind's field holds its one field, the message.
         let inner = 1 + encoded_len_varint(self.body.len() as u64) + self.body.len();
-        let mut out =
-            Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + e.encoded_len() + 1 + 10 + inner);
-        if let Some(raw) = &self.raw {
-            append_raw(&mut out, IDS, raw);
-        }
-        if let Some((id, _)) = &event_id {
-            append_raw(&mut out, EVENT_ID, id.as_bytes());
-        }
-        // Fields in tag order, as prost writes them: the kind is the event's last field.
-        e.encode_raw(&mut out);
-        encode_key(tag, WireType::LengthDelimited, &mut out);
-        encode_varint(inner as u64, &mut out);
-        append_raw(&mut out, 1, &self.body);
+        let out = event_record(e, id, self.raw.as_ref(), 1 + 10 + inner, |e, out| {
+            // Fields in tag order, as prost writes them: the kind is the event's last field.
+            e.encode_raw(out);
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(inner as u64, out);
+            append_raw(out, 1, &self.body);
+        });
         e.kind = kind;
-        if let Some((_, text)) = event_id {
-            e.event_id = text;
-        }
         // The event must carry this very message: then it is what encoding it whole gives.
         debug_assert_eq!(out, encode_event(&mut e.clone()));
         out
@@ -136,19 +115,41 @@ pub(super) fn decode_message(bytes: &[u8]) -> CoreResult<pb::Message> {
 /// The stored bytes of an event; a MessageSent's or MessageReceived's message as in
 /// `StoredMessage::record`.
 pub(super) fn encode_event(e: &mut pb::Event) -> Vec<u8> {
-    let event_id = canonical(&e.event_id).map(|id| (id, std::mem::take(&mut e.event_id)));
     let taken = message_of(e).and_then(|m| take_ids(m, None));
-    let mut out = Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + e.encoded_len());
-    if let Some((raw, _)) = &taken {
+    let out = event_record(e, None, taken.as_ref().map(|(raw, _)| raw), 0, |e, out| {
+        e.encode_raw(out)
+    });
+    if let (Some((_, strings)), Some(m)) = (taken, message_of(e)) {
+        put_ids(m, strings);
+    }
+    out
+}
+
+/// An event's record: its message's raw ids (`ids`, if they were taken out of it), the
+/// event's own id raw (if its text is canonical; `id`, if given, is that text already
+/// parsed), then what `fields` writes, with the id's text left out meanwhile. `more` is what
+/// `fields` writes beyond the event's own encoding.
+fn event_record(
+    e: &mut pb::Event,
+    id: Option<Uuid>,
+    ids: Option<&[u8; 48]>,
+    more: usize,
+    fields: impl FnOnce(&mut pb::Event, &mut Vec<u8>),
+) -> Vec<u8> {
+    debug_assert!(id.is_none_or(|id| Uuid::try_parse(&e.event_id).ok() == Some(id)));
+    let parsed = match id {
+        Some(id) => canonical_form(&e.event_id).then_some(id),
+        None => canonical(&e.event_id),
+    };
+    let event_id = parsed.map(|id| (id, std::mem::take(&mut e.event_id)));
+    let mut out = Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + e.encoded_len() + more);
+    if let Some(raw) = ids {
         append_raw(&mut out, IDS, raw);
     }
     if let Some((id, _)) = &event_id {
         append_raw(&mut out, EVENT_ID, id.as_bytes());
     }
-    e.encode_raw(&mut out);
-    if let (Some((_, strings)), Some(m)) = (taken, message_of(e)) {
-        put_ids(m, strings);
-    }
+    fields(e, &mut out);
     if let Some((_, text)) = event_id {
         e.event_id = text;
     }
@@ -313,7 +314,7 @@ mod tests {
     fn messages_and_events_read_back_as_written_and_smaller() {
         let mut m = message();
         let before = m.clone();
-        let stored = StoredMessage::encode(&mut m).record();
+        let stored = StoredMessage::encode_parsed(&mut m, None).record();
         assert_eq!(m, before, "encoding gives the message back untouched");
         assert_eq!(decode_message(&stored).unwrap(), before);
         assert_eq!(stored.len() + 63, before.encode_to_vec().len());
@@ -344,9 +345,12 @@ mod tests {
         let mut odd = message();
         odd.sender_id = "not-a-uuid".into();
         for mut m in [message(), odd] {
-            let stored = StoredMessage::encode(&mut m);
+            let stored = StoredMessage::encode_parsed(&mut m, None);
             let mut record = m.clone();
-            assert_eq!(stored.record(), StoredMessage::encode(&mut record).record());
+            assert_eq!(
+                stored.record(),
+                StoredMessage::encode_parsed(&mut record, None).record()
+            );
             for kind in [
                 Kind::MessageSent(pb::MessageSent {
                     message: Some(m.clone()),
@@ -370,7 +374,7 @@ mod tests {
         let mut e = new_event(Kind::ContactRemoved(pb::ContactRemoved {
             contact_id: Uuid::new_v4().to_string(),
         }));
-        let stored = StoredMessage::encode(&mut message());
+        let stored = StoredMessage::encode_parsed(&mut message(), None);
         assert_eq!(stored.event(&mut e.clone(), None), encode_event(&mut e));
     }
 
@@ -405,7 +409,7 @@ mod tests {
             let mut m = message();
             m.sender_id = other;
             let before = m.clone();
-            let stored = StoredMessage::encode(&mut m).record();
+            let stored = StoredMessage::encode_parsed(&mut m, None).record();
             assert_eq!(stored, before.encode_to_vec());
             assert_eq!(decode_message(&stored).unwrap(), before);
         }
