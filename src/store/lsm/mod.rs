@@ -20,20 +20,24 @@
 //! | `handles` | handle | account row |
 //! | `tokens` | token id (16 bytes) | `StoredToken` (JSON) |
 //! | `contacts` | owner row, peer row | `ContactRecord` fields (JSON) |
-//! | `messages` | message row | `pb::Message` (protobuf, ids raw: `records`; `state` as sent) |
-//! | `message_ids` | message id (16 bytes) | `MessageIndex`: row, recipient row, sender id, state |
-//! | `conversations` | pair of account rows (`pair_key`), message row | empty |
-//! | `client_ids` | sender row, `client_message_id` | message row |
+//! | `messages` | pair of account rows (`pair_key`), message row | `pb::Message` (protobuf, ids raw: `records`; `state` as sent) |
+//! | `message_ids` | message id (16 bytes) | `MessageIndex`: pair, row, recipient row, sender id, state |
+//! | `client_ids` | sender row, `client_message_id` | pair, message row |
 //! | `events` | account row, seq | `pb::Event` (protobuf, ids raw: `records`; its message whole) |
 //! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
+//! | `counters` | `MESSAGE_ROW` | the newest message row |
 //!
-//! A message's state lives in its `message_ids` entry, not in its record, so that a receipt is
-//! one lookup and one 33-byte write rather than a read, decode and rewrite of the whole message.
-//! Entries written before 2026-12-02 hold the row alone; such a message's state is still the
-//! one in its record until a receipt writes its entry whole (`MessageIndex::state`).
+//! A message's record is keyed by its conversation, so that one range of `messages` is a
+//! conversation in order (ListMessages, MarkRead) and a send writes four items: its record, its
+//! index entry and two events (the keyspace is named `pair_messages` on disk; `migrate` moves a
+//! data dir of the earlier layout, where a `conversations` index pointed at records keyed by row
+//! alone). A message's state lives in its `message_ids` entry, not in its record, so that a
+//! receipt is one lookup and one 41-byte write rather than a read, decode and rewrite of the
+//! whole message. The newest row is kept in `counters`, written once per batch that sends.
 
 mod journal;
 mod memtables;
+mod migrate;
 mod records;
 mod writer;
 
@@ -85,52 +89,50 @@ fn int_at(bytes: &[u8], at: usize) -> CoreResult<i64> {
 /// A message's `message_ids` entry (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct MessageIndex {
-    /// The message's row in `messages`.
+    /// Its conversation: `pair_key` of its sender's and recipient's rows.
+    pair: i64,
+    /// Its row; with `pair`, the key of its record in `messages`.
     row: i64,
-    /// Its recipient's row, its sender's id and its state; `None` for an entry written before
-    /// states moved here (the row alone), whose state is the one in the message record.
-    state: Option<IndexedState>,
-}
-
-/// The part of a [`MessageIndex`] that receipts read and write.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct IndexedState {
+    /// Its recipient's row.
     recipient: i64,
     sender: AccountId,
     state: i32,
 }
 
 impl MessageIndex {
-    /// Length of a whole entry: row, recipient row, sender id, state.
-    const LEN: usize = 8 + 8 + 16 + 1;
+    /// Length of an entry: pair, row, recipient row, sender id, state.
+    const LEN: usize = 8 + 8 + 8 + 16 + 1;
 
-    /// A whole entry (states are only ever written whole; the row-alone shape is only read).
-    fn encode(row: i64, s: &IndexedState) -> [u8; Self::LEN] {
+    fn encode(&self) -> [u8; Self::LEN] {
         let mut v = [0; Self::LEN];
-        v[..8].copy_from_slice(&be(row));
-        v[8..16].copy_from_slice(&be(s.recipient));
-        v[16..32].copy_from_slice(s.sender.as_bytes());
+        v[..8].copy_from_slice(&be(self.pair));
+        v[8..16].copy_from_slice(&be(self.row));
+        v[16..24].copy_from_slice(&be(self.recipient));
+        v[24..40].copy_from_slice(self.sender.as_bytes());
         // Message states are 0..=3 (api.md); one byte holds them.
-        v[32] = s.state as u8;
+        v[40] = self.state as u8;
         v
     }
 
     fn decode(v: &[u8]) -> CoreResult<Self> {
-        let row = int_at(v, 0)?;
-        let state = match v.len() {
-            8 => None,
-            Self::LEN => Some(IndexedState {
-                recipient: int_at(v, 8)?,
-                sender: Uuid::from_slice(&v[16..32]).map_err(CoreError::internal)?,
-                state: i32::from(v[32]),
-            }),
-            n => {
-                return Err(CoreError::Internal(format!(
-                    "malformed message index entry ({n} bytes)"
-                )));
-            }
-        };
-        Ok(MessageIndex { row, state })
+        if v.len() != Self::LEN {
+            return Err(CoreError::Internal(format!(
+                "malformed message index entry ({} bytes)",
+                v.len()
+            )));
+        }
+        Ok(MessageIndex {
+            pair: int_at(v, 0)?,
+            row: int_at(v, 8)?,
+            recipient: int_at(v, 16)?,
+            sender: Uuid::from_slice(&v[24..40]).map_err(CoreError::internal)?,
+            state: i32::from(v[40]),
+        })
+    }
+
+    /// The key of the message's record in `messages`.
+    fn key(&self) -> [u8; 16] {
+        key2(self.pair, self.row as u64)
     }
 }
 
@@ -222,11 +224,14 @@ pub(crate) struct Tables {
     contacts: Keyspace,
     messages: Keyspace,
     message_ids: Keyspace,
-    conversations: Keyspace,
     client_ids: Keyspace,
     events: Keyspace,
     delivered: Keyspace,
+    counters: Keyspace,
 }
+
+/// The `counters` key of the newest message row.
+const MESSAGE_ROW: &[u8] = b"message_row";
 
 /// Options of a keyspace this engine creates (an existing keyspace keeps the ones it was made
 /// with: fjall stores them). Every level's data blocks are lz4-compressed, not only from the
@@ -259,12 +264,12 @@ impl Tables {
             handles: ks("handles")?,
             tokens: ks("tokens")?,
             contacts: ks("contacts")?,
-            messages: ks("messages")?,
+            messages: ks("pair_messages")?,
             message_ids: ks("message_ids")?,
-            conversations: ks("conversations")?,
             client_ids: ks("client_ids")?,
             events: ks("events")?,
             delivered: ks("delivered")?,
+            counters: ks("counters")?,
             db,
         })
     }
@@ -279,10 +284,10 @@ impl Tables {
             self.contacts.clone(),
             self.messages.clone(),
             self.message_ids.clone(),
-            self.conversations.clone(),
             self.client_ids.clone(),
             self.events.clone(),
             self.delivered.clone(),
+            self.counters.clone(),
         ]
     }
 
@@ -301,18 +306,27 @@ impl Tables {
         }
     }
 
-    /// The message at `row`, with its current state (from its index entry).
-    fn message(&self, row: i64) -> CoreResult<pb::Message> {
+    /// A record read from `messages`, with its current state (from its index entry).
+    fn message_record(&self, record: &[u8]) -> CoreResult<pb::Message> {
+        let mut m = records::decode_message(record)?;
+        let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
+        m.state = self.indexed(id)?.state;
+        Ok(m)
+    }
+
+    /// The message whose record is at `key` in `messages`, with its current state.
+    fn message_at(&self, key: &[u8]) -> CoreResult<pb::Message> {
         let v = self
             .messages
-            .get(be(row))?
-            .ok_or_else(|| CoreError::Internal(format!("message row {row} is missing")))?;
-        let mut m = records::decode_message(&v)?;
-        let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
-        if let Some(MessageIndex { state: Some(s), .. }) = self.message_index(id)? {
-            m.state = s.state;
-        }
-        Ok(m)
+            .get(key)?
+            .ok_or_else(|| CoreError::Internal("a message record is missing".into()))?;
+        self.message_record(&v)
+    }
+
+    /// The index entry of a message known to exist (its record was read).
+    fn indexed(&self, id: Uuid) -> CoreResult<MessageIndex> {
+        self.message_index(id)?
+            .ok_or_else(|| CoreError::Internal(format!("message {id} has no index entry")))
     }
 
     /// The index entry of the message with this id.
@@ -320,6 +334,14 @@ impl Tables {
         match self.message_ids.get(id.as_bytes())? {
             Some(v) => Ok(Some(MessageIndex::decode(&v)?)),
             None => Ok(None),
+        }
+    }
+
+    /// The newest message row (0 if there is none).
+    fn newest_message_row(&self) -> CoreResult<i64> {
+        match self.counters.get(MESSAGE_ROW)? {
+            Some(v) => int_at(&v, 0),
+            None => Ok(0),
         }
     }
 
@@ -376,6 +398,7 @@ impl LsmStore {
         })?;
         let tables = Tables::open(&dir)?;
         let keeper = memtables::Keeper::start(tables.keyspaces())?;
+        migrate::run(&tables)?;
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));
         let mut journal = journal::JournalSync::new(tables.db.clone(), &dir);
@@ -474,12 +497,10 @@ impl Store for LsmStore {
             let me_row = t.account_row(me)?.ok_or_else(not_found)?;
             let pair = pair_key(me_row, peer_row);
             let mut rows = Vec::new();
-            let range = t
-                .conversations
-                .range(key2(pair, 0)..key2(pair, before as u64));
+            let range = t.messages.range(key2(pair, 0)..key2(pair, before as u64));
             for g in range.rev().take(page.size + 1) {
-                let row = int_at(&g.key()?, 8)?;
-                rows.push((row, t.message(row)?));
+                let (k, v) = g.into_inner()?;
+                rows.push((int_at(&k, 8)?, t.message_record(&v)?));
             }
             Ok(paginate_rows(rows, page.size))
         })

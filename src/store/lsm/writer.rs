@@ -17,9 +17,9 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::records::{StoredMessage, encode_event};
+use super::records::{self, StoredMessage, encode_event};
 use super::{
-    IndexedState, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
+    MESSAGE_ROW, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
     int_at, key2, to_json,
 };
 use crate::core::events::{new_event, new_event_with_id};
@@ -86,7 +86,7 @@ impl State {
         }
         Ok(State {
             next_account: Tables::last_row(&t.accounts)? + 1,
-            next_message: Tables::last_row(&t.messages)? + 1,
+            next_message: t.newest_message_row()? + 1,
             accounts,
             next_contact,
             retention,
@@ -164,13 +164,13 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
                 } else if r.jobs as u64 >= st.retention
                     && let Some(r) = run.take()
                 {
-                    r.commit(st, d, &mut done);
+                    r.commit(t, st, d, &mut done);
                 }
             }
             op => {
                 // This job may read what the run's sends wrote.
                 if let Some(r) = run.take() {
-                    r.commit(st, d, &mut done);
+                    r.commit(t, st, d, &mut done);
                 }
                 let result = run_job(t, st, op, d).map(|(out, mut new, row)| {
                     done.events.append(&mut new);
@@ -182,7 +182,7 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
         }
     }
     if let Some(r) = run.take() {
-        r.commit(st, d, &mut done);
+        r.commit(t, st, d, &mut done);
     }
     let Written {
         replies,
@@ -308,7 +308,10 @@ impl SendRun {
     }
 
     /// Commits the run; on failure its sends are answered UNAVAILABLE and nothing is stored.
-    fn commit(self, st: &mut State, d: &Durable, done: &mut Written) {
+    fn commit(mut self, t: &Tables, st: &mut State, d: &Durable, done: &mut Written) {
+        if self.jobs > 0 {
+            count_messages(t, st, &mut self.batch);
+        }
         if let Err(e) = self.batch.commit() {
             d.broken.store(true, Ordering::Release);
             tracing::error!(error = %e, "store write failed; refusing writes from now on");
@@ -317,6 +320,12 @@ impl SendRun {
             });
         }
     }
+}
+
+/// Writes the newest message row to `batch`, once per batch that sends (a batch holds a key
+/// once: fjall gives all its items one seqno).
+fn count_messages(t: &Tables, st: &State, batch: &mut OwnedWriteBatch) {
+    batch.insert(&t.counters, MESSAGE_ROW, be(st.next_message - 1));
 }
 
 /// Gives back the seqs `events` took (their writes were not stored).
@@ -333,7 +342,7 @@ type JobDone = (WriteOutput, Vec<CommittedEvent>, Option<i64>);
 
 /// Checks and writes one job as one fjall batch. On failure nothing of it is written, and the
 /// seqs it took are given back.
-fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<JobDone> {
+pub(super) fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<JobDone> {
     let mut batch = t.db.batch();
     let mut client_keys = HashMap::new();
     let mut tx = Tx {
@@ -352,6 +361,9 @@ fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<J
         }
     };
     let (events, message_row) = (tx.events, tx.message_row);
+    if message_row.is_some() {
+        count_messages(t, st, &mut batch);
+    }
     // Readers must not see these events before the journal sync.
     d.fence(&events);
     if let Err(e) = batch.commit() {
@@ -415,15 +427,10 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Writes a message's index entry whole, with its state.
-    fn put_state(&mut self, id: Uuid, row: i64, recipient: i64, sender: AccountId, state: i32) {
-        let entry = IndexedState {
-            recipient,
-            sender,
-            state,
-        };
-        let value = MessageIndex::encode(row, &entry);
-        self.batch.insert(&self.t.message_ids, id.as_bytes(), value);
+    /// Writes a message's index entry.
+    fn put_index(&mut self, id: Uuid, index: &MessageIndex) {
+        self.batch
+            .insert(&self.t.message_ids, id.as_bytes(), index.encode());
     }
 }
 
@@ -574,7 +581,7 @@ fn contact(tx: &Tx, owner: AccountId, peer: AccountId) -> CoreResult<([u8; 16], 
 }
 
 /// The sender's row and `client_message_id` as one key.
-fn client_key(sender_row: i64, client_message_id: &str) -> Vec<u8> {
+pub(super) fn client_key(sender_row: i64, client_message_id: &str) -> Vec<u8> {
     let mut k = be(sender_row).to_vec();
     k.extend_from_slice(client_message_id.as_bytes());
     k
@@ -594,7 +601,7 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         let earlier = match tx.client_keys.get(key) {
             Some(m) => Some(m.clone()),
             None => match tx.t.client_ids.get(key)? {
-                Some(v) => Some(tx.t.message(int_at(&v, 0)?)?),
+                Some(at) => Some(tx.t.message_at(&at)?),
                 None => None,
             },
         };
@@ -615,13 +622,19 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let row = tx.st.next_message;
     tx.st.next_message += 1;
     let stored = StoredMessage::encode_parsed(&mut m, Some([id, sender, recipient]));
-    tx.batch.insert(&tx.t.messages, be(row), stored.record());
-    tx.put_state(id, row, recipient_row, sender, m.state);
-    let pair = pair_key(sender_row, recipient_row);
+    let index = MessageIndex {
+        pair: pair_key(sender_row, recipient_row),
+        row,
+        recipient: recipient_row,
+        sender,
+        state: m.state,
+    };
     tx.batch
-        .insert(&tx.t.conversations, key2(pair, row as u64), []);
+        .insert(&tx.t.messages, index.key(), stored.record());
+    tx.put_index(id, &index);
     if let Some(key) = client_key {
-        tx.batch.insert(&tx.t.client_ids, key.as_slice(), be(row));
+        tx.batch
+            .insert(&tx.t.client_ids, key.as_slice(), index.key());
         tx.client_keys.insert(key, m.clone());
     }
     tx.message_row = Some(row);
@@ -654,39 +667,41 @@ fn mark_read(
 ) -> CoreResult<WriteOutput> {
     let not_found =
         || CoreError::not_found("up_to_message_id", "no such message from contact_id to you");
-    let (r, s) = (uuid_text(reader), uuid_text(sender));
     let (Some(reader_row), Some(sender_row)) = (tx.st.row(reader), tx.st.row(sender)) else {
         return Err(not_found());
     };
-    let up_row = tx.t.message_index(up_to)?.ok_or_else(not_found)?.row;
-    let up = tx.t.message(up_row)?;
-    if up.sender_id != s || up.recipient_id != r {
+    let up = tx.t.message_index(up_to)?.ok_or_else(not_found)?;
+    if up.sender != sender || up.recipient != reader_row {
         return Err(not_found());
     }
     let read = MessageState::Read as i32;
     let pair = pair_key(sender_row, reader_row);
     let mut ids = Vec::new();
     let t = tx.t;
-    for g in t
-        .conversations
-        .range(key2(pair, 0)..=key2(pair, up_row as u64))
-        .rev()
-    {
-        let row = int_at(&g.key()?, 8)?;
-        let m = t.message(row)?;
-        if m.sender_id != s || m.recipient_id != r {
+    // The conversation's messages both ways, newest first.
+    for g in t.messages.range(key2(pair, 0)..=up.key()).rev() {
+        let m = records::decode_message(&g.value()?)?;
+        let id = parse(&m.message_id)?;
+        let index = t.indexed(id)?;
+        if index.sender != sender {
             continue;
         }
-        if m.state >= read {
+        if index.state >= read {
             break;
         }
-        tx.put_state(parse(&m.message_id)?, row, reader_row, sender, read);
+        tx.put_index(
+            id,
+            &MessageIndex {
+                state: read,
+                ..index
+            },
+        );
         ids.push(m.message_id);
     }
     ids.sort(); // UUIDv7: time order
     if !ids.is_empty() {
         let kind = Kind::MessageStateChanged(pb::MessageStateChanged {
-            contact_id: r,
+            contact_id: uuid_text(reader),
             message_ids: ids.clone(),
             state: read,
         });
@@ -729,23 +744,15 @@ fn mark_delivered(
         let Some(index) = t.message_index(uuid)? else {
             continue;
         };
-        // The index entry answers for the message, unless it predates states living there.
-        let (sender, state) = match index.state {
-            Some(s) if s.recipient == recipient_row => (s.sender, s.state),
-            Some(_) => continue,
-            None => {
-                let m = t.message(index.row)?;
-                if m.recipient_id != r {
-                    continue;
-                }
-                (parse(&m.sender_id)?, m.state)
-            }
-        };
-        if state >= delivered {
+        if index.recipient != recipient_row || index.state >= delivered {
             continue;
         }
-        tx.put_state(uuid, index.row, recipient_row, sender, delivered);
-        by_sender.entry(sender).or_default().push(id);
+        let state = MessageIndex {
+            state: delivered,
+            ..index
+        };
+        tx.put_index(uuid, &state);
+        by_sender.entry(index.sender).or_default().push(id);
     }
     let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
     if let Some(c) = covers.filter(|c| c.after <= watermark)
@@ -759,12 +766,18 @@ fn mark_delivered(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::core::{AccountRecord, PresenceStatus, TokenRecord};
     use crate::store::lsm::records::{decode_event, decode_message};
 
-    fn create(t: &Tables, st: &mut State, d: &Durable, handle: &str) -> AccountId {
+    /// Creates an account with this handle; its id.
+    pub(in crate::store::lsm) fn create(
+        t: &Tables,
+        st: &mut State,
+        d: &Durable,
+        handle: &str,
+    ) -> AccountId {
         let id = Uuid::new_v4();
         let account = AccountRecord {
             id,
@@ -811,9 +824,11 @@ mod tests {
         }
     }
 
+    /// A message's state, as its index entry has it and as a read of its record gives it.
     fn state_of(t: &Tables, id: Uuid) -> i32 {
-        let row = t.message_index(id).unwrap().unwrap().row;
-        t.message(row).unwrap().state
+        let index = t.message_index(id).unwrap().unwrap();
+        assert_eq!(t.message_at(&index.key()).unwrap().state, index.state);
+        index.state
     }
 
     /// A fresh store with two accounts, "a" and "b", and logs of `retention` events.
@@ -973,43 +988,64 @@ mod tests {
         assert_eq!(kept(&Tables::open(dir.path()).unwrap()), vec![4, 5]);
     }
 
-    /// Receipts write the state into the index entry; an entry of the older shape (the row
-    /// alone) keeps reading its state from the message record until a receipt rewrites it.
+    /// A send writes four items (its record under its conversation, its index entry, two
+    /// events) and the newest row once per batch; receipts write the state into the index
+    /// entry, and the record keeps the state it was sent with.
     #[test]
-    fn states_live_in_the_index_and_old_entries_still_read() {
-        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
-        let new = send(&t, &mut st, &d, a, b);
-        let old = send(&t, &mut st, &d, a, b);
-        // Make `old` an entry as written before states moved to the index.
-        let row = t.message_index(old).unwrap().unwrap().row;
-        t.message_ids.insert(old.as_bytes(), be(row)).unwrap();
-        assert_eq!(t.message_index(old).unwrap().unwrap().state, None);
+    fn messages_are_keyed_by_conversation_and_states_live_in_the_index() {
+        let (dir, t, mut st, d, a, b) = two_accounts(1000);
+        let ops = (0..3)
+            .map(|_| WriteOp::SendMessage(message(a, b, "")))
+            .collect();
+        let (results, _) = group(&t, &mut st, &d, ops);
+        let ids: Vec<Uuid> = results.iter().map(|r| parse(&sent(r).0).unwrap()).collect();
+        let back = send(&t, &mut st, &d, b, a);
+        // One conversation, both ways, in row order.
+        let pair = pair_key(st.row(a).unwrap(), st.row(b).unwrap());
+        let conversation: Vec<i64> = t
+            .messages
+            .range(key2(pair, 0)..=key2(pair, u64::MAX))
+            .map(|g| int_at(&g.key().unwrap(), 8).unwrap())
+            .collect();
+        assert_eq!(conversation, vec![1, 2, 3, 4]);
+        assert_eq!(t.messages.len().unwrap(), 4);
+        assert_eq!(t.newest_message_row().unwrap(), 4);
 
-        assert_eq!(state_of(&t, new), MessageState::Sent as i32);
-        assert_eq!(state_of(&t, old), MessageState::Sent as i32);
-        // The sender is not the recipient: nothing changes.
-        assert_eq!(delivered(&t, &mut st, &d, a, &[new, old]), 0);
-        assert_eq!(delivered(&t, &mut st, &d, b, &[new, old]), 2);
-        for id in [new, old] {
-            assert_eq!(state_of(&t, id), MessageState::Delivered as i32);
-            let index = t.message_index(id).unwrap().unwrap();
-            assert_eq!(index.state.map(|s| (s.recipient, s.sender)), {
-                Some((st.row(b).unwrap(), a))
-            });
+        assert_eq!(state_of(&t, ids[0]), MessageState::Sent as i32);
+        // Only the recipient's receipt counts.
+        assert_eq!(delivered(&t, &mut st, &d, a, &ids), 0);
+        assert_eq!(delivered(&t, &mut st, &d, b, &ids), 3);
+        assert_eq!(delivered(&t, &mut st, &d, b, &ids), 0);
+        for id in &ids {
+            assert_eq!(state_of(&t, *id), MessageState::Delivered as i32);
+            let index = t.message_index(*id).unwrap().unwrap();
+            assert_eq!((index.recipient, index.sender), (st.row(b).unwrap(), a));
         }
-        // Already DELIVERED: no second receipt.
-        assert_eq!(delivered(&t, &mut st, &d, b, &[new, old]), 0);
-        // READ through the conversation walk, from the index too.
+        // READ by walking the conversation back from the second message: the first two, not
+        // the third, nor the message the other way.
         let op = WriteOp::MarkRead {
             reader: b,
             sender: a,
-            up_to: old,
+            up_to: ids[1],
         };
-        run_job(&t, &mut st, op, &d).unwrap();
-        assert_eq!(state_of(&t, new), MessageState::Read as i32);
-        assert_eq!(state_of(&t, old), MessageState::Read as i32);
+        match run_job(&t, &mut st, op, &d).unwrap().0 {
+            WriteOutput::Ids(marked) => assert_eq!(
+                marked,
+                ids[..2].iter().map(Uuid::to_string).collect::<Vec<_>>()
+            ),
+            _ => panic!("MarkRead answers ids"),
+        }
+        assert_eq!(state_of(&t, ids[1]), MessageState::Read as i32);
+        assert_eq!(state_of(&t, ids[2]), MessageState::Delivered as i32);
+        assert_eq!(state_of(&t, back), MessageState::Sent as i32);
         // The record itself still says how the message was sent.
-        let v = t.messages.get(be(row)).unwrap().unwrap();
+        let index = t.message_index(ids[0]).unwrap().unwrap();
+        let v = t.messages.get(index.key()).unwrap().unwrap();
         assert_eq!(decode_message(&v).unwrap().state, MessageState::Sent as i32);
+        // The next row after a reopen follows the newest.
+        t.db.persist(PersistMode::SyncAll).unwrap();
+        drop(t);
+        let t = Tables::open(dir.path()).unwrap();
+        assert_eq!(State::load(&t, 1000).unwrap().newest_message(), 4);
     }
 }
