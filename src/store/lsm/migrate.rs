@@ -38,6 +38,7 @@ pub(super) fn run(t: &Tables) -> CoreResult<()> {
     if !t.db.keyspace_exists(OLD_MESSAGES) && !t.db.keyspace_exists(OLD_CONVERSATIONS) {
         return Ok(());
     }
+    tracing::info!("store: moving messages to records keyed by conversation (once)");
     let mut moved = 0usize;
     if t.db.keyspace_exists(OLD_MESSAGES) {
         let old = t.db.keyspace(OLD_MESSAGES, keyspace_options)?;
