@@ -1,6 +1,7 @@
 //! The LSM engine's single writer thread. Each job is checked against the writer's state,
 //! then written as one atomic fjall batch (so a later job of the same group sees it, and a
-//! failing job leaves nothing behind), except that consecutive sends share one (`SendRun`);
+//! failing job leaves nothing behind), except that consecutive sends share one, as do
+//! consecutive receipts of live events (`Run`);
 //! once the group is written, its journal bytes go to the OS and the group to the syncer
 //! thread, whose one fdatasync makes it durable before its events are published and its
 //! callers answered (`journal.rs`, `syncer`). The writer goes on with the next group
@@ -132,7 +133,7 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
         events: Vec::new(),
         message_row: None,
     };
-    let mut run: Option<SendRun> = None;
+    let mut run: Option<Run> = None;
     for job in group {
         let refused = if d.broken.load(Ordering::Acquire) {
             Some(CoreError::Unavailable(
@@ -148,17 +149,24 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
             done.replies.push((job.reply, Err(e)));
             continue;
         }
-        match job.op {
-            WriteOp::SendMessage(m) => {
-                let r = run.get_or_insert_with(|| SendRun::start(t, &done));
-                let whole = r.send(t, st, d, job.reply, m, &mut done);
-                // A send that failed after writing spoils its run's batch (it cannot: see
-                // `SendRun`); a run shorter than the retention cannot drop an event it wrote
-                // itself (one batch would then insert and remove the same key).
+        match (RunKind::of(&job.op), job.op) {
+            (Some(kind), op) => {
+                // A run holds jobs of one kind.
+                if run.as_ref().is_some_and(|r| r.kind != kind)
+                    && let Some(r) = run.take()
+                {
+                    r.commit(t, st, d, &mut done);
+                }
+                let r = run.get_or_insert_with(|| Run::start(t, kind, &done));
+                let whole = r.add(t, st, d, job.reply, op, &mut done);
+                // A job that failed after writing spoils its run's batch (it cannot: see
+                // `Run`); a run shorter than the retention cannot drop an event it wrote
+                // itself (one batch would then insert and remove the same key: each job logs
+                // at most one event per account).
                 if !whole {
                     if let Some(r) = run.take() {
                         r.from.fail(st, &mut done, || {
-                            CoreError::Internal("a send of the same group failed midway".into())
+                            CoreError::Internal("a job of the same batch failed midway".into())
                         });
                     }
                 } else if r.jobs as u64 >= st.retention
@@ -167,7 +175,7 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
                     r.commit(t, st, d, &mut done);
                 }
             }
-            op => {
+            (None, op) => {
                 // This job may read what the run's sends wrote.
                 if let Some(r) = run.take() {
                     r.commit(t, st, d, &mut done);
@@ -216,22 +224,46 @@ struct Written {
     message_row: Option<i64>,
 }
 
-/// Consecutive SendMessage jobs of a group, written as one fjall batch: each batch's commit
+/// Consecutive jobs of one kind in a group, written as one fjall batch: each batch's commit
 /// has fixed costs (journal lock, seqno, each keyspace's memtable checks: 1-2 of fjall's
-/// ~10 µs per send, BENCHMARKS.md), and a send reads nothing an earlier one of the run wrote
-/// but its idempotency key, which the run keeps. Every fallible check of a send comes before
-/// its first write, so a refused send leaves nothing in the batch.
-struct SendRun {
+/// ~10 µs per send, BENCHMARKS.md). A job of a run reads the tables, not the batch, so a run
+/// holds only jobs that read nothing an earlier one of it wrote, but what the run keeps for
+/// them: a send, the idempotency keys of the run's sends; a live receipt (no `covers`: it
+/// writes no watermark), the messages the run's receipts already made DELIVERED. Every
+/// fallible check of a job comes before its first write, so a refused job leaves nothing in
+/// the batch.
+struct Run {
+    kind: RunKind,
     batch: OwnedWriteBatch,
     /// Idempotency keys the run's sends wrote, with their messages.
     client_keys: HashMap<Vec<u8>, pb::Message>,
+    /// Messages the run's receipts made DELIVERED.
+    delivered: HashSet<Uuid>,
     /// Where the run starts in the group.
     from: RunStart,
-    /// Sends written.
+    /// Jobs written.
     jobs: usize,
 }
 
-/// Where a [`SendRun`] starts in its group: what undoing it goes back to.
+/// The jobs a [`Run`] can hold.
+#[derive(Clone, Copy, PartialEq)]
+enum RunKind {
+    Sends,
+    LiveReceipts,
+}
+
+impl RunKind {
+    /// The run `op` can join, if any.
+    fn of(op: &WriteOp) -> Option<Self> {
+        match op {
+            WriteOp::SendMessage(_) => Some(RunKind::Sends),
+            WriteOp::MarkDelivered { covers: None, .. } => Some(RunKind::LiveReceipts),
+            _ => None,
+        }
+    }
+}
+
+/// Where a [`Run`] starts in its group: what undoing it goes back to.
 struct RunStart {
     reply: usize,
     event: usize,
@@ -240,7 +272,7 @@ struct RunStart {
 }
 
 impl RunStart {
-    /// Undoes the run in `done`: its sends are answered `error`, its events are dropped and
+    /// Undoes the run in `done`: its jobs are answered `error`, its events are dropped and
     /// their seqs given back.
     fn fail(self, st: &mut State, done: &mut Written, error: impl Fn() -> CoreError) {
         give_back(st, &done.events[self.event..]);
@@ -254,11 +286,13 @@ impl RunStart {
     }
 }
 
-impl SendRun {
-    fn start(t: &Tables, done: &Written) -> Self {
-        SendRun {
+impl Run {
+    fn start(t: &Tables, kind: RunKind, done: &Written) -> Self {
+        Run {
+            kind,
             batch: t.db.batch(),
             client_keys: HashMap::new(),
+            delivered: HashSet::new(),
             from: RunStart {
                 reply: done.replies.len(),
                 event: done.events.len(),
@@ -268,15 +302,15 @@ impl SendRun {
         }
     }
 
-    /// Adds one send, answering it into `done`; false if it failed after writing to the
-    /// batch (it cannot: `send_message` checks first), which spoils the whole run.
-    fn send(
+    /// Adds one job of the run's kind, answering it into `done`; false if it failed after
+    /// writing to the batch (it cannot: each checks first), which spoils the whole run.
+    fn add(
         &mut self,
         t: &Tables,
         st: &mut State,
         d: &Durable,
         reply: oneshot::Sender<CoreResult<WriteOutput>>,
-        m: pb::Message,
+        op: WriteOp,
         done: &mut Written,
     ) -> bool {
         let before = self.batch.len();
@@ -287,8 +321,9 @@ impl SendRun {
             events: Vec::new(),
             message_row: None,
             client_keys: &mut self.client_keys,
+            delivered: &mut self.delivered,
         };
-        match send_message(&mut tx, m) {
+        match apply(&mut tx, op) {
             Ok(out) => {
                 // Readers must not see these events before the journal sync.
                 d.fence(&tx.events);
@@ -307,9 +342,9 @@ impl SendRun {
         }
     }
 
-    /// Commits the run; on failure its sends are answered UNAVAILABLE and nothing is stored.
+    /// Commits the run; on failure its jobs are answered UNAVAILABLE and nothing is stored.
     fn commit(mut self, t: &Tables, st: &mut State, d: &Durable, done: &mut Written) {
-        if self.jobs > 0 {
+        if self.kind == RunKind::Sends && self.jobs > 0 {
             count_messages(t, st, &mut self.batch);
         }
         if let Err(e) = self.batch.commit() {
@@ -344,7 +379,7 @@ type JobDone = (WriteOutput, Vec<CommittedEvent>, Option<i64>);
 /// seqs it took are given back.
 pub(super) fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<JobDone> {
     let mut batch = t.db.batch();
-    let mut client_keys = HashMap::new();
+    let (mut client_keys, mut delivered) = (HashMap::new(), HashSet::new());
     let mut tx = Tx {
         t,
         st,
@@ -352,6 +387,7 @@ pub(super) fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> C
         events: Vec::new(),
         message_row: None,
         client_keys: &mut client_keys,
+        delivered: &mut delivered,
     };
     let out = match apply(&mut tx, op) {
         Ok(out) => out,
@@ -385,6 +421,8 @@ struct Tx<'a> {
     message_row: Option<i64>,
     /// Idempotency keys written to `batch` and not yet committed, with their messages.
     client_keys: &'a mut HashMap<Vec<u8>, pb::Message>,
+    /// Messages made DELIVERED in `batch`, not yet committed.
+    delivered: &'a mut HashSet<Uuid>,
 }
 
 impl Tx<'_> {
@@ -738,7 +776,8 @@ fn mark_delivered(
         let Ok(uuid) = Uuid::parse_str(&id) else {
             continue;
         };
-        if !seen.insert(uuid) {
+        // Made DELIVERED already by this receipt, or by an earlier one of the same batch.
+        if !seen.insert(uuid) || tx.delivered.contains(&uuid) {
             continue;
         }
         let Some(index) = t.message_index(uuid)? else {
@@ -753,6 +792,7 @@ fn mark_delivered(
         };
         tx.put_index(uuid, &state);
         by_sender.entry(index.sender).or_default().push(id);
+        tx.delivered.insert(uuid);
     }
     let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
     if let Some(c) = covers.filter(|c| c.after <= watermark)
@@ -962,6 +1002,58 @@ pub(super) mod tests {
         assert_eq!(t.head(st.row(a).unwrap()).unwrap(), 3);
         assert_eq!(t.head(st.row(b).unwrap()).unwrap(), 2);
         assert_eq!(state_of(&t, parse(&id).unwrap()), MessageState::Read as i32);
+    }
+
+    /// Live receipts of one group share a batch: a message in two of them is made DELIVERED
+    /// once and logged once, a receipt of the wrong recipient changes nothing, and a send
+    /// between two receipts ends the first run and starts its own.
+    #[test]
+    fn live_receipts_of_a_group_share_one_batch() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let ids: Vec<Uuid> = (0..3).map(|_| send(&t, &mut st, &d, a, b)).collect();
+        let receipt = |to: AccountId, ids: &[Uuid]| WriteOp::MarkDelivered {
+            recipient: to,
+            ids: ids.iter().map(Uuid::to_string).collect(),
+            covers: None,
+        };
+        let ops = vec![
+            receipt(b, &ids[..2]),
+            receipt(a, &ids),
+            receipt(b, &ids[1..]),
+            WriteOp::SendMessage(message(a, b, "")),
+            receipt(b, &ids),
+        ];
+        let (results, events) = group(&t, &mut st, &d, ops);
+        let changed = |r: &CoreResult<WriteOutput>| match r {
+            Ok(WriteOutput::Ids(ids)) => ids.clone(),
+            _ => panic!("MarkDelivered answers ids"),
+        };
+        let text = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect::<Vec<_>>();
+        assert_eq!(changed(&results[0]), text(&ids[..2]));
+        assert!(changed(&results[1]).is_empty());
+        assert_eq!(changed(&results[2]), text(&ids[2..]));
+        assert!(changed(&results[4]).is_empty());
+        for id in &ids {
+            assert_eq!(state_of(&t, *id), MessageState::Delivered as i32);
+        }
+        // The sender's log: two MessageStateChanged (one per receipt that changed something),
+        // then the new message; the recipient's: the new message.
+        let kinds = |who: AccountId| -> Vec<(u64, &'static str)> {
+            let evs = events.iter().filter(|e| e.account_id == who);
+            evs.map(|e| {
+                let kind = match e.event.kind {
+                    Some(Kind::MessageStateChanged(_)) => "state",
+                    Some(Kind::MessageSent(_)) => "sent",
+                    Some(Kind::MessageReceived(_)) => "received",
+                    _ => "other",
+                };
+                (e.event.seq, kind)
+            })
+            .collect()
+        };
+        assert_eq!(kinds(a), vec![(4, "state"), (5, "state"), (6, "sent")]);
+        assert_eq!(kinds(b), vec![(4, "received")]);
+        assert_eq!(t.head(st.row(a).unwrap()).unwrap(), 6);
     }
 
     /// Retention inside one group of sends: with a retention of 2, five sends leave exactly
