@@ -3,9 +3,12 @@
 instructions per call in all, by thread (the inclusive count of each thread's entry point),
 and the functions with the most instructions of their own; `--callees RE` / `--callers RE`
 list what the functions matching RE call, or what calls them, with the instructions spent
-per call through each edge; `--inclusive` sorts functions by instructions including calls.
+per call through each edge; `--inclusive` sorts functions by instructions including calls;
+`--calls RE` counts the calls made to the functions matching RE (not inlined ones), per call
+of the load: fjall's `WriteBatch::commit`, say, for the store batches a call took.
 
 usage: summary.py FILE CALLS [--top N] [--inclusive] [--match RE] [--callees RE] [--callers RE]
+                  [--calls RE]
 """
 import argparse, collections, re, signal
 
@@ -20,9 +23,10 @@ ap.add_argument("--inclusive", action="store_true")
 ap.add_argument("--match")
 ap.add_argument("--callees")
 ap.add_argument("--callers")
+ap.add_argument("--calls", dest="called")
 a = ap.parse_args()
 
-names, own, out = {}, collections.Counter(), collections.Counter()
+names, own, out, calls = {}, collections.Counter(), collections.Counter(), collections.Counter()
 edges = collections.Counter()
 fn = callee = None
 after_calls = False
@@ -45,6 +49,7 @@ for line in open(a.file, errors="replace"):
         callee = name(line[4:].strip())
     elif line.startswith("calls="):
         after_calls = True
+        calls[callee] += int(line[6:].split()[0])
     elif line[:1].isdigit() or line[:1] in "+-*":
         parts = line.split()
         if len(parts) < 2:
@@ -97,3 +102,9 @@ for flag, pattern, side in (("callees", a.callees, 0), ("callers", a.callers, 1)
     rows = collections.Counter({e: v for e, v in edges.items() if re.search(pattern, e[side])})
     for (caller, called), v in rows.most_common(a.top):
         print(f"{per(v):12,.0f}  {caller[:70]}  ->  {called[:110]}")
+
+if a.called:
+    print(f"\ncalls to {a.called}:")
+    for f, v in calls.most_common():
+        if re.search(a.called, f):
+            print(f"{per(v):12,.3f}  ({v:,} in all)  {f[:120]}")

@@ -1,0 +1,36 @@
+# Sourced by the scripts beside it: starts BIN/phantom-grpc-api on a fresh temp data dir
+# (127.0.0.1:50061, metrics on 127.0.0.1:9161, load-test limits off, log level warn) and
+# defines `ctl` (phantomctl as the admin) and `cpu` (the server's CPU ticks in all, and its
+# store writer thread's). Killed, and the dir removed, when the script exits.
+dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
+cat >"$dir/server.toml" <<CFG
+[server]
+listen = "127.0.0.1:50061"
+[storage]
+data_dir = "$dir/data"
+[auth]
+admin_token = "$admin"
+[limits]
+send_rate_per_sec = 1000000000
+send_burst = 1000000000
+max_event_streams_per_account = 1000000
+max_streams_per_connection = 1000000
+[metrics]
+listen = "127.0.0.1:9161"
+[log]
+level = "warn"
+CFG
+"$bin/phantom-grpc-api" --config "$dir/server.toml" >"$dir/log" 2>&1 &
+sp=$!
+trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50061) 2>/dev/null && break; sleep 0.1; done
+ctl() { "$bin/phantomctl" --server 127.0.0.1:50061 --token $admin "$@"; }
+cpu() {
+  local w=0 t
+  for t in /proc/$sp/task/*; do
+    # The writer's thread name, cut to the kernel's 15 characters.
+    [ "$(cat "$t/comm")" = "phantom-store-w" ] && w=$(awk '{print $14+$15}' "$t/stat")
+  done
+  echo "$(awk '{print $14+$15}' /proc/$sp/stat) $w"
+}
+tck=$(getconf CLK_TCK)
