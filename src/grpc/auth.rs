@@ -1,11 +1,15 @@
 //! Bearer-token authentication for both services.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::config::AuthMode;
 use crate::core::tokens::{TokenDigest, TokenIndex, digest};
 use crate::core::{AccountId, Caller, CoreError, CoreResult};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{AsciiMetadataKey, MetadataMap};
+
+/// The key looked up on every call, made once: a lookup by `&str` parses the name first.
+static AUTHORIZATION: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static("authorization"));
 
 /// Decides who a call is.
 pub struct Authenticator {
@@ -33,7 +37,7 @@ impl Authenticator {
 
     /// The token digest from `authorization: Bearer <token>`.
     fn bearer_digest(md: &MetadataMap) -> CoreResult<TokenDigest> {
-        let value = md.get("authorization").ok_or_else(|| {
+        let value = md.get(&*AUTHORIZATION).ok_or_else(|| {
             CoreError::Unauthenticated("missing `authorization: Bearer <token>` metadata".into())
         })?;
         let value = value.to_str().map_err(|_| {

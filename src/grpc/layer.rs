@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
@@ -32,6 +32,11 @@ const AHEAD_OF_CLIENT: Duration = Duration::from_millis(20);
 const MAX_ROUTES: usize = 256;
 /// Service and method label of the calls past `MAX_ROUTES`.
 const OTHER: &str = "other";
+
+/// Header names looked up on every call, made once: a lookup by `&str` parses the name
+/// first (~300 instructions a lookup, counted with callgrind).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Builds [`CallService`]s.
 #[derive(Clone)]
@@ -140,7 +145,7 @@ pub struct CallService<S> {
 
 /// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let v = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -205,7 +210,7 @@ impl Record {
 }
 
 fn code_of(headers: &HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
+    let v = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     Some(Code::from_i32(v.parse().ok()?))
 }
 
