@@ -11,12 +11,7 @@ bin=$(realpath "$1"); secs=$2
 . "$(dirname "$0")/server.sh"
 token=$(ctl account create ab-a$$ | awk '/^token:/ {print $2}')
 to=$(ctl account create ab-b$$ | awk '/^account_id:/ {print $2}')
-python3 - "$to" >"$dir/send.bin" <<'PY'
-import sys
-f = lambda n, d: bytes([(n << 3) | 2, len(d)]) + d
-m = f(1, sys.argv[1].encode()) + f(2, b"benchmark message, about the size of a chat line")
-sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)
-PY
+send_body "$to" >"$dir/send.bin"
 h2() {
   h2load -c 4 -m 16 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
     -H "authorization: Bearer $token" -d "$dir/send.bin" "$@" \

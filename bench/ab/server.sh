@@ -2,24 +2,9 @@
 # (127.0.0.1:50061, metrics on 127.0.0.1:9161, load-test limits off, log level warn) and
 # defines `ctl` (phantomctl as the admin) and `cpu` (the server's CPU ticks in all, and its
 # store writer thread's). Killed, and the dir removed, when the script exits.
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
-cat >"$dir/server.toml" <<CFG
-[server]
-listen = "127.0.0.1:50061"
-[storage]
-data_dir = "$dir/data"
-[auth]
-admin_token = "$admin"
-[limits]
-send_rate_per_sec = 1000000000
-send_burst = 1000000000
-max_event_streams_per_account = 1000000
-max_streams_per_connection = 1000000
-[metrics]
-listen = "127.0.0.1:9161"
-[log]
-level = "warn"
-CFG
+server_config "$dir" 50061 9161 $admin
 "$bin/phantom-grpc-api" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
 trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT

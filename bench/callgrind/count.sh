@@ -16,6 +16,7 @@ set -euo pipefail
 what=$1; n=$2; out=$(realpath -m "$3")
 bin=$(realpath "${BIN:-target/release}")
 warmup=${WARMUP:-2000}
+. "$(dirname "$0")/../lib.sh"
 for tool in valgrind callgrind_control h2load; do
   command -v $tool >/dev/null || { echo "$tool not found (apt install valgrind nghttp2-client)"; exit 1; }
 done
@@ -41,32 +42,13 @@ echo)
   ;;
 send)
   admin=callgrind-admin-token-0123456789abcdef
-  cat >"$dir/server.toml" <<CFG
-[server]
-listen = "127.0.0.1:50996"
-[storage]
-data_dir = "$dir/data"
-[auth]
-admin_token = "$admin"
-[limits]
-send_rate_per_sec = 1000000000
-send_burst = 1000000000
-[metrics]
-listen = "127.0.0.1:50995"
-[log]
-level = "warn"
-CFG
+  server_config "$dir" 50996 50995 $admin
   callgrind "$bin/phantom-grpc-api" --config "$dir/server.toml"
   up 50996
   ctl() { "$bin/phantomctl" --server 127.0.0.1:50996 --token $admin "$@"; }
   token=$(ctl account create callgrind-a$$ | awk '/^token:/ {print $2}')
   to=$(ctl account create callgrind-b$$ | awk '/^account_id:/ {print $2}')
-  python3 - "$to" >"$dir/send.bin" <<'PY'
-import sys
-f = lambda n, d: bytes([(n << 3) | 2, len(d)]) + d
-m = f(1, sys.argv[1].encode()) + f(2, b"benchmark message, about the size of a chat line")
-sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)
-PY
+  send_body "$to" >"$dir/send.bin"
   counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
     http://127.0.0.1:50996/phantom.v1.PhantomController/SendMessage
   # h2load counts a gRPC error as a success (HTTP 200): the server's own count of OK sends.

@@ -132,8 +132,8 @@ mod tests {
     use crate::store::jobs::{WriteOp, WriteOutput};
     use crate::store::lsm::key2;
     use crate::store::lsm::records::StoredMessage;
-    use crate::store::lsm::writer::tests::create;
-    use crate::store::lsm::writer::{State, run_job};
+    use crate::store::lsm::writer::State;
+    use crate::store::lsm::writer::tests::{create, run_job};
     use crate::store::syncer::Durable;
 
     /// An old layout's message: its record under its row, its conversation entry, its index

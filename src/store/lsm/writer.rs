@@ -149,44 +149,32 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
             done.replies.push((job.reply, Err(e)));
             continue;
         }
-        match (RunKind::of(&job.op), job.op) {
-            (Some(kind), op) => {
-                // A run holds jobs of one kind.
-                if run.as_ref().is_some_and(|r| r.kind != kind)
-                    && let Some(r) = run.take()
-                {
-                    r.commit(t, st, d, &mut done);
-                }
-                let r = run.get_or_insert_with(|| Run::start(t, kind, &done));
-                let whole = r.add(t, st, d, job.reply, op, &mut done);
-                // A job that failed after writing spoils its run's batch (it cannot: see
-                // `Run`); a run shorter than the retention cannot drop an event it wrote
-                // itself (one batch would then insert and remove the same key: each job logs
-                // at most one event per account).
-                if !whole {
-                    if let Some(r) = run.take() {
-                        r.from.fail(st, &mut done, || {
-                            CoreError::Internal("a job of the same batch failed midway".into())
-                        });
-                    }
-                } else if r.jobs as u64 >= st.retention
-                    && let Some(r) = run.take()
-                {
-                    r.commit(t, st, d, &mut done);
-                }
-            }
-            (None, op) => {
-                // This job may read what the run's sends wrote.
-                if let Some(r) = run.take() {
-                    r.commit(t, st, d, &mut done);
-                }
-                let result = run_job(t, st, op, d).map(|(out, mut new, row)| {
-                    done.events.append(&mut new);
-                    done.message_row = row.or(done.message_row);
-                    out
+        let kind = RunKind::of(&job.op);
+        // A run holds jobs of one kind; a job of no run's kind is a run of its own, since it
+        // may read what the run before it wrote.
+        if run
+            .as_ref()
+            .is_some_and(|r| r.kind != kind || kind == RunKind::Alone)
+            && let Some(r) = run.take()
+        {
+            r.commit(t, st, d, &mut done);
+        }
+        let r = run.get_or_insert_with(|| Run::start(t, kind, &done));
+        let whole = r.add(t, st, d, job.reply, job.op, &mut done);
+        // A job that failed after writing spoils its run's batch (a send or a receipt cannot:
+        // see `Run`); a run shorter than the retention cannot drop an event it wrote itself
+        // (one batch would then insert and remove the same key: each job logs at most one
+        // event per account).
+        if !whole {
+            if let Some(r) = run.take() {
+                r.from.fail(st, &mut done, || {
+                    CoreError::Internal("a job of the same batch failed midway".into())
                 });
-                done.replies.push((job.reply, result));
             }
+        } else if (kind == RunKind::Alone || r.jobs as u64 >= st.retention)
+            && let Some(r) = run.take()
+        {
+            r.commit(t, st, d, &mut done);
         }
     }
     if let Some(r) = run.take() {
@@ -224,8 +212,8 @@ struct Written {
     message_row: Option<i64>,
 }
 
-/// Consecutive jobs of one kind in a group, written as one fjall batch: each batch's commit
-/// has fixed costs (journal lock, seqno, each keyspace's memtable checks: 1-2 of fjall's
+/// Consecutive jobs of one kind in a group, written as one fjall batch (any other job is a
+/// run of its own, `RunKind::Alone`): each batch's commit has fixed costs (journal lock, seqno, each keyspace's memtable checks: 1-2 of fjall's
 /// ~10 µs per send, BENCHMARKS.md). A job of a run reads the tables, not the batch, so a run
 /// holds only jobs that read nothing an earlier one of it wrote, but what the run keeps for
 /// them: a send, the idempotency keys of the run's sends; a live receipt (no `covers`: it
@@ -243,6 +231,8 @@ struct Run {
     from: RunStart,
     /// Jobs written.
     jobs: usize,
+    /// Whether a job of the run wrote a message (the newest row is then written too).
+    sent: bool,
 }
 
 /// The jobs a [`Run`] can hold.
@@ -250,15 +240,17 @@ struct Run {
 enum RunKind {
     Sends,
     LiveReceipts,
+    /// Any other job: a run of one.
+    Alone,
 }
 
 impl RunKind {
-    /// The run `op` can join, if any.
-    fn of(op: &WriteOp) -> Option<Self> {
+    /// The run `op` can join.
+    fn of(op: &WriteOp) -> Self {
         match op {
-            WriteOp::SendMessage(_) => Some(RunKind::Sends),
-            WriteOp::MarkDelivered { covers: None, .. } => Some(RunKind::LiveReceipts),
-            _ => None,
+            WriteOp::SendMessage(_) => RunKind::Sends,
+            WriteOp::MarkDelivered { covers: None, .. } => RunKind::LiveReceipts,
+            _ => RunKind::Alone,
         }
     }
 }
@@ -299,6 +291,7 @@ impl Run {
                 message_row: done.message_row,
             },
             jobs: 0,
+            sent: false,
         }
     }
 
@@ -329,6 +322,7 @@ impl Run {
                 d.fence(&tx.events);
                 done.events.append(&mut tx.events);
                 done.message_row = tx.message_row.or(done.message_row);
+                self.sent |= tx.message_row.is_some();
                 done.replies.push((reply, Ok(out)));
                 self.jobs += 1;
                 true
@@ -344,8 +338,11 @@ impl Run {
 
     /// Commits the run; on failure its jobs are answered UNAVAILABLE and nothing is stored.
     fn commit(mut self, t: &Tables, st: &mut State, d: &Durable, done: &mut Written) {
-        if self.kind == RunKind::Sends && self.jobs > 0 {
-            count_messages(t, st, &mut self.batch);
+        if self.sent {
+            // Once per batch: fjall gives all of a batch's items one seqno, so a key twice in
+            // it would be ambiguous.
+            self.batch
+                .insert(&t.counters, MESSAGE_ROW, be(st.next_message - 1));
         }
         if let Err(e) = self.batch.commit() {
             d.broken.store(true, Ordering::Release);
@@ -357,12 +354,6 @@ impl Run {
     }
 }
 
-/// Writes the newest message row to `batch`, once per batch that sends (a batch holds a key
-/// once: fjall gives all its items one seqno).
-fn count_messages(t: &Tables, st: &State, batch: &mut OwnedWriteBatch) {
-    batch.insert(&t.counters, MESSAGE_ROW, be(st.next_message - 1));
-}
-
 /// Gives back the seqs `events` took (their writes were not stored).
 fn give_back(st: &mut State, events: &[CommittedEvent]) {
     for ev in events {
@@ -370,46 +361,6 @@ fn give_back(st: &mut State, events: &[CommittedEvent]) {
             a.head = a.head.min(ev.event.seq - 1);
         }
     }
-}
-
-/// A job's output, its events and the message row it wrote.
-type JobDone = (WriteOutput, Vec<CommittedEvent>, Option<i64>);
-
-/// Checks and writes one job as one fjall batch. On failure nothing of it is written, and the
-/// seqs it took are given back.
-pub(super) fn run_job(t: &Tables, st: &mut State, op: WriteOp, d: &Durable) -> CoreResult<JobDone> {
-    let mut batch = t.db.batch();
-    let (mut client_keys, mut delivered) = (HashMap::new(), HashSet::new());
-    let mut tx = Tx {
-        t,
-        st,
-        batch: &mut batch,
-        events: Vec::new(),
-        message_row: None,
-        client_keys: &mut client_keys,
-        delivered: &mut delivered,
-    };
-    let out = match apply(&mut tx, op) {
-        Ok(out) => out,
-        Err(e) => {
-            give_back(tx.st, &tx.events);
-            return Err(e);
-        }
-    };
-    let (events, message_row) = (tx.events, tx.message_row);
-    if message_row.is_some() {
-        count_messages(t, st, &mut batch);
-    }
-    // Readers must not see these events before the journal sync.
-    d.fence(&events);
-    if let Err(e) = batch.commit() {
-        d.broken.store(true, Ordering::Release);
-        tracing::error!(error = %e, "store write failed; refusing writes from now on");
-        return Err(CoreError::Unavailable(
-            "storage write failed; nothing was stored".into(),
-        ));
-    }
-    Ok((out, events, message_row))
 }
 
 /// One job's writes, committed together.
@@ -927,6 +878,17 @@ pub(super) mod tests {
             state: MessageState::Sent as i32,
             ..Default::default()
         }
+    }
+
+    /// Runs `op` alone as a group, as the writer thread would; its answer and its events.
+    pub(in crate::store::lsm) fn run_job(
+        t: &Tables,
+        st: &mut State,
+        op: WriteOp,
+        d: &Durable,
+    ) -> CoreResult<(WriteOutput, Vec<CommittedEvent>)> {
+        let (mut results, events) = group(t, st, d, vec![op]);
+        results.pop().expect("one answer").map(|out| (out, events))
     }
 
     /// Runs `ops` as one group, as the writer thread would; the answers it would send.

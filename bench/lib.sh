@@ -1,0 +1,34 @@
+# Sourced by the benchmark scripts: what they share.
+
+# server_config DIR PORT METRICS_PORT ADMIN: writes DIR/server.toml for a server on
+# 127.0.0.1:PORT with its data in DIR/data, metrics on 127.0.0.1:METRICS_PORT, the limits that
+# would throttle a load test off, and log level warn.
+server_config() {
+  cat >"$1/server.toml" <<CFG
+[server]
+listen = "127.0.0.1:$2"
+[storage]
+data_dir = "$1/data"
+[auth]
+admin_token = "$4"
+[limits]
+send_rate_per_sec = 1000000000
+send_burst = 1000000000
+max_event_streams_per_account = 1000000
+max_streams_per_connection = 1000000
+[metrics]
+listen = "127.0.0.1:$3"
+[log]
+level = "warn"
+CFG
+}
+
+# send_body RECIPIENT: a SendMessageRequest to RECIPIENT, gRPC-framed, on stdout (h2load -d).
+send_body() {
+  python3 - "$1" <<'PY'
+import sys
+f = lambda n, d: bytes([(n << 3) | 2, len(d)]) + d
+m = f(1, sys.argv[1].encode()) + f(2, b"benchmark message, about the size of a chat line")
+sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)
+PY
+}
