@@ -62,8 +62,7 @@ pub(super) fn run(t: &Tables) -> CoreResult<()> {
 /// Writes every record of `old` in the current layout; how many there were.
 fn move_messages(t: &Tables, old: &fjall::Keyspace) -> CoreResult<usize> {
     let mut rows: HashMap<Uuid, i64> = HashMap::new();
-    let mut row_of = |id: &str| -> CoreResult<i64> {
-        let id = Uuid::parse_str(id).map_err(CoreError::internal)?;
+    let mut row_of = |id: Uuid| -> CoreResult<i64> {
         if let Some(row) = rows.get(&id) {
             return Ok(*row);
         }
@@ -79,8 +78,10 @@ fn move_messages(t: &Tables, old: &fjall::Keyspace) -> CoreResult<usize> {
         let (k, record) = g.into_inner()?;
         let row = int_at(&k, 0)?;
         let m = decode_message(&record)?;
-        let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
-        let (sender_row, recipient) = (row_of(&m.sender_id)?, row_of(&m.recipient_id)?);
+        let [id, sender, recipient] = [&m.message_id, &m.sender_id, &m.recipient_id]
+            .map(|text| Uuid::parse_str(text).map_err(CoreError::internal));
+        let (id, sender) = (id?, sender?);
+        let (sender_row, recipient) = (row_of(sender)?, row_of(recipient?)?);
         let state = match t.message_ids.get(id.as_bytes())? {
             Some(v) => old_state(&v, m.state)?,
             None => m.state,
@@ -89,7 +90,7 @@ fn move_messages(t: &Tables, old: &fjall::Keyspace) -> CoreResult<usize> {
             pair: pair_key(sender_row, recipient),
             row,
             recipient,
-            sender: Uuid::parse_str(&m.sender_id).map_err(CoreError::internal)?,
+            sender,
             state,
         };
         batch.insert(&t.messages, index.key(), record);
