@@ -32,3 +32,17 @@ m = f(1, sys.argv[1].encode()) + f(2, b"benchmark message, about the size of a c
 sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)
 PY
 }
+
+# up PORT: waits until 127.0.0.1:PORT takes connections (two minutes at most: a server under
+# valgrind starts slowly).
+up() {
+  for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
+  echo "not listening on $1"
+  exit 1
+}
+
+# ok_sends METRICS_PORT: the SendMessage calls the server answered OK, from its /metrics (h2load
+# counts a gRPC error as a success: HTTP 200).
+ok_sends() {
+  python3 -c "import urllib.request as u; print(sum(int(float(l.split()[-1])) for l in u.urlopen('http://127.0.0.1:$1/metrics').read().decode().splitlines() if l.startswith('phantom_grpc_requests_total') and 'code=\"Ok\"' in l and 'SendMessage' in l))"
+}

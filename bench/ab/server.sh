@@ -8,7 +8,7 @@ server_config "$dir" 50061 9161 $admin
 "$bin/phantom-grpc-api" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
 trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50061) 2>/dev/null && break; sleep 0.1; done
+up 50061
 ctl() { "$bin/phantomctl" --server 127.0.0.1:50061 --token $admin "$@"; }
 cpu() {
   local w=0 t

@@ -25,7 +25,6 @@ vp=
 trap '[ -n "$vp" ] && kill $vp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 h2() { h2load -c 4 -m 16 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' "$@"; }
 callgrind() { valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" "$@" >"$dir/log" 2>&1 & vp=$!; }
-up() { for _ in $(seq 120); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 1; done; echo "not listening"; exit 1; }
 counted() {  # h2 ARGS: warm-up, zero, N calls, dump
   h2 -n "$warmup" "$@" | grep -q "$warmup succeeded"
   callgrind_control -z $vp >/dev/null 2>&1
@@ -52,7 +51,7 @@ send)
   counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
     http://127.0.0.1:50996/phantom.v1.PhantomController/SendMessage
   # h2load counts a gRPC error as a success (HTTP 200): the server's own count of OK sends.
-  ok=$(python3 -c "import urllib.request as u; print(sum(int(float(l.split()[-1])) for l in u.urlopen('http://127.0.0.1:50995/metrics').read().decode().splitlines() if l.startswith('phantom_grpc_requests_total') and 'code=\"Ok\"' in l and 'SendMessage' in l))")
+  ok=$(ok_sends 50995)
   [ "$ok" -eq $((warmup + n)) ] || { echo "the server answered $ok sends OK, not $((warmup + n))"; exit 1; }
   ;;
 *) echo "usage: $0 send|echo N OUT"; exit 2 ;;

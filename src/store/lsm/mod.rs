@@ -308,10 +308,19 @@ impl Tables {
 
     /// A record read from `messages`, with its current state (from its index entry).
     fn message_record(&self, record: &[u8]) -> CoreResult<pb::Message> {
-        let mut m = records::decode_message(record)?;
-        let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
-        m.state = self.indexed(id)?.state;
+        let (mut m, _, index) = self.record_and_index(record)?;
+        m.state = index.state;
         Ok(m)
+    }
+
+    /// A record read from `messages` (its state as sent), its id and its index entry.
+    fn record_and_index(&self, record: &[u8]) -> CoreResult<(pb::Message, Uuid, MessageIndex)> {
+        let m = records::decode_message(record)?;
+        let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
+        let index = self
+            .message_index(id)?
+            .ok_or_else(|| CoreError::Internal(format!("message {id} has no index entry")))?;
+        Ok((m, id, index))
     }
 
     /// The message whose record is at `key` in `messages`, with its current state.
@@ -321,12 +330,6 @@ impl Tables {
             .get(key)?
             .ok_or_else(|| CoreError::Internal("a message record is missing".into()))?;
         self.message_record(&v)
-    }
-
-    /// The index entry of a message known to exist (its record was read).
-    fn indexed(&self, id: Uuid) -> CoreResult<MessageIndex> {
-        self.message_index(id)?
-            .ok_or_else(|| CoreError::Internal(format!("message {id} has no index entry")))
     }
 
     /// The index entry of the message with this id.

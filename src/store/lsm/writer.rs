@@ -18,7 +18,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::records::{self, StoredMessage, encode_event};
+use super::records::{StoredMessage, encode_event};
 use super::{
     MESSAGE_ROW, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
     int_at, key2, to_json,
@@ -213,8 +213,9 @@ struct Written {
 }
 
 /// Consecutive jobs of one kind in a group, written as one fjall batch (any other job is a
-/// run of its own, `RunKind::Alone`): each batch's commit has fixed costs (journal lock, seqno, each keyspace's memtable checks: 1-2 of fjall's
-/// ~10 µs per send, BENCHMARKS.md). A job of a run reads the tables, not the batch, so a run
+/// run of its own, `RunKind::Alone`): each batch's commit has fixed costs (journal lock,
+/// seqno, each keyspace's memtable checks: 1-2 of fjall's ~10 µs per send, BENCHMARKS.md).
+/// A job of a run reads the tables, not the batch, so a run
 /// holds only jobs that read nothing an earlier one of it wrote, but what the run keeps for
 /// them: a send, the idempotency keys of the run's sends; a live receipt (no `covers`: it
 /// writes no watermark), the messages the run's receipts already made DELIVERED. Every
@@ -231,8 +232,6 @@ struct Run {
     from: RunStart,
     /// Jobs written.
     jobs: usize,
-    /// Whether a job of the run wrote a message (the newest row is then written too).
-    sent: bool,
 }
 
 /// The jobs a [`Run`] can hold.
@@ -291,7 +290,6 @@ impl Run {
                 message_row: done.message_row,
             },
             jobs: 0,
-            sent: false,
         }
     }
 
@@ -322,7 +320,6 @@ impl Run {
                 d.fence(&tx.events);
                 done.events.append(&mut tx.events);
                 done.message_row = tx.message_row.or(done.message_row);
-                self.sent |= tx.message_row.is_some();
                 done.replies.push((reply, Ok(out)));
                 self.jobs += 1;
                 true
@@ -338,9 +335,10 @@ impl Run {
 
     /// Commits the run; on failure its jobs are answered UNAVAILABLE and nothing is stored.
     fn commit(mut self, t: &Tables, st: &mut State, d: &Durable, done: &mut Written) {
-        if self.sent {
-            // Once per batch: fjall gives all of a batch's items one seqno, so a key twice in
-            // it would be ambiguous.
+        // The run wrote a message (rows only grow): the newest row goes with it, once per
+        // batch, since fjall gives all of a batch's items one seqno and a key twice in it
+        // would be ambiguous.
+        if done.message_row != self.from.message_row {
             self.batch
                 .insert(&t.counters, MESSAGE_ROW, be(st.next_message - 1));
         }
@@ -669,9 +667,7 @@ fn mark_read(
     let t = tx.t;
     // The conversation's messages both ways, newest first.
     for g in t.messages.range(key2(pair, 0)..=up.key()).rev() {
-        let m = records::decode_message(&g.value()?)?;
-        let id = parse(&m.message_id)?;
-        let index = t.indexed(id)?;
+        let (m, id, index) = t.record_and_index(&g.value()?)?;
         if index.sender != sender {
             continue;
         }
@@ -727,7 +723,7 @@ fn mark_delivered(
         let Ok(uuid) = Uuid::parse_str(&id) else {
             continue;
         };
-        // Made DELIVERED already by this receipt, or by an earlier one of the same batch.
+        // Seen already in this receipt, or made DELIVERED by an earlier one of the batch.
         if !seen.insert(uuid) || tx.delivered.contains(&uuid) {
             continue;
         }
