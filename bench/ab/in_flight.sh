@@ -9,6 +9,8 @@
 # usage: bench/ab/in_flight.sh BINDIR SECONDS ROUNDS   (h2load: apt install nghttp2-client)
 set -euo pipefail
 bin=$(realpath "$1"); secs=$2; rounds=$3
+# The idle share is read over all but the first and last second of each window.
+[ "$secs" -ge 3 ] || { echo "SECONDS must be 3 or more"; exit 2; }
 . "$(dirname "$0")/server.sh"
 token=$(ctl account create ab-a$$ | awk '/^token:/ {print $2}')
 to=$(ctl account create ab-b$$ | awk '/^account_id:/ {print $2}')
