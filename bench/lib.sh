@@ -33,6 +33,26 @@ sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)
 PY
 }
 
+# echo_body: the echo ceiling's request (a 64-byte body), gRPC-framed, on stdout (h2load -d).
+echo_body() {
+  python3 -c "import sys; sys.stdout.buffer.write(b'\x00\x00\x00\x00\x42\x0a\x40' + b'\x07'*64)"
+}
+
+# sender_and_body NAME DIR: with the caller's `ctl` (phantomctl as the admin), creates two
+# accounts NAME-a and NAME-b; sets `token` to the first's token and writes a SendMessage to the
+# second to DIR/send.bin.
+sender_and_body() {
+  local to
+  token=$(ctl account create "$1-a" | awk '/^token:/ {print $2}')
+  to=$(ctl account create "$1-b" | awk '/^account_id:/ {print $2}')
+  send_body "$to" >"$2/send.bin"
+}
+
+# grpc_h2load ARGS: h2load with one thread, 4 connections and the headers a gRPC call needs.
+grpc_h2load() {
+  h2load -c 4 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' "$@"
+}
+
 # up PORT: waits until 127.0.0.1:PORT takes connections (two minutes at most: a server under
 # valgrind starts slowly).
 up() {

@@ -12,20 +12,17 @@ bin=$(realpath "$1"); secs=$2; rounds=$3
 # The idle share is read over all but the first and last second of each window.
 [ "$secs" -ge 3 ] || { echo "SECONDS must be 3 or more"; exit 2; }
 . "$(dirname "$0")/server.sh"
-token=$(ctl account create ab-a$$ | awk '/^token:/ {print $2}')
-to=$(ctl account create ab-b$$ | awk '/^account_id:/ {print $2}')
-send_body "$to" >"$dir/send.bin"
+sender_and_body ab$$ "$dir"
 "$bin/phantom-bench" --serve-echo 127.0.0.1:50997 >/dev/null 2>&1 &
 ep=$!
 trap 'kill $sp $ep 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 up 50997
-python3 -c "import sys; sys.stdout.buffer.write(b'\x00\x00\x00\x00\x42\x0a\x40' + b'\x07'*64)" >"$dir/echo.bin"
+echo_body >"$dir/echo.bin"
 # The machine's busy and idle jiffies so far.
 ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
 window() {  # PER_CONNECTION BODY URL [h2load ARGS]
   local m=$1 body=$2 url=$3; shift 3
-  h2load -c 4 -m "$m" -t 1 -H 'content-type: application/grpc' -H 'te: trailers' "$@" \
-    -d "$body" -D "$secs" "$url" >"$dir/out" &
+  grpc_h2load -m "$m" "$@" -d "$body" -D "$secs" "$url" >"$dir/out" &
   local h=$! t0 i0 t1 i1
   sleep 1; read -r t0 i0 < <(ticks); sleep $((secs - 2)); read -r t1 i1 < <(ticks)
   wait $h

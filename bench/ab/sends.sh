@@ -9,12 +9,9 @@
 set -euo pipefail
 bin=$(realpath "$1"); secs=$2
 . "$(dirname "$0")/server.sh"
-token=$(ctl account create ab-a$$ | awk '/^token:/ {print $2}')
-to=$(ctl account create ab-b$$ | awk '/^account_id:/ {print $2}')
-send_body "$to" >"$dir/send.bin"
+sender_and_body ab$$ "$dir"
 h2() {
-  h2load -c 4 -m 16 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
-    -H "authorization: Bearer $token" -d "$dir/send.bin" "$@" \
+  grpc_h2load -m 16 -H "authorization: Bearer $token" -d "$dir/send.bin" "$@" \
     http://127.0.0.1:50061/phantom.v1.PhantomController/SendMessage
 }
 h2 -n 5000 >/dev/null

@@ -23,7 +23,7 @@ done
 dir=$(mktemp -d)
 vp=
 trap '[ -n "$vp" ] && kill $vp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-h2() { h2load -c 4 -m 16 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' "$@"; }
+h2() { grpc_h2load -m 16 "$@"; }
 callgrind() { valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" "$@" >"$dir/log" 2>&1 & vp=$!; }
 counted() {  # h2 ARGS: warm-up, zero, N calls, dump
   h2 -n "$warmup" "$@" | grep -q "$warmup succeeded"
@@ -36,7 +36,7 @@ case $what in
 echo)
   callgrind "$bin/phantom-bench" --serve-echo 127.0.0.1:50997
   up 50997
-  python3 -c "import sys; sys.stdout.buffer.write(b'\x00\x00\x00\x00\x42\x0a\x40' + b'\x07'*64)" >"$dir/echo.bin"
+  echo_body >"$dir/echo.bin"
   counted -d "$dir/echo.bin" http://127.0.0.1:50997/phantom.bench.v1.Echo/Unary
   ;;
 send)
@@ -45,9 +45,7 @@ send)
   callgrind "$bin/phantom-grpc-api" --config "$dir/server.toml"
   up 50996
   ctl() { "$bin/phantomctl" --server 127.0.0.1:50996 --token $admin "$@"; }
-  token=$(ctl account create callgrind-a$$ | awk '/^token:/ {print $2}')
-  to=$(ctl account create callgrind-b$$ | awk '/^account_id:/ {print $2}')
-  send_body "$to" >"$dir/send.bin"
+  sender_and_body callgrind$$ "$dir"
   counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
     http://127.0.0.1:50996/phantom.v1.PhantomController/SendMessage
   # h2load counts a gRPC error as a success (HTTP 200): the server's own count of OK sends.

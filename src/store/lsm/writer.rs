@@ -151,10 +151,9 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
         }
         let kind = RunKind::of(&job.op);
         // A run holds jobs of one kind; a job of no run's kind is a run of its own, since it
-        // may read what the run before it wrote.
-        if run
-            .as_ref()
-            .is_some_and(|r| r.kind != kind || kind == RunKind::Alone)
+        // may read what the run before it wrote (an `Alone` run is committed as soon as its
+        // job is added, so a run still open here is never `Alone`).
+        if run.as_ref().is_some_and(|r| r.kind != kind)
             && let Some(r) = run.take()
         {
             r.commit(t, st, d, &mut done);
