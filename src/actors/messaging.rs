@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CoreError, CoreResult, MessageState, Page, PageRequest, uuid_text};
 use crate::pb;
-use crate::store::{LogRange, SentMessage, Store};
+use crate::store::{LogRange, Reply, SentMessage, Store};
 
 /// The messaging authority.
 pub struct MessagingActor {
@@ -34,14 +34,11 @@ impl Actor for MessagingActor {
 /// caller's deadline passed, it went away), the store skips the write if it had not started it.
 pub type Pending<T> = BoxFuture<'static, CoreResult<T>>;
 
-/// A `Pending` that already failed.
-fn failed<T: Send + 'static>(e: CoreError) -> Pending<T> {
-    Box::pin(std::future::ready(Err(e)))
-}
-
-/// A validated SendMessage.
+/// A validated SendMessage. Its result goes through `reply`, answered by the store's writer
+/// itself: the caller's task is woken once, when the message is durable, not also when this
+/// actor has queued it.
 #[derive(Message)]
-#[rtype(result = "Pending<SentMessage>")]
+#[rtype(result = "()")]
 pub struct SendMessage {
     /// The caller.
     pub sender: AccountId,
@@ -55,16 +52,18 @@ pub struct SendMessage {
     pub content_type: String,
     /// Idempotency key, may be empty.
     pub client_message_id: String,
+    /// Where the stored message (or the error) goes.
+    pub reply: Reply<SentMessage>,
 }
 
 impl Handler<SendMessage> for MessagingActor {
-    type Result = MessageResult<SendMessage>;
-    fn handle(&mut self, msg: SendMessage, _: &mut Context<Self>) -> Self::Result {
+    type Result = ();
+    fn handle(&mut self, msg: SendMessage, ctx: &mut Context<Self>) {
         if msg.sender == msg.recipient {
-            return MessageResult(failed(CoreError::invalid(
+            return msg.reply.fail(CoreError::invalid(
                 "recipient_id",
                 "you cannot send a message to yourself",
-            )));
+            ));
         }
         let message = pb::Message {
             message_id: uuid_text(Uuid::now_v7()),
@@ -77,7 +76,11 @@ impl Handler<SendMessage> for MessagingActor {
             sent_at: Some(to_timestamp(now_micros())),
             state: MessageState::Sent as i32,
         };
-        MessageResult(self.store.send_message(message))
+        if let Some(backlog) = self.store.send_message(message, msg.reply) {
+            // The writer's queue is full: this actor waits with it, so that its own mailbox
+            // fills and callers wait in turn (no queue grows without bound).
+            ctx.wait(actix::fut::wrap_future(backlog));
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use super::auth::Authenticator;
 use super::connect;
 use super::events::EventStream;
 use super::limits::AccountLimits;
-use super::{ask, observe};
+use super::{ask, observe, tell};
 use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::{self, ContactsActor};
 use crate::actors::messaging::{self, MessagingActor};
@@ -27,6 +27,7 @@ use crate::core::validate::{
 };
 use crate::core::{Caller, CoreError, CoreResult, PresenceStatus};
 use crate::pb::{self, phantom_controller_server::PhantomController};
+use crate::store;
 
 /// The account-facing service.
 #[derive(Clone)]
@@ -112,18 +113,17 @@ impl ControllerService {
         let recipient = validate::uuid("recipient_id", &r.recipient_id)?;
         self.validate_send(&r)?;
         self.account_limits.send(caller.account_id)?;
-        let sent = ask(
-            &self.messaging,
-            messaging::SendMessage {
-                sender: caller.account_id,
-                recipient,
-                text: r.text,
-                payload: r.payload,
-                content_type: r.content_type,
-                client_message_id: r.client_message_id,
-            },
-        )
-        .await?;
+        let (reply, answer) = store::sent_reply();
+        let send = messaging::SendMessage {
+            sender: caller.account_id,
+            recipient,
+            text: r.text,
+            payload: r.payload,
+            content_type: r.content_type,
+            client_message_id: r.client_message_id,
+            reply,
+        };
+        let sent = tell(&self.messaging, send, answer).await?;
         Ok(pb::SendMessageResponse {
             message: Some(sent.message),
             duplicate: sent.duplicate,

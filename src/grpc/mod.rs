@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::actors::mailbox_error;
 use crate::core::{CoreError, CoreResult};
+use crate::store::Written;
 
 /// What an actor answers: a result, or a store round-trip it started for the caller to await
 /// (`messaging::Pending`), so that the writer answers the caller's task directly.
@@ -59,6 +60,27 @@ where
     // Decremented however the call ends, cancellation included.
     let _queued = scopeguard::guard(depth, |d| d.dec());
     addr.send(msg).await.map_err(mailbox_error)?.settle().await
+}
+
+/// Sends an actor a message that carries its own reply (`store::Reply`), then waits for the
+/// `answer`: the caller's task is woken once, by the store's writer when the change is
+/// durable, instead of once by the actor handing back a pending write and again by the writer.
+/// The mailbox bound holds as for `ask`: when it is full the call waits for room.
+pub async fn tell<A, M, T>(addr: &Addr<A>, msg: M, answer: Written<T>) -> CoreResult<T>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: actix::Message<Result = ()> + Send + 'static,
+{
+    let depth = crate::metrics::actor_in_flight::<A>();
+    depth.inc();
+    let _queued = scopeguard::guard(depth, |d| d.dec());
+    match addr.try_send(msg) {
+        Ok(()) => {}
+        Err(SendError::Full(msg)) => addr.send(msg).await.map_err(mailbox_error)?,
+        Err(SendError::Closed(_)) => return Err(mailbox_error(MailboxError::Closed)),
+    }
+    answer.await
 }
 
 /// Runs one call's (or one Connect command's) work inside a span and logs its outcome: debug

@@ -1,7 +1,11 @@
 //! The write half every engine shares: durable changes as jobs for the engine's single writer
 //! thread, and the queue that carries them (bounded: a full queue makes callers wait).
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
 
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -92,6 +96,58 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<CoreResult<WriteOutput>>,
 }
 
+/// Where a write's result goes, made by its caller (`sent_reply`), so that the writer (or its
+/// syncer) answers the caller's task directly rather than through the actor that queued it.
+pub struct Reply<T>(
+    oneshot::Sender<CoreResult<WriteOutput>>,
+    PhantomData<fn() -> T>,
+);
+
+impl<T> Reply<T> {
+    /// Answers with an error without writing anything.
+    pub fn fail(self, e: CoreError) {
+        let _ = self.0.send(Err(e));
+    }
+}
+
+/// The caller's end of a `Reply`: resolves once the write is durable (or failed). Dropped
+/// before the writer takes the job, the writer skips it.
+pub struct Written<T> {
+    rx: oneshot::Receiver<CoreResult<WriteOutput>>,
+    take: fn(WriteOutput) -> Option<T>,
+}
+
+impl<T> Future for Written<T> {
+    type Output = CoreResult<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CoreResult<T>> {
+        let out = ready!(Pin::new(&mut self.rx).poll(cx)).map_err(|_| closed())??;
+        Poll::Ready(
+            (self.take)(out)
+                .ok_or_else(|| CoreError::Internal("writer answered another kind".into())),
+        )
+    }
+}
+
+fn reply<T>(take: fn(WriteOutput) -> Option<T>) -> (Reply<T>, Written<T>) {
+    let (tx, rx) = oneshot::channel();
+    (Reply(tx, PhantomData), Written { rx, take })
+}
+
+/// A `Reply` for `Store::send_message` and the answer its caller awaits.
+pub fn sent_reply() -> (Reply<SentMessage>, Written<SentMessage>) {
+    reply(|o| match o {
+        WriteOutput::Sent(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// The wait for room in a full writer queue; the job is queued at its end.
+pub type Backlog = BoxFuture<'static, ()>;
+
+fn closed() -> CoreError {
+    CoreError::Unavailable("the store is shutting down".into())
+}
+
 /// The receipts of one MarkDelivered: for each sender (by id) the ids that became DELIVERED
 /// to `recipient`. Logs one MessageStateChanged per sender through `log` (an engine's append)
 /// and returns every changed id.
@@ -130,31 +186,46 @@ impl Jobs {
         }
     }
 
+    /// Queues a job if the writer's queue has room. When it is full, hands the job back with
+    /// the queue, for the caller to wait its turn; `Err` when the writer is gone.
+    fn enqueue(&self, job: Job) -> CoreResult<Option<(mpsc::Sender<Job>, Job)>> {
+        match self.0.lock().ok().and_then(|j| j.clone()) {
+            None => Err(closed()),
+            Some(jobs) => match jobs.try_send(job) {
+                Ok(()) => Ok(None),
+                Err(mpsc::error::TrySendError::Full(job)) => Ok(Some((jobs, job))),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+            },
+        }
+    }
+
     fn write<T: Send + 'static>(
         &self,
         op: WriteOp,
         take: fn(WriteOutput) -> Option<T>,
     ) -> BoxFuture<'static, CoreResult<T>> {
-        let closed = || CoreError::Unavailable("the store is shutting down".into());
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = reply(take);
         // Queued now, in the caller's order (an actor's), when the queue has room; when it is
         // full the future waits its turn. A caller that drops the future before the writer
         // takes the job closes `answer`, and the writer skips it.
-        let waiting = match self.0.lock().ok().and_then(|j| j.clone()) {
-            None => Err(closed()),
-            Some(jobs) => match jobs.try_send(Job { op, reply }) {
-                Ok(()) => Ok(None),
-                Err(mpsc::error::TrySendError::Full(job)) => Ok(Some((jobs, job))),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
-            },
-        };
+        let waiting = self.enqueue(Job { op, reply: reply.0 });
         Box::pin(async move {
             if let Some((jobs, job)) = waiting? {
                 jobs.send(job).await.map_err(|_| closed())?;
             }
-            let out = answer.await.map_err(|_| closed())??;
-            take(out).ok_or_else(|| CoreError::Internal("writer answered another kind".into()))
+            answer.await
         })
+    }
+
+    /// Queues `op`, answered through `reply` by the writer (or its syncer) itself. `None` once
+    /// queued, or once `reply` has had its error; when the writer's queue is full, the wait
+    /// for room, which queues the job at its end.
+    fn write_to<T>(&self, op: WriteOp, reply: Reply<T>) -> Option<Backlog> {
+        // A job dropped unqueued (the writer is gone) drops its reply: the answer says closed.
+        let (jobs, job) = self.enqueue(Job { op, reply: reply.0 }).ok().flatten()?;
+        Some(Box::pin(async move {
+            let _ = jobs.send(job).await;
+        }))
     }
 
     /// `Store::create_account`.
@@ -240,14 +311,8 @@ impl Jobs {
     }
 
     /// `Store::send_message`.
-    pub fn send_message(
-        &self,
-        message: pb::Message,
-    ) -> BoxFuture<'static, CoreResult<SentMessage>> {
-        self.write(WriteOp::SendMessage(message), |o| match o {
-            WriteOutput::Sent(s) => Some(s),
-            _ => None,
-        })
+    pub fn send_message(&self, message: pb::Message, reply: Reply<SentMessage>) -> Option<Backlog> {
+        self.write_to(WriteOp::SendMessage(message), reply)
     }
 
     /// `Store::mark_read`.
@@ -290,4 +355,90 @@ fn ids_of(out: WriteOutput) -> Option<Vec<String>> {
 
 fn done(out: WriteOutput) -> Option<()> {
     matches!(out, WriteOutput::Done).then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str) -> pb::Message {
+        pb::Message {
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Answers a SendMessage job taken off the queue as a writer would; returns its text.
+    fn answer(job: Job) -> String {
+        let WriteOp::SendMessage(message) = job.op else {
+            panic!("not a SendMessage job");
+        };
+        let text = message.text.clone();
+        let sent = SentMessage {
+            message,
+            duplicate: false,
+        };
+        let _ = job.reply.send(Ok(WriteOutput::Sent(sent)));
+        text
+    }
+
+    #[tokio::test]
+    async fn a_reply_made_by_the_caller_is_answered_by_the_writer() {
+        let (jobs, mut rx) = Jobs::new();
+        let (reply, written) = sent_reply();
+        assert!(
+            jobs.send_message(message("hi"), reply).is_none(),
+            "queued at once"
+        );
+        answer(rx.recv().await.expect("queued job"));
+        let sent = written.await.expect("answered");
+        assert_eq!(sent.message.text, "hi");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_hands_back_the_wait_which_queues_the_job_at_its_end() {
+        let (jobs, mut rx) = Jobs::new();
+        let mut earlier = Vec::new();
+        for _ in 0..WRITER_QUEUE {
+            let (reply, written) = sent_reply();
+            assert!(jobs.send_message(message("earlier"), reply).is_none());
+            earlier.push(written);
+        }
+        let (reply, written) = sent_reply();
+        let backlog = jobs
+            .send_message(message("last"), reply)
+            .expect("the queue is full: the caller must wait");
+        let waiting = tokio::spawn(backlog);
+        // Room for one: the waiting job goes in, last.
+        assert_eq!(answer(rx.recv().await.expect("first job")), "earlier");
+        waiting.await.expect("the wait ends once there is room");
+        for _ in 1..WRITER_QUEUE {
+            assert_eq!(answer(rx.recv().await.expect("job")), "earlier");
+        }
+        assert_eq!(answer(rx.recv().await.expect("job")), "last");
+        for w in earlier {
+            assert_eq!(w.await.expect("answered").message.text, "earlier");
+        }
+        let sent = written.await.expect("the job that waited is answered");
+        assert_eq!(sent.message.text, "last");
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_a_closed_writer_says_unavailable() {
+        let (jobs, _rx) = Jobs::new();
+        jobs.close();
+        let (reply, written) = sent_reply();
+        assert!(jobs.send_message(message("hi"), reply).is_none());
+        assert!(matches!(written.await, Err(CoreError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn a_failed_reply_reaches_its_caller() {
+        let (reply, written) = sent_reply();
+        reply.fail(CoreError::invalid("recipient_id", "no"));
+        assert!(matches!(
+            written.await,
+            Err(CoreError::InvalidArgument { .. })
+        ));
+    }
 }

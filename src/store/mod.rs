@@ -22,7 +22,7 @@ use crate::core::{
 };
 use crate::pb;
 
-pub use jobs::Jobs;
+pub use jobs::{Backlog, Jobs, Reply, Written, sent_reply};
 pub use lsm::LsmStore;
 pub use sqlite::SqliteStore;
 
@@ -132,9 +132,10 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Stores a message with its two events (MessageSent, MessageReceived) in one transaction,
-    /// or returns the earlier message with the same `client_message_id`.
-    fn send_message(&self, message: pb::Message) -> BoxFuture<'static, CoreResult<SentMessage>> {
-        self.jobs().send_message(message)
+    /// or returns the earlier message with the same `client_message_id`, through `reply`.
+    /// Returns the wait for room when the writer's queue is full (`Jobs::send_message`).
+    fn send_message(&self, message: pb::Message, reply: Reply<SentMessage>) -> Option<Backlog> {
+        self.jobs().send_message(message, reply)
     }
     /// The conversation between two accounts, newest first. `NotFound` if `peer` does not exist.
     fn list_messages(
