@@ -1,7 +1,7 @@
 # Sourced by the scripts beside it: starts BIN/phantom-grpc-api on a fresh temp data dir
 # (127.0.0.1:50061, metrics on 127.0.0.1:9161, load-test limits off, log level warn) and
-# defines `ctl` (phantomctl as the admin) and `cpu` (the server's CPU ticks in all, and its
-# store writer thread's). Killed, and the dir removed, when the script exits.
+# defines `ctl` (phantomctl as the admin), `cpu` (the server's CPU ticks in all, and its
+# store writer thread's) and `send_h2load`. Killed, and the dir removed, when the script exits.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
 server_config "$dir" 50061 9161 $admin
@@ -19,3 +19,9 @@ cpu() {
   echo "$(awk '{print $14+$15}' /proc/$sp/stat) $w"
 }
 tck=$(getconf CLK_TCK)
+# h2load SendMessage on this server, 16 in flight per connection, from the pair that
+# `sender_and_body NAME "$dir"` made.
+send_h2load() {
+  grpc_h2load -m 16 -H "authorization: Bearer $token" -d "$dir/send.bin" "$@" \
+    http://127.0.0.1:50061/phantom.v1.PhantomController/SendMessage
+}
