@@ -63,8 +63,8 @@ where
 }
 
 /// Sends an actor a message that carries its own reply (`store::Reply`), then waits for the
-/// `answer`: the caller's task is woken once, by the store's writer when the change is
-/// durable, instead of once by the actor handing back a pending write and again by the writer.
+/// `answer`: the caller's task is woken once, by the store when the change is durable,
+/// instead of once by the actor handing back a pending write and again by the store.
 /// The mailbox bound holds as for `ask`: when it is full the call waits for room.
 pub async fn tell<A, M, T>(addr: &Addr<A>, msg: M, answer: Written<T>) -> CoreResult<T>
 where

@@ -186,19 +186,6 @@ impl Jobs {
         }
     }
 
-    /// Queues a job if the writer's queue has room. When it is full, hands the job back with
-    /// the queue, for the caller to wait its turn; `Err` when the writer is gone.
-    fn enqueue(&self, job: Job) -> CoreResult<Option<(mpsc::Sender<Job>, Job)>> {
-        match self.0.lock().ok().and_then(|j| j.clone()) {
-            None => Err(closed()),
-            Some(jobs) => match jobs.try_send(job) {
-                Ok(()) => Ok(None),
-                Err(mpsc::error::TrySendError::Full(job)) => Ok(Some((jobs, job))),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
-            },
-        }
-    }
-
     fn write<T: Send + 'static>(
         &self,
         op: WriteOp,
@@ -208,24 +195,27 @@ impl Jobs {
         // Queued now, in the caller's order (an actor's), when the queue has room; when it is
         // full the future waits its turn. A caller that drops the future before the writer
         // takes the job closes `answer`, and the writer skips it.
-        let waiting = self.enqueue(Job { op, reply: reply.0 });
+        let backlog = self.write_to(op, reply);
         Box::pin(async move {
-            if let Some((jobs, job)) = waiting? {
-                jobs.send(job).await.map_err(|_| closed())?;
+            if let Some(backlog) = backlog {
+                backlog.await;
             }
             answer.await
         })
     }
 
     /// Queues `op`, answered through `reply` by the writer (or its syncer) itself. `None` once
-    /// queued, or once `reply` has had its error; when the writer's queue is full, the wait
-    /// for room, which queues the job at its end.
+    /// queued, or when the writer is gone (the job is dropped with its reply, whose answer then
+    /// says the store is shutting down); when the writer's queue is full, the wait for room,
+    /// which queues the job at its end.
     fn write_to<T>(&self, op: WriteOp, reply: Reply<T>) -> Option<Backlog> {
-        // A job dropped unqueued (the writer is gone) drops its reply: the answer says closed.
-        let (jobs, job) = self.enqueue(Job { op, reply: reply.0 }).ok().flatten()?;
-        Some(Box::pin(async move {
-            let _ = jobs.send(job).await;
-        }))
+        let jobs = self.0.lock().ok()?.clone()?;
+        match jobs.try_send(Job { op, reply: reply.0 }) {
+            Err(mpsc::error::TrySendError::Full(job)) => Some(Box::pin(async move {
+                let _ = jobs.send(job).await;
+            })),
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
     }
 
     /// `Store::create_account`.
