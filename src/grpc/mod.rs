@@ -46,6 +46,14 @@ impl<T: Send + 'static> Answer for crate::actors::messaging::Pending<T> {
     }
 }
 
+/// Counts a call in actor `A`'s in-flight gauge until the guard drops: however the call
+/// ends, cancellation included.
+fn in_flight<A: 'static>() -> impl Drop {
+    let depth = crate::metrics::actor_in_flight::<A>();
+    depth.inc();
+    scopeguard::guard(depth, |d| d.dec())
+}
+
 /// Sends a message to an actor, waits for its answer, and flattens mailbox failures into the
 /// domain error.
 pub async fn ask<A, M>(addr: &Addr<A>, msg: M) -> CoreResult<<M::Result as Answer>::Output>
@@ -55,10 +63,7 @@ where
     M: actix::Message + Send + 'static,
     M::Result: Answer,
 {
-    let depth = crate::metrics::actor_in_flight::<A>();
-    depth.inc();
-    // Decremented however the call ends, cancellation included.
-    let _queued = scopeguard::guard(depth, |d| d.dec());
+    let _queued = in_flight::<A>();
     addr.send(msg).await.map_err(mailbox_error)?.settle().await
 }
 
@@ -72,9 +77,7 @@ where
     A::Context: ToEnvelope<A, M>,
     M: actix::Message<Result = ()> + Send + 'static,
 {
-    let depth = crate::metrics::actor_in_flight::<A>();
-    depth.inc();
-    let _queued = scopeguard::guard(depth, |d| d.dec());
+    let _queued = in_flight::<A>();
     match addr.try_send(msg) {
         Ok(()) => {}
         Err(SendError::Full(msg)) => addr.send(msg).await.map_err(mailbox_error)?,
