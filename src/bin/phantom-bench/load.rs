@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::cpu::{Meter, Spent};
+
 /// One call of a scenario, by worker index.
 pub type Op = Arc<
     dyn Fn(usize) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>> + Send + Sync,
@@ -27,6 +29,8 @@ pub struct Measured {
     pub micros: Histogram<u64>,
     /// The first error, to say what went wrong.
     pub first_error: Option<String>,
+    /// CPU spent over the window, where `/proc` could be read.
+    pub cpu: Option<Spent>,
 }
 
 impl Measured {
@@ -44,6 +48,7 @@ impl Measured {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+        self.cpu = self.cpu.zip(other.cpu).map(|(a, b)| a.add(b));
     }
 }
 
@@ -56,17 +61,17 @@ pub async fn paired(
     warmup: Duration,
     window: Duration,
     rounds: u32,
-    a: Op,
-    b: Op,
+    a: (&Op, Meter),
+    b: (&Op, Meter),
 ) -> (Measured, Measured) {
     let rounds = rounds.max(1);
     let slice = window / rounds;
     let rewarm = warmup.min(Duration::from_millis(500));
-    let mut ma = run(workers, warmup, slice, a.clone()).await;
-    let mut mb = run(workers, warmup, slice, b.clone()).await;
+    let mut ma = run(workers, warmup, slice, a.0.clone(), a.1).await;
+    let mut mb = run(workers, warmup, slice, b.0.clone(), b.1).await;
     for _ in 1..rounds {
-        ma.merge(run(workers, rewarm, slice, a.clone()).await);
-        mb.merge(run(workers, rewarm, slice, b.clone()).await);
+        ma.merge(run(workers, rewarm, slice, a.0.clone(), a.1).await);
+        mb.merge(run(workers, rewarm, slice, b.0.clone(), b.1).await);
     }
     (ma, mb)
 }
@@ -79,8 +84,15 @@ pub fn histogram() -> Histogram<u64> {
 const WARMING: u8 = 0;
 const MEASURING: u8 = 1;
 
-/// Runs `workers` concurrent loops of `op` for `warmup + window`.
-pub async fn run(workers: usize, warmup: Duration, window: Duration, op: Op) -> Measured {
+/// Runs `workers` concurrent loops of `op` for `warmup + window`; the window's CPU is read
+/// through `meter`.
+pub async fn run(
+    workers: usize,
+    warmup: Duration,
+    window: Duration,
+    op: Op,
+    meter: Meter,
+) -> Measured {
     let phase = Arc::new(AtomicU8::new(WARMING));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(workers);
@@ -112,8 +124,9 @@ pub async fn run(workers: usize, warmup: Duration, window: Duration, op: Op) -> 
     }
     tokio::time::sleep(warmup).await;
     phase.store(MEASURING, Ordering::Relaxed);
-    let started = Instant::now();
+    let (started, cpu_from) = (Instant::now(), meter.read());
     tokio::time::sleep(window).await;
+    let cpu_to = meter.read();
     stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let mut m = Measured {
@@ -122,6 +135,7 @@ pub async fn run(workers: usize, warmup: Duration, window: Duration, op: Op) -> 
         secs,
         micros: histogram(),
         first_error: None,
+        cpu: cpu_to.zip(cpu_from).map(|(b, a)| b.since(&a)),
     };
     for t in tasks {
         if let Ok((h, ops, errors, e)) = t.await {

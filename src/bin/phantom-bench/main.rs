@@ -7,6 +7,7 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cpu;
 mod echo;
 mod external;
 mod load;
@@ -65,6 +66,11 @@ struct Args {
     /// Concurrent calls in flight, across all connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Sender and recipient pairs of unary-send (h2load always sends as the first pair).
+    /// With many, the store's writes land all over its memtables; with one, always at the same
+    /// place (BENCHMARKS.md, twenty-third session).
+    #[arg(long, default_value_t = 64)]
+    send_pairs: usize,
     /// Warm-up seconds before each measured window.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
@@ -162,6 +168,7 @@ async fn run(mut args: Args) -> Result<(), String> {
     let k = Knobs {
         connections: args.connections,
         concurrency: args.concurrency,
+        send_pairs: args.send_pairs.max(1),
         warmup: Duration::from_secs_f64(args.warmup),
         window: Duration::from_secs_f64(args.duration),
         streams: args.streams,
@@ -180,8 +187,8 @@ async fn run(mut args: Args) -> Result<(), String> {
     }
     // The echo server stays up (idle) for the runs paired with it.
     let echo_proc = procs::echo(args.echo_coalesced)?;
-    let ceiling_op = scenarios::echo(&echo_proc.addr, &k).await?;
-    let echo_op = ceiling_op.op.clone();
+    let ceiling_op = scenarios::echo(&echo_proc, &k).await?;
+    let (echo_op, echo_meter) = (ceiling_op.op.clone(), ceiling_op.meter);
     let echo_fixed = ceiling_op.fixed.clone();
     let mut rows = vec![ceiling_op.run(&k).await];
     if args.echo_coalesced {
@@ -232,10 +239,10 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let p = if *name == "unary-read" {
                     scenarios::unary_read(&target).await?
                 } else {
-                    scenarios::unary_send(&target).await?
+                    scenarios::unary_send(&target, &k).await?
                 };
                 let fixed = p.fixed.clone();
-                let r = p.run_paired(&echo_op, &k, args.rounds).await;
+                let r = p.run_paired((&echo_op, echo_meter), &k, args.rounds).await;
                 if *name == "unary-send" {
                     send_rate = r.per_sec;
                 }
@@ -313,18 +320,23 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
     }
     let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     println!(
-        "{:<18} {:>12} {:>9} {:>9} {:>9} {:>8}  note",
-        "scenario", "per sec", "p50 ms", "p99 ms", "max ms", "ratio"
+        "{:<18} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}  note",
+        "scenario", "per sec", "p50 ms", "p99 ms", "max ms", "ratio", "srv µs", "cli µs", "idle"
     );
     for r in rows {
+        let c = r.cpu;
         println!(
-            "{:<18} {:>12} {:>9} {:>9} {:>9} {:>8}  {}",
+            "{:<18} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}  {}",
             r.scenario,
             f(r.per_sec, 0),
             f(r.p50_ms, 3),
             f(r.p99_ms, 3),
             f(r.max_ms, 1),
             f(r.ratio, 3),
+            f(c.and_then(|c| c.server_us), 1),
+            f(c.map(|c| c.client_us), 1),
+            c.map(|c| format!("{:.0}%", 100.0 * c.idle))
+                .unwrap_or_else(|| "-".into()),
             r.note
         );
     }
@@ -332,6 +344,11 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
         "ratio: throughput / echo throughput (unary-read, unary-send: echo run in windows \
          alternating with the scenario's, see note; replay: the echo row); \
          p99 / echo p99 (e2e, fanout)"
+    );
+    println!(
+        "srv µs, cli µs: CPU per call (e2e: per message) over the measured windows, of the \
+         serving process (echo's for the ceiling) and of this tool; idle: the machine's idle \
+         share then (Linux /proc)"
     );
     Ok(())
 }

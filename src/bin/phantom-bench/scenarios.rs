@@ -15,6 +15,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::Channel;
 
+use crate::cpu::{self, Meter, PerCall};
 use crate::echo::pb::{EchoMessage, echo_client::EchoClient};
 use crate::external::Fixed;
 use crate::load::{self, Measured, Op};
@@ -143,6 +144,8 @@ pub struct Knobs {
     pub connections: usize,
     /// Concurrent calls (workers) in all.
     pub concurrency: usize,
+    /// Sender and recipient pairs of `unary-send`.
+    pub send_pairs: usize,
     /// Warm-up before measuring.
     pub warmup: Duration,
     /// Measured window.
@@ -217,7 +220,7 @@ pub struct Target {
     pub addr: String,
     /// Its admin token.
     pub admin_token: String,
-    /// Its process, for memory figures.
+    /// Its process, for memory and CPU figures.
     pub pid: Option<u32>,
     /// Its `GET /metrics` address, to check the outcome of calls an external generator made.
     pub metrics: Option<String>,
@@ -256,6 +259,11 @@ impl Target {
         self.conns[i % self.conns.len()].clone()
     }
 
+    /// Reads the CPU this server spends, where its process is known.
+    fn meter(&self) -> Meter {
+        Meter { server: self.pid }
+    }
+
     fn admin(&self) -> Result<Admin, String> {
         Ok(PhantomAdminClient::with_interceptor(
             self.conn(0),
@@ -288,6 +296,9 @@ pub struct Row {
     pub note: String,
     /// The figure relative to the echo ceiling (throughput ratio, or p99 ratio for latency).
     pub ratio: Option<f64>,
+    /// CPU per call (or message) over the measured window: the server's, this tool's, and
+    /// the machine's idle share.
+    pub cpu: Option<PerCall>,
 }
 
 impl Row {
@@ -302,6 +313,7 @@ impl Row {
             max_ms: Some(h.max() as f64 / 1000.0),
             note: note.trim().to_string(),
             ratio: None,
+            cpu: None,
         }
     }
 
@@ -315,6 +327,7 @@ impl Row {
             max_ms,
             note,
             ratio: None,
+            cpu: None,
         }
     }
 
@@ -326,7 +339,9 @@ impl Row {
                 m.first_error.clone().unwrap_or_default()
             );
         }
-        Row::from_histogram(name, Some(m.rate()), &m.micros, note)
+        let mut row = Row::from_histogram(name, Some(m.rate()), &m.micros, note);
+        row.cpu = m.cpu.and_then(|c| c.per_call(m.ops, cpu::ticks_per_sec()));
+        row
     }
 }
 
@@ -440,25 +455,27 @@ pub struct Prepared {
     pub note: String,
     /// One of its requests, for an external generator (h2load) to send again and again.
     pub fixed: Fixed,
+    /// The process serving it, whose CPU its rows report.
+    pub meter: Meter,
 }
 
 impl Prepared {
     /// Runs the scenario alone.
     pub async fn run(self, k: &Knobs) -> Row {
-        let m = load::run(k.concurrency, k.warmup, k.window, self.op).await;
+        let m = load::run(k.concurrency, k.warmup, k.window, self.op, self.meter).await;
         Row::from_load(self.name, &m, self.note)
     }
 
     /// Runs the scenario in windows alternating with `ceiling`'s (see `load::paired`); the
     /// row's ratio is to the ceiling's throughput over the same rounds.
-    pub async fn run_paired(self, ceiling: &Op, k: &Knobs, rounds: u32) -> Row {
+    pub async fn run_paired(self, ceiling: (&Op, Meter), k: &Knobs, rounds: u32) -> Row {
         let (e, m) = load::paired(
             k.concurrency,
             k.warmup,
             k.window,
             rounds,
-            ceiling.clone(),
-            self.op,
+            ceiling,
+            (&self.op, self.meter),
         )
         .await;
         let note = format!(
@@ -472,9 +489,9 @@ impl Prepared {
     }
 }
 
-/// The ceiling: the same client against the bare echo service.
-pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
-    let conns = channels(addr, k.connections).await?;
+/// The ceiling: the same client against the bare echo service `served`.
+pub async fn echo(served: &procs::Served, k: &Knobs) -> Result<Prepared, String> {
+    let conns = channels(&served.addr, k.connections).await?;
     let request = EchoMessage {
         body: vec![7; k.echo_bytes],
     };
@@ -492,6 +509,9 @@ pub async fn echo(addr: &str, k: &Knobs) -> Result<Prepared, String> {
         fixed: Fixed::new(path, None, &request),
         op: same_request(conns, path, None, request),
         note: String::new(),
+        meter: Meter {
+            server: Some(served.pid()),
+        },
     })
 }
 
@@ -525,6 +545,7 @@ pub async fn unary_read(t: &Target) -> Result<Prepared, String> {
         fixed: Fixed::new(path, Some(&reader.token), &request),
         op: same_request(t.conns.clone(), path, Some(&token), request),
         note: "GetContacts, 20 contacts".into(),
+        meter: t.meter(),
     })
 }
 
@@ -541,14 +562,14 @@ async fn pairs(t: &Target, n: usize) -> Result<Vec<(Acct, Acct)>, String> {
 }
 
 /// SendMessage between many pairs; every reply is durable.
-pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
+pub async fn unary_send(t: &Target, k: &Knobs) -> Result<Prepared, String> {
     let path = "/phantom.v1.PhantomController/SendMessage";
     let request = |to: String| pb::SendMessageRequest {
         recipient_id: to,
         text: "benchmark message, about the size of a chat line".into(),
         ..Default::default()
     };
-    let pairs = pairs(t, 64).await?;
+    let pairs = pairs(t, k.send_pairs).await?;
     let (first_sender, first_recipient) = pairs.first().ok_or("no pairs")?;
     // An external generator sends one body: the first pair's.
     let fixed = Fixed::new(
@@ -574,7 +595,8 @@ pub async fn unary_send(t: &Target) -> Result<Prepared, String> {
         name: "unary-send",
         fixed,
         op,
-        note: "64 pairs, fsync'd group commit".into(),
+        note: format!("{} pairs, fsync'd group commit", pairs.len()),
+        meter: t.meter(),
     })
 }
 
@@ -615,6 +637,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let mut sent = 0u64;
     let mut n = 0usize;
     let mut warming = true;
+    let mut cpu_from = None;
     while Instant::now() < deadline {
         tick.tick().await;
         let (mut u, to) = senders[n % senders.len()].clone();
@@ -626,6 +649,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
                 if let Ok(mut r) = readings.lock() {
                     r.latencies.reset();
                 }
+                cpu_from = t.meter().read();
             }
             sent += 1;
         }
@@ -640,6 +664,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
                 .await;
         });
     }
+    let cpu = t.meter().read().zip(cpu_from).map(|(b, a)| b.since(&a));
     // Let the last ones arrive.
     let settle = Instant::now();
     while received.load(Ordering::Relaxed) < n as u64 && settle.elapsed() < Duration::from_secs(5) {
@@ -656,7 +681,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     if let (Some(path), Some(trace)) = (&k.e2e_trace, trace) {
         append_trace(path, rate, clock_unix_us, measured_from_us, &trace)?;
     }
-    Ok(Row::from_histogram(
+    let mut row = Row::from_histogram(
         "e2e",
         Some(sent as f64 / k.window.as_secs_f64()),
         &h,
@@ -664,7 +689,9 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
             "SendMessage to MessageReceived at {rate:.0}/s, {} received",
             h.len()
         ),
-    ))
+    );
+    row.cpu = cpu.and_then(|c| c.per_call(sent, cpu::ticks_per_sec()));
+    Ok(row)
 }
 
 /// Opens `n` live streams of the given accounts (round-robin), over enough connections.
