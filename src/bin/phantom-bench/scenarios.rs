@@ -595,7 +595,10 @@ pub async fn unary_send(t: &Target, k: &Knobs) -> Result<Prepared, String> {
         name: "unary-send",
         fixed,
         op,
-        note: format!("{} pairs, fsync'd group commit", pairs.len()),
+        note: match pairs.len() {
+            1 => "1 pair, fsync'd group commit".into(),
+            n => format!("{n} pairs, fsync'd group commit"),
+        },
         meter: t.meter(),
     })
 }
