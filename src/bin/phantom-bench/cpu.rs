@@ -1,30 +1,42 @@
-//! CPU spent over a measured window (Linux `/proc`): by the server under test, by this tool
-//! (the load's client) and left idle on the machine. Divided by the window's calls, it says
-//! what one call cost each side, so a ratio to the echo ceiling can be read as the cost of a
-//! call against an echo call's, on the same cores, in the same run.
+//! CPU spent over a measured window (Linux `/proc`): by the server under test, by the load's
+//! client (this tool, or h2load) and left idle on the machine. Divided by the window's calls,
+//! it says what one call cost each side, so a ratio to the echo ceiling can be read as the
+//! cost of a call against an echo call's, on the same cores, in the same run.
 
-/// Whose CPU a window is charged to: the process serving the calls, if known.
-#[derive(Clone, Copy, Debug, Default)]
+/// Where a window's CPU is read: the process serving the calls, if known, and the client.
+#[derive(Clone, Copy, Debug)]
 pub struct Meter {
     /// The serving process (the echo child, or the server under test).
     pub server: Option<u32>,
+    /// The load's client.
+    pub client: Client,
 }
 
-/// Clock ticks so far: the server's and this process's (user and system), the machine's idle
-/// and its total over every CPU.
+/// Which process is the load's client.
+#[derive(Clone, Copy, Debug)]
+pub enum Client {
+    /// This tool.
+    This,
+    /// This tool's children once they have exited and been waited for (h2load, run once per
+    /// window; the server and the echo child are never waited for before the end).
+    Children,
+}
+
+/// CPU so far: the server's and the client's (user and system, µs), and the machine's idle
+/// and total clock ticks over every CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Reading {
-    server: Option<u64>,
-    client: u64,
+    server_us: Option<f64>,
+    client_us: f64,
     idle: u64,
     machine: u64,
 }
 
-/// Ticks spent between two readings, summed over one or more windows.
+/// CPU spent between two readings, summed over one or more windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Spent {
-    server: Option<u64>,
-    client: u64,
+    server_us: Option<f64>,
+    client_us: f64,
     idle: u64,
     machine: u64,
 }
@@ -34,19 +46,24 @@ pub struct Spent {
 pub struct PerCall {
     /// The server's CPU per call, µs (`None` for a `--target` without `--server-pid`).
     pub server_us: Option<f64>,
-    /// This tool's CPU per call, µs.
+    /// The client's CPU per call, µs.
     pub client_us: f64,
     /// The machine's idle share over the window, 0–1.
     pub idle: f64,
 }
 
 impl Meter {
-    /// The ticks so far, or `None` where `/proc` cannot be read (not Linux).
+    /// The CPU so far, or `None` where it cannot be read (not Linux).
     pub fn read(&self) -> Option<Reading> {
         let (idle, machine) = machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        let us = 1e6 / ticks_per_sec();
+        let client_us = match self.client {
+            Client::This => process_ticks(std::process::id())? as f64 * us,
+            Client::Children => children_us()?,
+        };
         Some(Reading {
-            server: self.server.and_then(process_ticks),
-            client: process_ticks(std::process::id())?,
+            server_us: self.server.and_then(process_ticks).map(|t| t as f64 * us),
+            client_us,
             idle,
             machine,
         })
@@ -57,11 +74,11 @@ impl Reading {
     /// What was spent from `earlier` to this reading.
     pub fn since(&self, earlier: &Reading) -> Spent {
         Spent {
-            server: self
-                .server
-                .zip(earlier.server)
-                .map(|(b, a)| b.saturating_sub(a)),
-            client: self.client.saturating_sub(earlier.client),
+            server_us: self
+                .server_us
+                .zip(earlier.server_us)
+                .map(|(b, a)| (b - a).max(0.0)),
+            client_us: (self.client_us - earlier.client_us).max(0.0),
             idle: self.idle.saturating_sub(earlier.idle),
             machine: self.machine.saturating_sub(earlier.machine),
         }
@@ -69,35 +86,46 @@ impl Reading {
 }
 
 impl Spent {
-    /// Adds another window's ticks; the server's stays known only if known in both.
+    /// Adds another window's CPU; the server's stays known only if known in both.
     pub fn add(self, other: Spent) -> Spent {
         Spent {
-            server: self.server.zip(other.server).map(|(a, b)| a + b),
-            client: self.client + other.client,
+            server_us: self.server_us.zip(other.server_us).map(|(a, b)| a + b),
+            client_us: self.client_us + other.client_us,
             idle: self.idle + other.idle,
             machine: self.machine + other.machine,
         }
     }
 
-    /// Per call, for `calls` calls, at `ticks_per_sec` (`None` with no calls or no ticks).
-    pub fn per_call(&self, calls: u64, ticks_per_sec: f64) -> Option<PerCall> {
-        if calls == 0 || self.machine == 0 || ticks_per_sec <= 0.0 {
+    /// Per call, for `calls` calls (`None` with no calls or no ticks).
+    pub fn per_call(&self, calls: u64) -> Option<PerCall> {
+        if calls == 0 || self.machine == 0 {
             return None;
         }
-        let us = |ticks: u64| ticks as f64 * 1e6 / ticks_per_sec / calls as f64;
+        let n = calls as f64;
         Some(PerCall {
-            server_us: self.server.map(us),
-            client_us: us(self.client),
+            server_us: self.server_us.map(|us| us / n),
+            client_us: self.client_us / n,
             idle: self.idle as f64 / self.machine as f64,
         })
     }
 }
 
 /// Clock ticks per second of `/proc`'s figures (`USER_HZ`).
-pub fn ticks_per_sec() -> f64 {
+fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// User plus system CPU of this process's children that have exited and been waited for, µs.
+fn children_us() -> Option<f64> {
+    // SAFETY: getrusage writes only the struct it is given, which lives on this stack.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return None;
+    }
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    Some(us(ru.ru_utime) + us(ru.ru_stime))
 }
 
 /// User plus system ticks of a process, from `/proc/PID/stat`.
@@ -149,30 +177,47 @@ mod tests {
     }
 
     #[test]
-    fn per_call_divides_the_windows_ticks_by_their_calls() {
+    fn per_call_divides_the_windows_cpu_by_their_calls() {
         let a = Spent {
-            server: Some(60),
-            client: 30,
+            server_us: Some(600_000.0),
+            client_us: 300_000.0,
             idle: 10,
             machine: 200,
         };
         let both = a.add(a);
-        // 120 server ticks at 100 per second over 40,000 calls: 30 µs each.
-        let p = both.per_call(40_000, 100.0).expect("calls and ticks");
+        // 1.2 s of the server's CPU over 40,000 calls: 30 µs each.
+        let p = both.per_call(40_000).expect("calls and ticks");
         assert_eq!(p.server_us, Some(30.0));
         assert_eq!(p.client_us, 15.0);
         assert_eq!(p.idle, 0.05);
-        assert_eq!(a.per_call(0, 100.0), None);
-        let unknown = Spent { server: None, ..a };
-        assert_eq!(
-            a.add(unknown).per_call(1, 100.0).map(|p| p.server_us),
-            Some(None)
-        );
+        assert_eq!(a.per_call(0), None);
+        let unknown = Spent {
+            server_us: None,
+            ..a
+        };
+        assert_eq!(a.add(unknown).per_call(1).map(|p| p.server_us), Some(None));
     }
 
     #[test]
-    fn this_process_can_be_read() {
-        let r = Meter { server: None }.read().expect("/proc on Linux");
-        assert!(r.machine > 0);
+    fn this_process_and_its_children_can_be_read() {
+        let me = Meter {
+            server: Some(std::process::id()),
+            client: Client::This,
+        };
+        let r = me.read().expect("/proc on Linux");
+        assert!(r.machine > 0 && r.server_us.is_some());
+        // A child that burns some CPU, waited for: its CPU shows among the children's.
+        let kids = Meter {
+            server: None,
+            client: Client::Children,
+        };
+        let before = kids.read().expect("getrusage");
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let spent = kids.read().expect("getrusage").since(&before);
+        assert!(spent.client_us > 0.0, "{spent:?}");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::cpu::{Client, Meter, Spent};
 use crate::scenarios::{Knobs, Row};
 
 /// One request an external generator sends again and again.
@@ -214,6 +215,8 @@ pub struct Endpoints<'a> {
     pub server: &'a str,
     /// The server's metrics address, to check every call's outcome (none: unchecked).
     pub metrics: Option<&'a str>,
+    /// The server's process, for its CPU per call.
+    pub pid: Option<u32>,
 }
 
 /// `name` through h2load: `rounds` windows of `echo` alternating with `f`'s, adding up to
@@ -243,20 +246,36 @@ pub async fn paired(
     let slice = k.window / rounds;
     let rewarm = k.warmup.min(Duration::from_millis(500));
     let (mut e, mut s) = (Windows::default(), Windows::default());
+    // The CPU of the scenario's h2load runs, warm-ups included: h2load's own (a child of
+    // this tool, waited for) and the server's, per call the server counted in them.
+    let meter = Meter {
+        server: at.pid,
+        client: Client::Children,
+    };
+    let mut runs = Vec::with_capacity(rounds as usize);
     for round in 0..rounds {
         let warm = if round == 0 { k.warmup } else { rewarm };
         e.add(window(at.echo, echo, &echo_body, k, warm, slice).await?);
+        let from = meter.read();
         s.add(window(at.server, f, &body, k, warm, slice).await?);
+        runs.push(meter.read().zip(from).map(|(b, a)| b.since(&a)));
     }
-    let checked = match (at.metrics, before) {
+    let spent = runs
+        .into_iter()
+        .collect::<Option<Vec<Spent>>>()
+        .and_then(|r| r.into_iter().reduce(Spent::add));
+    let (checked, served) = match (at.metrics, before) {
         (Some(m), Some(before)) => {
             // Each window can cut off what is in flight twice: when its warm-up ends (h2load
             // starts its clients over) and when it ends.
             let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
             let after = calls_by_code(m, method).await?;
-            outcome(&before, &after, &s, cut_bound)
+            (
+                outcome(&before, &after, &s, cut_bound),
+                calls(&before, &after),
+            )
         }
-        _ => "outcomes not checked (no --target-metrics)".to_string(),
+        _ => ("outcomes not checked (no --target-metrics)".to_string(), 0),
     };
     let (clients, streams) = shape(k);
     let mut note = format!(
@@ -276,9 +295,15 @@ pub async fn paired(
         max_ms: Some(s.max_ms),
         note,
         ratio: Some(s.rate() / e.rate()),
-        // h2load times its own window inside the run; its CPU is not read.
-        cpu: None,
+        // Without the server's count of calls (no metrics), none.
+        cpu: spent.and_then(|c| c.per_call(served)),
     })
+}
+
+/// Calls the server counted between two counts, whatever their outcome.
+fn calls(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> u64 {
+    let total = |m: &HashMap<String, f64>| m.values().sum::<f64>();
+    (total(after) - total(before)).max(0.0) as u64
 }
 
 /// What the server says of the calls between two counts: h2load counts an HTTP 200 as a

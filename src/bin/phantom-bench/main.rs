@@ -227,6 +227,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         echo: &echo_proc.addr,
         server: &target.addr,
         metrics: target.metrics.as_deref(),
+        pid: target.pid,
     };
     let mut send_rate = None;
     for name in &wanted {
@@ -347,8 +348,9 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
     );
     println!(
         "srv µs, cli µs: CPU per call (e2e: per message) over the measured windows, of the \
-         serving process (echo's for the ceiling) and of this tool; idle: the machine's idle \
-         share then (Linux /proc)"
+         serving process (echo's for the ceiling) and of the client (this tool; in the h2load \
+         rows h2load, over its runs with their warm-ups, per call the server counted); idle: \
+         the machine's idle share then (Linux /proc)"
     );
     Ok(())
 }

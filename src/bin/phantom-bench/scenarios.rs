@@ -15,7 +15,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::Channel;
 
-use crate::cpu::{self, Meter, PerCall};
+use crate::cpu::{Client, Meter, PerCall};
 use crate::echo::pb::{EchoMessage, echo_client::EchoClient};
 use crate::external::Fixed;
 use crate::load::{self, Measured, Op};
@@ -261,7 +261,10 @@ impl Target {
 
     /// Reads the CPU this server spends, where its process is known.
     fn meter(&self) -> Meter {
-        Meter { server: self.pid }
+        Meter {
+            server: self.pid,
+            client: Client::This,
+        }
     }
 
     fn admin(&self) -> Result<Admin, String> {
@@ -340,7 +343,7 @@ impl Row {
             );
         }
         let mut row = Row::from_histogram(name, Some(m.rate()), &m.micros, note);
-        row.cpu = m.cpu.and_then(|c| c.per_call(m.ops, cpu::ticks_per_sec()));
+        row.cpu = m.cpu.and_then(|c| c.per_call(m.ops));
         row
     }
 }
@@ -511,6 +514,7 @@ pub async fn echo(served: &procs::Served, k: &Knobs) -> Result<Prepared, String>
         note: String::new(),
         meter: Meter {
             server: Some(served.pid()),
+            client: Client::This,
         },
     })
 }
@@ -693,7 +697,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
             h.len()
         ),
     );
-    row.cpu = cpu.and_then(|c| c.per_call(sent, cpu::ticks_per_sec()));
+    row.cpu = cpu.and_then(|c| c.per_call(sent));
     Ok(row)
 }
 
