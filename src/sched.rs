@@ -177,10 +177,8 @@ mod tests {
     #[test]
     fn threads_named_with_the_prefix_get_the_nice_value_and_no_other() {
         let nice_of = |tid: libc::pid_t| {
-            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-            // Field 19 is nice; fields after the parenthesised name have no spaces inside.
-            let after = &stat[stat.rfind(')').unwrap() + 2..];
-            after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
+            let me = procfs::process::Process::myself().unwrap();
+            i32::try_from(me.task_from_tid(tid).unwrap().stat().unwrap().nice).unwrap()
         };
         let spawn = |name: &str| {
             let (tx, rx) = std::sync::mpsc::channel();

@@ -55,8 +55,8 @@ pub struct PerCall {
 impl Meter {
     /// The CPU so far, or `None` where it cannot be read (not Linux).
     pub fn read(&self) -> Option<Reading> {
-        let (idle, machine) = machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
-        let us = 1e6 / ticks_per_sec();
+        let (idle, machine) = machine_ticks()?;
+        let us = 1e6 / procfs::ticks_per_second() as f64;
         let client_us = match self.client {
             Client::This => process_ticks(std::process::id())? as f64 * us,
             Client::Children => children_us()?,
@@ -110,13 +110,6 @@ impl Spent {
     }
 }
 
-/// Clock ticks per second of `/proc`'s figures (`USER_HZ`).
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
-}
-
 /// User plus system CPU of this process's children that have exited and been waited for, µs.
 fn children_us() -> Option<f64> {
     // SAFETY: getrusage writes only the struct it is given, which lives on this stack.
@@ -128,53 +121,31 @@ fn children_us() -> Option<f64> {
     Some(us(ru.ru_utime) + us(ru.ru_stime))
 }
 
-/// User plus system ticks of a process, from `/proc/PID/stat`.
+/// User plus system ticks of a process (`/proc/PID/stat`).
 fn process_ticks(pid: u32) -> Option<u64> {
-    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// User plus system ticks from a `/proc/PID/stat` line. The command name (field 2) is in
-/// parentheses and may hold spaces, so the fields are counted from its closing one.
-fn stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After the name: state is field 3, utime field 14, stime field 15.
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// (idle, total) ticks over every CPU from `/proc/stat`'s `cpu` line; iowait counts as idle.
-fn machine_ticks(stat: &str) -> Option<(u64, u64)> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    // user nice system idle iowait irq softirq steal (guest time is inside user already).
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .stat()
         .ok()?;
-    (v.len() == 8).then(|| (v[3] + v[4], v.iter().sum()))
+    Some(stat.utime + stat.stime)
+}
+
+/// (idle, total) ticks over every CPU (`/proc/stat`); iowait counts as idle, and guest time
+/// is inside user time already.
+fn machine_ticks() -> Option<(u64, u64)> {
+    use procfs::CurrentSI;
+    let t = procfs::KernelStats::current().ok()?.total;
+    let more = [t.iowait, t.irq, t.softirq, t.steal].map(|v| v.unwrap_or(0));
+    let idle = t.idle + more[0];
+    Some((
+        idle,
+        t.user + t.nice + t.system + t.idle + more.iter().sum::<u64>(),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn process_ticks_are_counted_after_a_name_with_spaces() {
-        let stat = "4242 (tokio (x) 1) S 1 2 3 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 9 0";
-        assert_eq!(stat_ticks(stat), Some(1234 + 567));
-        assert_eq!(stat_ticks("4242 (short) S 1"), None);
-    }
-
-    #[test]
-    fn machine_idle_takes_iowait_and_total_takes_eight_fields() {
-        let stat = "cpu  100 5 50 800 20 3 7 15 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
-        assert_eq!(machine_ticks(stat), Some((820, 1000)));
-        assert_eq!(machine_ticks("cpu0 1 2 3\n"), None);
-    }
 
     #[test]
     fn per_call_divides_the_windows_cpu_by_their_calls() {
@@ -205,7 +176,7 @@ mod tests {
             client: Client::This,
         };
         let r = me.read().expect("/proc on Linux");
-        assert!(r.machine > 0 && r.server_us.is_some());
+        assert!(r.machine > 0 && r.idle <= r.machine && r.server_us.is_some());
         // A child that burns some CPU, waited for: its CPU shows among the children's.
         let kids = Meter {
             server: None,

@@ -124,10 +124,8 @@ pub fn echo(coalesced: bool) -> Result<Served, String> {
     start(cmd, &[("echo listening on ", "")], None)
 }
 
-/// Resident memory of a process, bytes (Linux `/proc`).
+/// Resident memory of a process, bytes (`VmRSS` of `/proc/PID/status`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    Some(process.status().ok()?.vmrss? * 1024)
 }
