@@ -33,7 +33,7 @@ pub struct Reading {
 }
 
 /// CPU spent between two readings, summed over one or more windows.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spent {
     server_us: Option<f64>,
     client_us: f64,
@@ -112,9 +112,14 @@ impl Spent {
 
 /// User plus system CPU of this process's children that have exited and been waited for, µs.
 fn children_us() -> Option<f64> {
-    // SAFETY: getrusage writes only the struct it is given, which lives on this stack.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+    // SAFETY: rusage is plain integers, so all zeroes is a valid value; getrusage writes only
+    // the struct it is given, which lives on this stack.
+    let (ru, rc) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        let rc = libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        (ru, rc)
+    };
+    if rc != 0 {
         return None;
     }
     let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
