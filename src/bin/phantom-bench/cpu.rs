@@ -68,11 +68,26 @@ impl Meter {
             machine,
         })
     }
+
+    /// What was spent from `from` (an earlier `read`) until now; `None` if either reading
+    /// failed.
+    pub fn since(&self, from: Option<Reading>) -> Option<Spent> {
+        self.read().zip(from).map(|(now, then)| now.since(&then))
+    }
+}
+
+/// What several windows spent in all; unknown if any one of them is.
+pub fn total(windows: impl IntoIterator<Item = Option<Spent>>) -> Option<Spent> {
+    windows
+        .into_iter()
+        .collect::<Option<Vec<Spent>>>()?
+        .into_iter()
+        .reduce(Spent::add)
 }
 
 impl Reading {
     /// What was spent from `earlier` to this reading.
-    pub fn since(&self, earlier: &Reading) -> Spent {
+    fn since(&self, earlier: &Reading) -> Spent {
         Spent {
             server_us: self
                 .server_us
@@ -87,7 +102,7 @@ impl Reading {
 
 impl Spent {
     /// Adds another window's CPU; the server's stays known only if known in both.
-    pub fn add(self, other: Spent) -> Spent {
+    fn add(self, other: Spent) -> Spent {
         Spent {
             server_us: self.server_us.zip(other.server_us).map(|(a, b)| a + b),
             client_us: self.client_us + other.client_us,
@@ -187,13 +202,14 @@ mod tests {
             server: None,
             client: Client::Children,
         };
-        let before = kids.read().expect("getrusage");
+        let before = kids.read();
+        assert!(before.is_some(), "getrusage");
         let status = std::process::Command::new("sh")
             .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
             .status()
             .expect("sh runs");
         assert!(status.success());
-        let spent = kids.read().expect("getrusage").since(&before);
+        let spent = kids.since(before).expect("getrusage");
         assert!(spent.client_us > 0.0, "{spent:?}");
     }
 }

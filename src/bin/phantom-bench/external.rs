@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::cpu::{Client, Meter, Spent};
+use crate::cpu::{self, Client, Meter};
 use crate::scenarios::{Knobs, Row};
 
 /// One request an external generator sends again and again.
@@ -258,12 +258,9 @@ pub async fn paired(
         e.add(window(at.echo, echo, &echo_body, k, warm, slice).await?);
         let from = meter.read();
         s.add(window(at.server, f, &body, k, warm, slice).await?);
-        runs.push(meter.read().zip(from).map(|(b, a)| b.since(&a)));
+        runs.push(meter.since(from));
     }
-    let spent = runs
-        .into_iter()
-        .collect::<Option<Vec<Spent>>>()
-        .and_then(|r| r.into_iter().reduce(Spent::add));
+    let spent = cpu::total(runs);
     let (checked, served) = match (at.metrics, before) {
         (Some(m), Some(before)) => {
             // Each window can cut off what is in flight twice: when its warm-up ends (h2load

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::cpu::{Meter, Spent};
+use crate::cpu::{self, Meter, Spent};
 
 /// One call of a scenario, by worker index.
 pub type Op = Arc<
@@ -48,7 +48,7 @@ impl Measured {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
-        self.cpu = self.cpu.zip(other.cpu).map(|(a, b)| a.add(b));
+        self.cpu = cpu::total([self.cpu, other.cpu]);
     }
 }
 
@@ -126,7 +126,7 @@ pub async fn run(
     phase.store(MEASURING, Ordering::Relaxed);
     let (started, cpu_from) = (Instant::now(), meter.read());
     tokio::time::sleep(window).await;
-    let cpu_to = meter.read();
+    let cpu = meter.since(cpu_from);
     stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let mut m = Measured {
@@ -135,7 +135,7 @@ pub async fn run(
         secs,
         micros: histogram(),
         first_error: None,
-        cpu: cpu_to.zip(cpu_from).map(|(b, a)| b.since(&a)),
+        cpu,
     };
     for t in tasks {
         if let Ok((h, ops, errors, e)) = t.await {

@@ -671,7 +671,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
                 .await;
         });
     }
-    let cpu = t.meter().read().zip(cpu_from).map(|(b, a)| b.since(&a));
+    let cpu = t.meter().since(cpu_from);
     // Let the last ones arrive.
     let settle = Instant::now();
     while received.load(Ordering::Relaxed) < n as u64 && settle.elapsed() < Duration::from_secs(5) {
