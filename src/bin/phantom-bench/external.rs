@@ -174,8 +174,8 @@ fn millis(s: &str) -> Option<f64> {
     n.parse::<f64>().ok().map(|v| v * scale)
 }
 
-/// Calls of `method` the server counted, by gRPC code, from its Prometheus text.
-async fn calls_by_code(metrics: &str, method: &str) -> Result<HashMap<String, f64>, String> {
+/// The server's `/metrics`, parsed.
+async fn scrape(metrics: &str) -> Result<prometheus_parse::Scrape, String> {
     let mut tcp = tokio::net::TcpStream::connect(metrics)
         .await
         .map_err(|e| format!("metrics {metrics}: {e}"))?;
@@ -188,23 +188,105 @@ async fn calls_by_code(metrics: &str, method: &str) -> Result<HashMap<String, f6
         .await
         .map_err(|e| format!("metrics {metrics}: {e}"))?;
     let body = reply.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .map_err(|e| format!("metrics {metrics}: {e}"))?;
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("metrics {metrics}: {e}"))
+}
+
+/// A sample's value, if it is one number (a histogram's `_sum` and `_count` lines are
+/// samples of their own, untyped).
+fn number(v: &prometheus_parse::Value) -> Option<f64> {
+    use prometheus_parse::Value::{Counter, Gauge, Untyped};
+    match v {
+        Counter(v) | Gauge(v) | Untyped(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// Calls of `method` the server counted, by gRPC code.
+fn calls_by_code(scrape: &prometheus_parse::Scrape, method: &str) -> HashMap<String, f64> {
     let mut counts = HashMap::new();
-    for sample in scrape.samples {
+    for sample in &scrape.samples {
         if sample.metric != "phantom_grpc_requests_total"
             || sample.labels.get("method") != Some(method)
         {
             continue;
         }
-        if let prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) =
-            sample.value
-        {
+        if let Some(v) = number(&sample.value) {
             let code = sample.labels.get("code").unwrap_or_default().to_string();
             *counts.entry(code).or_insert(0.0) += v;
         }
     }
-    Ok(counts)
+    counts
+}
+
+/// What the server's store had done by one scrape: its fsyncs (of the journal, or the WAL),
+/// their seconds in all, and the SendMessage calls it had answered OK.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Syncs {
+    fsyncs: f64,
+    seconds: f64,
+    sends: f64,
+}
+
+impl Syncs {
+    /// The counts now, from the server's metrics (none without them).
+    pub async fn read(metrics: Option<&str>) -> Result<Option<Syncs>, String> {
+        let Some(m) = metrics else { return Ok(None) };
+        Ok(Some(Syncs::from_scrape(&scrape(m).await?)))
+    }
+
+    fn from_scrape(scrape: &prometheus_parse::Scrape) -> Syncs {
+        let total = |name: &str| {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == name)
+                .filter_map(|s| number(&s.value))
+                .sum::<f64>()
+        };
+        Syncs {
+            fsyncs: total("phantom_store_sync_duration_seconds_count"),
+            seconds: total("phantom_store_sync_duration_seconds_sum"),
+            sends: calls_by_code(scrape, "SendMessage")
+                .get("Ok")
+                .copied()
+                .unwrap_or(0.0),
+        }
+    }
+
+    /// What the store did from `before` to `now`: none without both readings, or if it
+    /// did not sync (a read-only scenario).
+    pub fn since(now: Option<Syncs>, before: Option<Syncs>) -> Option<Fsyncs> {
+        let (now, before) = (now?, before?);
+        let count = now.fsyncs - before.fsyncs;
+        (count > 0.0).then(|| Fsyncs {
+            count: count as u64,
+            mean_ms: (now.seconds - before.seconds) / count * 1000.0,
+            sends_per_fsync: (now.sends - before.sends) / count,
+        })
+    }
+}
+
+/// The store's fsyncs over a scenario's run (its warm-ups included): how many durable
+/// replies one fsync answered, group commit at work.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Fsyncs {
+    /// fsyncs of the journal (or WAL).
+    pub count: u64,
+    /// Their mean duration, ms.
+    pub mean_ms: f64,
+    /// SendMessage calls answered OK per fsync.
+    pub sends_per_fsync: f64,
+}
+
+impl Fsyncs {
+    /// For a row's note.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} fsyncs, {:.1} sends each, {:.3} ms mean",
+            self.count, self.sends_per_fsync, self.mean_ms
+        )
+    }
 }
 
 /// Where a scenario's h2load rounds go.
@@ -239,7 +321,7 @@ pub async fn paired(
     let (echo_body, body) = (body_file(dir.path(), echo)?, body_file(dir.path(), f)?);
     let method = f.path.rsplit('/').next().unwrap_or(f.path);
     let before = match at.metrics {
-        Some(m) => Some(calls_by_code(m, method).await?),
+        Some(m) => Some(scrape(m).await?),
         None => None,
     };
     let rounds = rounds.max(1);
@@ -261,18 +343,28 @@ pub async fn paired(
         runs.push(meter.since(from));
     }
     let spent = cpu::total(runs);
-    let (checked, served) = match (at.metrics, before) {
+    let (checked, served, fsyncs) = match (at.metrics, before) {
         (Some(m), Some(before)) => {
             // Each window can cut off what is in flight twice: when its warm-up ends (h2load
             // starts its clients over) and when it ends.
             let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
-            let after = calls_by_code(m, method).await?;
-            (
-                outcome(&before, &after, &s, cut_bound),
-                calls(&before, &after),
-            )
+            let after = scrape(m).await?;
+            let fsyncs = Syncs::since(
+                Some(Syncs::from_scrape(&after)),
+                Some(Syncs::from_scrape(&before)),
+            );
+            let (before, after) = (
+                calls_by_code(&before, method),
+                calls_by_code(&after, method),
+            );
+            let checked = outcome(&before, &after, &s, cut_bound);
+            (checked, calls(&before, &after), fsyncs)
         }
-        _ => ("outcomes not checked (no --target-metrics)".to_string(), 0),
+        _ => (
+            "outcomes not checked (no --target-metrics)".to_string(),
+            0,
+            None,
+        ),
     };
     let (clients, streams) = shape(k);
     let mut note = format!(
@@ -294,7 +386,9 @@ pub async fn paired(
         ratio: Some(s.rate() / e.rate()),
         // Without the server's count of calls (no metrics), none.
         cpu: spent.and_then(|c| c.per_call(served)),
-    })
+        fsyncs: None,
+    }
+    .with_fsyncs(fsyncs))
 }
 
 /// Calls the server counted between two counts, whatever their outcome.
@@ -388,5 +482,36 @@ mod tests {
         assert!(outcome(&before, &bad, &w, 4).contains("Unauthenticated 1"));
         let too_many_cut = HashMap::from([("Ok".to_string(), 15.0), ("Unknown".to_string(), 9.0)]);
         assert!(outcome(&before, &too_many_cut, &w, 4).starts_with("SERVER ANSWERED ERRORS"));
+    }
+
+    /// The server's metrics at one moment: `fsyncs` syncs taking `seconds` in all, `sends`
+    /// SendMessage calls answered OK (and one refused, which must not count).
+    fn metrics(fsyncs: u64, seconds: f64, sends: u64) -> prometheus_parse::Scrape {
+        let text = format!(
+            "# TYPE phantom_store_sync_duration_seconds histogram\n\
+             phantom_store_sync_duration_seconds_bucket{{le=\"0.0001\"}} 0\n\
+             phantom_store_sync_duration_seconds_bucket{{le=\"+Inf\"}} {fsyncs}\n\
+             phantom_store_sync_duration_seconds_sum {seconds}\n\
+             phantom_store_sync_duration_seconds_count {fsyncs}\n\
+             # TYPE phantom_grpc_requests_total counter\n\
+             phantom_grpc_requests_total{{code=\"Ok\",method=\"SendMessage\"}} {sends}\n\
+             phantom_grpc_requests_total{{code=\"InvalidArgument\",method=\"SendMessage\"}} 1\n\
+             phantom_grpc_requests_total{{code=\"Ok\",method=\"GetContacts\"}} 500\n"
+        );
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parsed")
+    }
+
+    #[test]
+    fn fsyncs_over_a_run_come_from_two_readings() {
+        let before = Syncs::from_scrape(&metrics(100, 0.02, 1_000));
+        let after = Syncs::from_scrape(&metrics(300, 0.07, 4_000));
+        let f = Syncs::since(Some(after), Some(before)).expect("synced");
+        assert_eq!(f.count, 200);
+        assert!((f.sends_per_fsync - 15.0).abs() < 1e-9);
+        assert!((f.mean_ms - 0.25).abs() < 1e-9);
+        assert_eq!(f.describe(), "200 fsyncs, 15.0 sends each, 0.250 ms mean");
+        // Nothing synced (a read-only run), or a reading missing (no metrics): no figure.
+        assert_eq!(Syncs::since(Some(after), Some(after)), None);
+        assert_eq!(Syncs::since(None, Some(before)), None);
     }
 }

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use external::Syncs;
 use scenarios::{Knobs, Row, Target};
 
 const ALL: [&str; 6] = [
@@ -229,6 +230,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         metrics: target.metrics.as_deref(),
         pid: target.pid,
     };
+    let metrics = target.metrics.as_deref();
     let mut send_rate = None;
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
@@ -243,7 +245,12 @@ async fn run(mut args: Args) -> Result<(), String> {
                     scenarios::unary_send(&target, &k).await?
                 };
                 let fixed = p.fixed.clone();
-                let r = p.run_paired((&echo_op, echo_meter), &k, args.rounds).await;
+                let synced = Syncs::read(metrics).await?;
+                // A read syncs nothing, so only a send's row shows fsyncs.
+                let r = p
+                    .run_paired((&echo_op, echo_meter), &k, args.rounds)
+                    .await
+                    .with_fsyncs(Syncs::since(Syncs::read(metrics).await?, synced));
                 if *name == "unary-send" {
                     send_rate = r.per_sec;
                 }
@@ -265,7 +272,10 @@ async fn run(mut args: Args) -> Result<(), String> {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
                     }
-                    let mut r = scenarios::e2e(&target, &k, rate).await?;
+                    let synced = Syncs::read(metrics).await?;
+                    let mut r = scenarios::e2e(&target, &k, rate)
+                        .await?
+                        .with_fsyncs(Syncs::since(Syncs::read(metrics).await?, synced));
                     r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }

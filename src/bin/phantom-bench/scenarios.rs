@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::cpu::{Client, Meter, PerCall};
 use crate::echo::pb::{EchoMessage, echo_client::EchoClient};
-use crate::external::Fixed;
+use crate::external::{Fixed, Fsyncs};
 use crate::load::{self, Measured, Op};
 use crate::procs;
 
@@ -302,6 +302,9 @@ pub struct Row {
     /// CPU per call (or message) over the measured window: the server's, this tool's, and
     /// the machine's idle share.
     pub cpu: Option<PerCall>,
+    /// The store's fsyncs over the run, where the server's metrics were read (scenarios
+    /// that write).
+    pub fsyncs: Option<Fsyncs>,
 }
 
 impl Row {
@@ -317,6 +320,7 @@ impl Row {
             note: note.trim().to_string(),
             ratio: None,
             cpu: None,
+            fsyncs: None,
         }
     }
 
@@ -331,7 +335,17 @@ impl Row {
             note,
             ratio: None,
             cpu: None,
+            fsyncs: None,
         }
+    }
+
+    /// Adds the store's fsyncs over the row's run, if they were read.
+    pub fn with_fsyncs(mut self, fsyncs: Option<Fsyncs>) -> Row {
+        if let Some(f) = fsyncs {
+            self.note = format!("{}; {}", self.note, f.describe());
+        }
+        self.fsyncs = fsyncs;
+        self
     }
 
     fn from_load(name: &str, m: &Measured, mut note: String) -> Row {
