@@ -254,15 +254,19 @@ impl Syncs {
         }
     }
 
-    /// What the store did from `before` to `now`: none without both readings, or if it
-    /// did not sync (a read-only scenario).
-    pub fn since(now: Option<Syncs>, before: Option<Syncs>) -> Option<Fsyncs> {
-        let (now, before) = (now?, before?);
-        let count = now.fsyncs - before.fsyncs;
+    /// What the store did between two readings: none without both (no metrics).
+    pub fn between(before: Option<Syncs>, after: Option<Syncs>) -> Option<Fsyncs> {
+        after?.since(before?)
+    }
+
+    /// What the store did between `before` and this reading: none if it did not sync (a
+    /// read-only scenario).
+    fn since(self, before: Syncs) -> Option<Fsyncs> {
+        let count = self.fsyncs - before.fsyncs;
         (count > 0.0).then(|| Fsyncs {
             count: count as u64,
-            mean_ms: (now.seconds - before.seconds) / count * 1000.0,
-            sends_per_fsync: (now.sends - before.sends) / count,
+            mean_ms: (self.seconds - before.seconds) / count * 1000.0,
+            sends_per_fsync: (self.sends - before.sends) / count,
         })
     }
 }
@@ -349,10 +353,7 @@ pub async fn paired(
             // starts its clients over) and when it ends.
             let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
             let after = scrape(m).await?;
-            let fsyncs = Syncs::since(
-                Some(Syncs::from_scrape(&after)),
-                Some(Syncs::from_scrape(&before)),
-            );
+            let fsyncs = Syncs::from_scrape(&after).since(Syncs::from_scrape(&before));
             let (before, after) = (
                 calls_by_code(&before, method),
                 calls_by_code(&after, method),
@@ -505,13 +506,14 @@ mod tests {
     fn fsyncs_over_a_run_come_from_two_readings() {
         let before = Syncs::from_scrape(&metrics(100, 0.02, 1_000));
         let after = Syncs::from_scrape(&metrics(300, 0.07, 4_000));
-        let f = Syncs::since(Some(after), Some(before)).expect("synced");
+        let f = after.since(before).expect("synced");
         assert_eq!(f.count, 200);
         assert!((f.sends_per_fsync - 15.0).abs() < 1e-9);
         assert!((f.mean_ms - 0.25).abs() < 1e-9);
         assert_eq!(f.describe(), "200 fsyncs, 15.0 sends each, 0.250 ms mean");
         // Nothing synced (a read-only run), or a reading missing (no metrics): no figure.
-        assert_eq!(Syncs::since(Some(after), Some(after)), None);
-        assert_eq!(Syncs::since(None, Some(before)), None);
+        assert_eq!(after.since(after), None);
+        assert_eq!(Syncs::between(Some(before), None), None);
+        assert_eq!(Syncs::between(Some(before), Some(after)), Some(f));
     }
 }

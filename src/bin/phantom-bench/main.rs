@@ -230,7 +230,6 @@ async fn run(mut args: Args) -> Result<(), String> {
         metrics: target.metrics.as_deref(),
         pid: target.pid,
     };
-    let metrics = target.metrics.as_deref();
     let mut send_rate = None;
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
@@ -245,12 +244,12 @@ async fn run(mut args: Args) -> Result<(), String> {
                     scenarios::unary_send(&target, &k).await?
                 };
                 let fixed = p.fixed.clone();
-                let synced = Syncs::read(metrics).await?;
+                let before = Syncs::read(at.metrics).await?;
                 // A read syncs nothing, so only a send's row shows fsyncs.
                 let r = p
                     .run_paired((&echo_op, echo_meter), &k, args.rounds)
                     .await
-                    .with_fsyncs(Syncs::since(Syncs::read(metrics).await?, synced));
+                    .with_fsyncs(Syncs::between(before, Syncs::read(at.metrics).await?));
                 if *name == "unary-send" {
                     send_rate = r.per_sec;
                 }
@@ -272,10 +271,10 @@ async fn run(mut args: Args) -> Result<(), String> {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
                     }
-                    let synced = Syncs::read(metrics).await?;
+                    let before = Syncs::read(at.metrics).await?;
                     let mut r = scenarios::e2e(&target, &k, rate)
                         .await?
-                        .with_fsyncs(Syncs::since(Syncs::read(metrics).await?, synced));
+                        .with_fsyncs(Syncs::between(before, Syncs::read(at.metrics).await?));
                     r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }
