@@ -1,7 +1,18 @@
 //! The ceiling: a bare tonic echo service (no actors, no storage), served by this same binary
 //! in a child process so that it costs what the real server costs in processes and sockets.
 //! With `--echo-coalesced` its connections go through the server's own wrapper instead.
+//!
+//! With `--echo-durable DIR` the same service answers each call only once its body is on the
+//! disk: appended to a file in DIR and fdatasync'd, in group commits on a writer thread and a
+//! syncer thread, as the server's store does it. That is the least a durable reply costs on a
+//! machine, with no actors, no index and no events (the `echo-durable` scenario).
 
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -12,7 +23,20 @@ pub mod pb {
 
 use pb::echo_server::{Echo, EchoServer};
 
-struct Service;
+/// A body to make durable, and where to say it is (or why it is not).
+type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
+/// Calls queued for the writer; past this the handlers wait, as the server's mailboxes do.
+const QUEUE: usize = 4096;
+/// Most bodies in one group commit (the server's store takes as many).
+const MAX_GROUP: usize = 512;
+/// Written groups waiting for the syncer before the writer waits in turn (as the store).
+const SYNC_QUEUE: usize = 64;
+
+struct Service {
+    /// The durable log's queue, when the echo is durable.
+    durable: Option<mpsc::Sender<Job>>,
+}
 
 #[tonic::async_trait]
 impl Echo for Service {
@@ -20,20 +44,115 @@ impl Echo for Service {
         &self,
         req: Request<pb::EchoMessage>,
     ) -> Result<Response<pb::EchoMessage>, Status> {
-        Ok(Response::new(req.into_inner()))
+        let message = req.into_inner();
+        if let Some(log) = &self.durable {
+            let (reply, synced) = oneshot::channel();
+            let stopped = || Status::unavailable("the durable echo's log has stopped");
+            log.send((message.body.clone(), reply))
+                .await
+                .map_err(|_| stopped())?;
+            synced
+                .await
+                .map_err(|_| stopped())?
+                .map_err(Status::unavailable)?;
+        }
+        Ok(Response::new(message))
+    }
+}
+
+/// Opens `dir/echo.log` and starts its writer and syncer threads; returns the writer's queue.
+fn durable_log(dir: &Path) -> Result<mpsc::Sender<Job>, String> {
+    let path = dir.join("echo.log");
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let synced = file.try_clone().map_err(|e| e.to_string())?;
+    let (to_writer, jobs) = mpsc::channel(QUEUE);
+    let (to_syncer, written) = std_mpsc::sync_channel(SYNC_QUEUE);
+    std::thread::Builder::new()
+        .name("echo-writer".into())
+        .spawn(move || write_groups(file, jobs, to_syncer))
+        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("echo-syncer".into())
+        .spawn(move || sync_groups(&synced, written))
+        .map_err(|e| e.to_string())?;
+    Ok(to_writer)
+}
+
+type Replies = Vec<oneshot::Sender<Result<(), String>>>;
+
+/// The writer: takes every job waiting (up to `MAX_GROUP`), appends their bodies (each after
+/// its length) in one write, and hands the group's replies to the syncer.
+fn write_groups(
+    mut file: File,
+    mut jobs: mpsc::Receiver<Job>,
+    to_syncer: std_mpsc::SyncSender<Replies>,
+) {
+    let mut buf = Vec::new();
+    while let Some(first) = jobs.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        let mut replies = Vec::with_capacity(group.len());
+        for (body, reply) in group {
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&body);
+            replies.push(reply);
+        }
+        if let Err(e) = file.write_all(&buf) {
+            answer(replies, Err(format!("write: {e}")));
+            return;
+        }
+        if let Err(std_mpsc::SendError(replies)) = to_syncer.send(replies) {
+            answer(replies, Err("the syncer has stopped".into()));
+            return;
+        }
+    }
+}
+
+/// The syncer: one fdatasync for every written group waiting, then their replies.
+fn sync_groups(file: &File, written: std_mpsc::Receiver<Replies>) {
+    while let Ok(first) = written.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(written.try_iter());
+        let synced = file.sync_data().map_err(|e| format!("fdatasync: {e}"));
+        let failed = synced.is_err();
+        for replies in waiting {
+            answer(replies, synced.clone());
+        }
+        if failed {
+            return;
+        }
+    }
+}
+
+fn answer(replies: Replies, result: Result<(), String>) {
+    for reply in replies {
+        let _ = reply.send(result.clone());
     }
 }
 
 /// Serves echo on `listen` until killed; prints the bound address first. `coalesced` hands
-/// each connection to tonic through the server's own wrapper (`phantom::net::Coalesced`).
-pub async fn serve(listen: &str, coalesced: bool) -> Result<(), String> {
+/// each connection to tonic through the server's own wrapper (`phantom::net::Coalesced`);
+/// `durable` makes each reply wait until its body is fdatasync'd in a file in that directory.
+pub async fn serve(listen: &str, coalesced: bool, durable: Option<&Path>) -> Result<(), String> {
+    let durable = durable.map(durable_log).transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot bind {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("echo listening on {addr}");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder().add_service(EchoServer::new(Service));
+    let server =
+        tonic::transport::Server::builder().add_service(EchoServer::new(Service { durable }));
     let served = if coalesced {
         server
             .serve_with_incoming(incoming.map(phantom::net::coalesced))
@@ -42,4 +161,27 @@ pub async fn serve(listen: &str, coalesced: bool) -> Result<(), String> {
         server.serve_with_incoming(incoming).await
     };
     served.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_durable_reply_comes_after_its_body_is_in_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = durable_log(dir.path()).expect("log");
+        let bodies: [&[u8]; 3] = [b"one", b"", b"three"];
+        let mut want = Vec::new();
+        for body in bodies {
+            let (reply, synced) = oneshot::channel();
+            log.send((body.to_vec(), reply)).await.expect("queued");
+            synced.await.expect("answered").expect("synced");
+            // Answered, so already in the file, each body after its length.
+            want.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            want.extend_from_slice(body);
+            let on_disk = std::fs::read(dir.path().join("echo.log")).expect("log file");
+            assert_eq!(on_disk, want);
+        }
+    }
 }

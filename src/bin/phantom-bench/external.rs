@@ -362,7 +362,8 @@ pub async fn paired(
             (checked, calls(&before, &after), fsyncs)
         }
         _ => (
-            "outcomes not checked (no --target-metrics)".to_string(),
+            "gRPC outcomes not checked (no metrics address; --target-metrics for a --target)"
+                .to_string(),
             0,
             None,
         ),

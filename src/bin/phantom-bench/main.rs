@@ -22,20 +22,23 @@ use clap::Parser;
 use external::Syncs;
 use scenarios::{Knobs, Row, Target};
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "unary-read",
     "unary-send",
     "e2e",
     "fanout",
     "streams",
     "replay",
+    // Last: deleting its log when it ends would stall the fsyncs of a scenario after it.
+    "echo-durable",
 ];
 
 /// Load scenarios for Phantom, each compared with a bare tonic echo service.
 #[derive(Parser, Debug)]
 #[command(name = "phantom-bench", version, about)]
 struct Args {
-    /// Scenarios, comma-separated: unary-read, unary-send, e2e, fanout, streams, replay, all.
+    /// Scenarios, comma-separated: unary-read, unary-send, e2e, fanout, streams, replay,
+    /// echo-durable, all.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// A running server instead of one started here (give its admin token too).
@@ -113,6 +116,9 @@ struct Args {
     /// Internal: serve the echo ceiling on this address.
     #[arg(long, hide = true)]
     serve_echo: Option<String>,
+    /// Internal, with --serve-echo: the durable echo, its log in this directory.
+    #[arg(long, hide = true)]
+    echo_durable: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -129,7 +135,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         if let Some(listen) = &args.serve_echo {
-            return echo::serve(listen, args.echo_coalesced).await;
+            let durable = args.echo_durable.as_deref();
+            return echo::serve(listen, args.echo_coalesced, durable).await;
         }
         run(args).await
     });
@@ -187,7 +194,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         external::check_installed().await?;
     }
     // The echo server stays up (idle) for the runs paired with it.
-    let echo_proc = procs::echo(args.echo_coalesced)?;
+    let echo_proc = procs::echo(args.echo_coalesced, false)?;
     let ceiling_op = scenarios::echo(&echo_proc, &k).await?;
     let (echo_op, echo_meter) = (ceiling_op.op.clone(), ceiling_op.meter);
     let echo_fixed = ceiling_op.fixed.clone();
@@ -282,6 +289,26 @@ async fn run(mut args: Args) -> Result<(), String> {
                 extra = swept;
                 first
             }
+            "echo-durable" => {
+                // Its own process, and its log, for this row only.
+                let served = procs::echo(args.echo_coalesced, true)?;
+                let p = scenarios::echo_durable(&served, &k).await?;
+                let fixed = p.fixed.clone();
+                let r = p.run_paired((&echo_op, echo_meter), &k, args.rounds).await;
+                if args.h2load {
+                    eprintln!("phantom-bench: running {name} with h2load ...");
+                    let at = external::Endpoints {
+                        echo: &echo_proc.addr,
+                        server: &served.addr,
+                        metrics: None,
+                        pid: Some(served.pid()),
+                    };
+                    let label = format!("{name}/h2load");
+                    let h = external::paired(&label, &at, &echo_fixed, &fixed, &k, args.rounds);
+                    extra.push(h.await?);
+                }
+                r
+            }
             "fanout" => scenarios::fanout(&target, &k).await?,
             // On a fresh server when this tool starts it: memory freed by earlier scenarios
             // would otherwise be reused and hide the cost of new streams.
@@ -294,7 +321,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             _ => unreachable!("checked above"),
         };
         row.ratio = match *name {
-            "unary-read" | "unary-send" | "e2e" => row.ratio,
+            "unary-read" | "unary-send" | "e2e" | "echo-durable" => row.ratio,
             "replay" => row.per_sec.map(|r| r / ceiling),
             "fanout" => p99_ratio(&row),
             _ => None,
@@ -351,8 +378,8 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
         );
     }
     println!(
-        "ratio: throughput / echo throughput (unary-read, unary-send: echo run in windows \
-         alternating with the scenario's, see note; replay: the echo row); \
+        "ratio: throughput / echo throughput (unary-read, unary-send, echo-durable: echo run \
+         in windows alternating with the scenario's, see note; replay: the echo row); \
          p99 / echo p99 (e2e, fanout)"
     );
     println!(

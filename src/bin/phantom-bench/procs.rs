@@ -113,15 +113,24 @@ pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
     start(cmd, &lines, Some(dir))
 }
 
-/// Starts the echo ceiling (this binary), on bare tonic or through `net::Coalesced`.
-pub fn echo(coalesced: bool) -> Result<Served, String> {
+/// Starts the echo ceiling (this binary), on bare tonic or through `net::Coalesced`;
+/// `durable`: the durable echo, its log in a temp dir removed with it.
+pub fn echo(coalesced: bool, durable: bool) -> Result<Served, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(me);
     cmd.args(["--serve-echo", "127.0.0.1:0"]);
     if coalesced {
         cmd.arg("--echo-coalesced");
     }
-    start(cmd, &[("echo listening on ", "")], None)
+    // On the temp dir's file system, as the server's data dir is.
+    let dir = if durable {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        cmd.arg("--echo-durable").arg(dir.path());
+        Some(dir)
+    } else {
+        None
+    };
+    start(cmd, &[("echo listening on ", "")], dir)
 }
 
 /// Resident memory of a process, bytes (`VmRSS` of `/proc/PID/status`).

@@ -506,6 +506,18 @@ impl Prepared {
     }
 }
 
+/// The least a durable reply costs: the same client against the durable echo `served`
+/// (`--echo-durable`), whose replies wait for their body's fdatasync.
+pub async fn echo_durable(served: &procs::Served, k: &Knobs) -> Result<Prepared, String> {
+    let mut p = echo(served, k).await?;
+    p.name = "echo-durable";
+    p.note = "echo, each body appended to a file and fdatasync'd before its reply \
+              (group commit on a writer and a syncer thread, as the store; no actors, \
+              no index)"
+        .into();
+    Ok(p)
+}
+
 /// The ceiling: the same client against the bare echo service `served`.
 pub async fn echo(served: &procs::Served, k: &Knobs) -> Result<Prepared, String> {
     let conns = channels(&served.addr, k.connections).await?;
