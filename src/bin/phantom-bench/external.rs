@@ -305,8 +305,9 @@ pub struct Endpoints<'a> {
     pub pid: Option<u32>,
 }
 
-/// `name` through h2load: `rounds` windows of `echo` alternating with `f`'s, adding up to
-/// `k.window` each; the row's ratio is to echo's rate over the same rounds.
+/// Scenario `name` through h2load, the row `name/h2load`: `rounds` windows of `echo`
+/// alternating with `f`'s, adding up to `k.window` each; the row's ratio is to echo's rate
+/// over the same rounds.
 pub async fn paired(
     name: &str,
     at: &Endpoints<'_>,
@@ -315,6 +316,7 @@ pub async fn paired(
     k: &Knobs,
     rounds: u32,
 ) -> Result<Row, String> {
+    eprintln!("phantom-bench: running {name} with h2load ...");
     if at.server.starts_with("unix:") || at.server.contains("://") {
         return Err(format!(
             "--h2load needs a host:port target, not {}",
@@ -379,7 +381,7 @@ pub async fn paired(
         note += &format!("; h2load failed calls: {} (echo {})", s.failed, e.failed);
     }
     Ok(Row {
-        scenario: name.to_string(),
+        scenario: format!("{name}/h2load"),
         per_sec: Some(s.rate()),
         p50_ms: None,
         p99_ms: None,

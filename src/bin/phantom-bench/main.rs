@@ -261,9 +261,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                     send_rate = r.per_sec;
                 }
                 if args.h2load {
-                    eprintln!("phantom-bench: running {name} with h2load ...");
-                    let label = format!("{name}/h2load");
-                    let h = external::paired(&label, &at, &echo_fixed, &fixed, &k, args.rounds);
+                    let h = external::paired(name, &at, &echo_fixed, &fixed, &k, args.rounds);
                     extra.push(h.await?);
                 }
                 r
@@ -296,15 +294,13 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let fixed = p.fixed.clone();
                 let r = p.run_paired((&echo_op, echo_meter), &k, args.rounds).await;
                 if args.h2load {
-                    eprintln!("phantom-bench: running {name} with h2load ...");
                     let at = external::Endpoints {
                         echo: &echo_proc.addr,
                         server: &served.addr,
                         metrics: None,
                         pid: Some(served.pid()),
                     };
-                    let label = format!("{name}/h2load");
-                    let h = external::paired(&label, &at, &echo_fixed, &fixed, &k, args.rounds);
+                    let h = external::paired(name, &at, &echo_fixed, &fixed, &k, args.rounds);
                     extra.push(h.await?);
                 }
                 r
