@@ -82,6 +82,7 @@ fn durable_log(dir: &Path) -> Result<mpsc::Sender<Job>, String> {
     Ok(to_writer)
 }
 
+/// The replies of one written group, in order.
 type Replies = Vec<oneshot::Sender<Result<(), String>>>;
 
 /// The writer: takes every job waiting (up to `MAX_GROUP`), appends their bodies (each after
@@ -134,6 +135,7 @@ fn sync_groups(file: &File, written: std_mpsc::Receiver<Replies>) {
     }
 }
 
+/// Says `result` to every caller of a group.
 fn answer(replies: Replies, result: Result<(), String>) {
     for reply in replies {
         let _ = reply.send(result.clone());
