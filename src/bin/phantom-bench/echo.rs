@@ -94,19 +94,16 @@ fn write_groups(
 ) {
     let mut buf = Vec::new();
     while let Some(first) = jobs.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
         buf.clear();
-        let mut replies = Vec::with_capacity(group.len());
-        for (body, reply) in group {
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some((body, reply)) = next {
             buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
             buf.extend_from_slice(&body);
             replies.push(reply);
+            next = (replies.len() < MAX_GROUP)
+                .then(|| jobs.try_recv().ok())
+                .flatten();
         }
         if let Err(e) = file.write_all(&buf) {
             answer(replies, Err(format!("write: {e}")));

@@ -255,8 +255,19 @@ impl Syncs {
     }
 
     /// What the store did between two readings: none without both (no metrics).
-    pub fn between(before: Option<Syncs>, after: Option<Syncs>) -> Option<Fsyncs> {
+    fn between(before: Option<Syncs>, after: Option<Syncs>) -> Option<Fsyncs> {
         after?.since(before?)
+    }
+
+    /// Runs `run` and adds to its row the store's fsyncs over it, read from the server's
+    /// metrics (none without them).
+    pub async fn around(
+        metrics: Option<&str>,
+        run: impl Future<Output = Result<Row, String>>,
+    ) -> Result<Row, String> {
+        let before = Syncs::read(metrics).await?;
+        let row = run.await?;
+        Ok(row.with_fsyncs(Syncs::between(before, Syncs::read(metrics).await?)))
     }
 
     /// What the store did between `before` and this reading: none if it did not sync (a

@@ -251,12 +251,9 @@ async fn run(mut args: Args) -> Result<(), String> {
                     scenarios::unary_send(&target, &k).await?
                 };
                 let fixed = p.fixed.clone();
-                let before = Syncs::read(at.metrics).await?;
                 // A read syncs nothing, so only a send's row shows fsyncs.
-                let r = p
-                    .run_paired((&echo_op, echo_meter), &k, args.rounds)
-                    .await
-                    .with_fsyncs(Syncs::between(before, Syncs::read(at.metrics).await?));
+                let paired = p.run_paired((&echo_op, echo_meter), &k, args.rounds);
+                let r = Syncs::around(at.metrics, async { Ok(paired.await) }).await?;
                 if *name == "unary-send" {
                     send_rate = r.per_sec;
                 }
@@ -276,10 +273,8 @@ async fn run(mut args: Args) -> Result<(), String> {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
                     }
-                    let before = Syncs::read(at.metrics).await?;
-                    let mut r = scenarios::e2e(&target, &k, rate)
-                        .await?
-                        .with_fsyncs(Syncs::between(before, Syncs::read(at.metrics).await?));
+                    let run = scenarios::e2e(&target, &k, rate);
+                    let mut r = Syncs::around(at.metrics, run).await?;
                     r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }
