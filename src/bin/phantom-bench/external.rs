@@ -219,13 +219,20 @@ fn calls_by_code(scrape: &prometheus_parse::Scrape, method: &str) -> HashMap<Str
     counts
 }
 
+/// An fsync this long leaves almost nothing of `e2e`'s 2 ms target to the rest of a
+/// message's path (a bound of the server's fsync histogram: 0.1 ms doubling).
+const SLOW_FSYNC_SECS: f64 = 0.0016;
+
 /// What the server's store had done by one scrape: its fsyncs (of the journal, or the WAL),
-/// their seconds in all, and the SendMessage calls it had answered OK.
-#[derive(Debug, Clone, Copy, Default)]
+/// their seconds in all, how many took longer than `SLOW_FSYNC_SECS`, the bounds of the
+/// histogram's buckets with their cumulative counts, and the SendMessage calls answered OK.
+#[derive(Debug, Clone, Default)]
 pub struct Syncs {
     fsyncs: f64,
     seconds: f64,
     sends: f64,
+    /// (upper bound in seconds, fsyncs at most that long), ascending.
+    buckets: Vec<(f64, f64)>,
 }
 
 impl Syncs {
@@ -244,6 +251,18 @@ impl Syncs {
                 .filter_map(|s| number(&s.value))
                 .sum::<f64>()
         };
+        let mut buckets: Vec<(f64, f64)> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "phantom_store_sync_duration_seconds")
+            .filter_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(h) => Some(h),
+                _ => None,
+            })
+            .flatten()
+            .map(|b| (b.less_than, b.count))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         Syncs {
             fsyncs: total("phantom_store_sync_duration_seconds_count"),
             seconds: total("phantom_store_sync_duration_seconds_sum"),
@@ -251,12 +270,22 @@ impl Syncs {
                 .get("Ok")
                 .copied()
                 .unwrap_or(0.0),
+            buckets,
         }
+    }
+
+    /// Fsyncs at most `bound` seconds long by this reading (a bucket's bound; none if the
+    /// histogram has no such bucket).
+    fn at_most(&self, bound: f64) -> Option<f64> {
+        self.buckets
+            .iter()
+            .find(|(le, _)| *le == bound || (*le - bound).abs() < 1e-12)
+            .map(|(_, n)| *n)
     }
 
     /// What the store did between two readings: none without both (no metrics).
     fn between(before: Option<Syncs>, after: Option<Syncs>) -> Option<Fsyncs> {
-        after?.since(before?)
+        after?.since(&before?)
     }
 
     /// Runs `run` and adds to its row the store's fsyncs over it, read from the server's
@@ -272,12 +301,21 @@ impl Syncs {
 
     /// What the store did between `before` and this reading: none if it did not sync (a
     /// read-only scenario).
-    fn since(self, before: Syncs) -> Option<Fsyncs> {
+    fn since(&self, before: &Syncs) -> Option<Fsyncs> {
         let count = self.fsyncs - before.fsyncs;
+        let between = |bound| Some(self.at_most(bound)? - before.at_most(bound)?);
+        // The smallest bound that every fsync of the run stayed within.
+        let slowest_within_ms = self
+            .buckets
+            .iter()
+            .find(|(le, _)| between(*le).is_some_and(|n| n >= count))
+            .map(|(le, _)| le * 1000.0);
         (count > 0.0).then(|| Fsyncs {
             count: count as u64,
             mean_ms: (self.seconds - before.seconds) / count * 1000.0,
             sends_per_fsync: (self.sends - before.sends) / count,
+            slow: between(SLOW_FSYNC_SECS).map(|fast| (count - fast) as u64),
+            slowest_within_ms,
         })
     }
 }
@@ -292,15 +330,30 @@ pub struct Fsyncs {
     pub mean_ms: f64,
     /// SendMessage calls answered OK per fsync.
     pub sends_per_fsync: f64,
+    /// fsyncs longer than 1.6 ms (`SLOW_FSYNC_SECS`): each delays every reply and event
+    /// behind it by most of `e2e`'s 2 ms target on its own.
+    pub slow: Option<u64>,
+    /// The histogram's smallest bucket bound that held every fsync of the run, ms (none past
+    /// its last finite bound).
+    pub slowest_within_ms: Option<f64>,
 }
 
 impl Fsyncs {
     /// For a row's note.
     pub fn describe(&self) -> String {
-        format!(
+        let mut text = format!(
             "{} fsyncs, {:.1} sends each, {:.3} ms mean",
             self.count, self.sends_per_fsync, self.mean_ms
-        )
+        );
+        if let Some(slow) = self.slow {
+            text += &format!(", {slow} over {} ms", SLOW_FSYNC_SECS * 1000.0);
+        }
+        match self.slowest_within_ms {
+            Some(ms) if ms.is_finite() => text += &format!(", the slowest at most {ms} ms"),
+            Some(_) => text += ", the slowest past the histogram's last bound",
+            None => {}
+        }
+        text
     }
 }
 
@@ -366,7 +419,7 @@ pub async fn paired(
             // starts its clients over) and when it ends.
             let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
             let after = scrape(m).await?;
-            let fsyncs = Syncs::from_scrape(&after).since(Syncs::from_scrape(&before));
+            let fsyncs = Syncs::from_scrape(&after).since(&Syncs::from_scrape(&before));
             let (before, after) = (
                 calls_by_code(&before, method),
                 calls_by_code(&after, method),
@@ -499,12 +552,16 @@ mod tests {
         assert!(outcome(&before, &too_many_cut, &w, 4).starts_with("SERVER ANSWERED ERRORS"));
     }
 
-    /// The server's metrics at one moment: `fsyncs` syncs taking `seconds` in all, `sends`
-    /// SendMessage calls answered OK (and one refused, which must not count).
-    fn metrics(fsyncs: u64, seconds: f64, sends: u64) -> prometheus_parse::Scrape {
+    /// The server's metrics at one moment: `fsyncs` syncs taking `seconds` in all, `slow`
+    /// of them over 1.6 ms and at most 3.2 ms, `sends` SendMessage calls answered OK (and one
+    /// refused, which must not count).
+    fn metrics(fsyncs: u64, slow: u64, seconds: f64, sends: u64) -> prometheus_parse::Scrape {
+        let fast = fsyncs - slow;
         let text = format!(
             "# TYPE phantom_store_sync_duration_seconds histogram\n\
              phantom_store_sync_duration_seconds_bucket{{le=\"0.0001\"}} 0\n\
+             phantom_store_sync_duration_seconds_bucket{{le=\"0.0016\"}} {fast}\n\
+             phantom_store_sync_duration_seconds_bucket{{le=\"0.0032\"}} {fsyncs}\n\
              phantom_store_sync_duration_seconds_bucket{{le=\"+Inf\"}} {fsyncs}\n\
              phantom_store_sync_duration_seconds_sum {seconds}\n\
              phantom_store_sync_duration_seconds_count {fsyncs}\n\
@@ -518,16 +575,42 @@ mod tests {
 
     #[test]
     fn fsyncs_over_a_run_come_from_two_readings() {
-        let before = Syncs::from_scrape(&metrics(100, 0.02, 1_000));
-        let after = Syncs::from_scrape(&metrics(300, 0.07, 4_000));
-        let f = after.since(before).expect("synced");
+        let before = Syncs::from_scrape(&metrics(100, 1, 0.02, 1_000));
+        let after = Syncs::from_scrape(&metrics(300, 4, 0.07, 4_000));
+        let f = after.since(&before).expect("synced");
         assert_eq!(f.count, 200);
         assert!((f.sends_per_fsync - 15.0).abs() < 1e-9);
         assert!((f.mean_ms - 0.25).abs() < 1e-9);
-        assert_eq!(f.describe(), "200 fsyncs, 15.0 sends each, 0.250 ms mean");
+        assert_eq!(f.slow, Some(3));
+        assert_eq!(
+            f.describe(),
+            "200 fsyncs, 15.0 sends each, 0.250 ms mean, 3 over 1.6 ms, the slowest at most 3.2 ms"
+        );
+        // Had none of the run's fsyncs been slow, the bound would be the 1.6 ms bucket's.
+        let quick = Syncs::from_scrape(&metrics(300, 1, 0.07, 4_000));
+        assert_eq!(
+            quick.since(&before).and_then(|f| f.slowest_within_ms),
+            Some(1.6)
+        );
         // Nothing synced (a read-only run), or a reading missing (no metrics): no figure.
-        assert_eq!(after.since(after), None);
-        assert_eq!(Syncs::between(Some(before), None), None);
+        assert_eq!(after.since(&after), None);
+        assert_eq!(Syncs::between(Some(before.clone()), None), None);
         assert_eq!(Syncs::between(Some(before), Some(after)), Some(f));
+    }
+
+    #[test]
+    fn an_fsync_past_the_histograms_last_bound_is_said_so() {
+        let before = Syncs::from_scrape(&metrics(10, 0, 0.001, 100));
+        let mut after = Syncs::from_scrape(&metrics(20, 0, 0.5, 200));
+        // One of the ten new fsyncs only in the +Inf bucket.
+        for b in after.buckets.iter_mut().filter(|b| b.0.is_finite()) {
+            b.1 -= 1.0;
+        }
+        let f = after.since(&before).expect("synced");
+        assert_eq!(f.slow, Some(1));
+        assert!(
+            f.describe()
+                .ends_with("the slowest past the histogram's last bound")
+        );
     }
 }

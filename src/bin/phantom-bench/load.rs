@@ -1,10 +1,11 @@
 //! Closed-loop load: many workers over a few HTTP/2 connections, each issuing one call after
-//! another; a warm-up, then a measured window recorded in HDR histograms.
+//! another; a warm-up, then a measured window recorded in HDR histograms. And open-loop load:
+//! calls started at a fixed rate whatever the earlier ones are doing, as `e2e` sends.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -148,4 +149,167 @@ pub async fn run(
         }
     }
     m
+}
+
+/// Open-loop pacing: a tick every 1/rate s for a warm-up and then a measured window, late ticks
+/// coming at once (a slow moment of the machine does not lower the rate asked for).
+pub struct Pace {
+    tick: tokio::time::Interval,
+    measure_from: Instant,
+    deadline: Instant,
+}
+
+impl Pace {
+    /// Ticks at `rate` per second (at least one) over `warmup + window`, starting now.
+    pub fn new(rate: f64, warmup: Duration, window: Duration) -> Pace {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let now = Instant::now();
+        Pace {
+            tick,
+            measure_from: now + warmup,
+            deadline: now + warmup + window,
+        }
+    }
+
+    /// When the measured window begins.
+    pub fn measured_from(&self) -> Instant {
+        self.measure_from
+    }
+
+    /// Waits for the next tick: `None` once the run is over, else whether the tick falls in
+    /// the measured window.
+    pub async fn next(&mut self) -> Option<bool> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        self.tick.tick().await;
+        Some(Instant::now() >= self.measure_from)
+    }
+}
+
+/// Starts `op` at `rate` per second for `warmup + window` (open loop) and records how long each
+/// call started in the window took, from its start to its reply. Waits at most `settle` for
+/// the window's last calls; one still unanswered then counts as an error. `ops` is the calls
+/// answered OK, `secs` the window: so `rate()` is what was answered, and errors say what was
+/// not.
+pub async fn open_loop(
+    rate: f64,
+    warmup: Duration,
+    window: Duration,
+    settle: Duration,
+    op: Op,
+    meter: Meter,
+) -> Measured {
+    struct Window {
+        micros: Option<Histogram<u64>>,
+        first_error: Option<String>,
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Window {
+        micros: Some(histogram()),
+        first_error: None,
+    }));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let calls = tokio_util::task::TaskTracker::new();
+    let mut pace = Pace::new(rate, warmup, window);
+    let (mut started, mut n) = (0u64, 0usize);
+    let mut from = None;
+    while let Some(measuring) = pace.next().await {
+        let call = op(n);
+        n += 1;
+        if !measuring {
+            calls.spawn(call);
+            continue;
+        }
+        if from.is_none() {
+            from = Some((Instant::now(), meter.read()));
+        }
+        started += 1;
+        let (seen, ok, errors) = (seen.clone(), ok.clone(), errors.clone());
+        calls.spawn(async move {
+            let t = Instant::now();
+            let r = call.await;
+            let took = t.elapsed().as_micros().max(1) as u64;
+            let Ok(mut w) = seen.lock() else { return };
+            match r {
+                Ok(()) => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = w.micros.as_mut() {
+                        let _ = h.record(took);
+                    }
+                }
+                Err(e) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    w.first_error
+                        .get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
+                }
+            }
+        });
+    }
+    let (secs, cpu) = match from {
+        Some((t, cpu_from)) => (t.elapsed().as_secs_f64(), meter.since(cpu_from)),
+        None => (window.as_secs_f64(), None),
+    };
+    calls.close();
+    let settled = tokio::time::timeout(settle, calls.wait()).await.is_ok();
+    let (ok, mut errors) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    let (micros, mut first_error) = match seen.lock() {
+        Ok(mut w) => (
+            w.micros.take().unwrap_or_else(histogram),
+            w.first_error.take(),
+        ),
+        Err(_) => (histogram(), Some("a recording task panicked".into())),
+    };
+    if !settled {
+        let late = started.saturating_sub(ok + errors);
+        errors += late;
+        first_error.get_or_insert_with(|| format!("{late} calls unanswered after {settle:?}"));
+    }
+    Measured {
+        ops: ok,
+        errors,
+        secs,
+        micros,
+        first_error,
+        cpu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Client;
+
+    /// An open-loop run of `op` at 1,000/s: 20 ms of warm-up, 60 ms measured, 50 ms to settle.
+    async fn open(op: Op) -> Measured {
+        let meter = Meter {
+            server: None,
+            client: Client::This,
+        };
+        let ms = Duration::from_millis;
+        open_loop(1_000.0, ms(20), ms(60), ms(50), op, meter).await
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_times_what_was_answered_and_counts_what_was_not() {
+        let answered = open(Arc::new(|_| Box::pin(async { Ok(()) }))).await;
+        assert!(answered.ops > 0, "{answered:?}");
+        assert_eq!(answered.errors, 0);
+        assert_eq!(answered.micros.len(), answered.ops);
+
+        let refused = open(Arc::new(|_| {
+            Box::pin(async { Err(tonic::Status::unavailable("down")) })
+        }))
+        .await;
+        assert_eq!(refused.ops, 0);
+        assert!(refused.errors > 0);
+        assert_eq!(refused.first_error.as_deref(), Some("Unavailable: down"));
+
+        // Calls that never answer are errors once the settling time is over, not lost.
+        let silent = open(Arc::new(|_| Box::pin(futures::future::pending()))).await;
+        assert_eq!(silent.ops, 0);
+        assert!(silent.errors > 0);
+        let said = silent.first_error.unwrap_or_default();
+        assert!(said.contains("unanswered"), "{said}");
+    }
 }

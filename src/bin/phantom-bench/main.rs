@@ -22,15 +22,16 @@ use clap::Parser;
 use external::Syncs;
 use scenarios::{Knobs, Row, Target};
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "unary-read",
     "unary-send",
     "e2e",
     "fanout",
     "streams",
     "replay",
-    // Last: deleting its log when it ends would stall the fsyncs of a scenario after it.
+    // Last: deleting their logs when they end would stall the fsyncs of a scenario after them.
     "echo-durable",
+    "e2e-floor",
 ];
 
 /// Load scenarios for Phantom, each compared with a bare tonic echo service.
@@ -38,7 +39,7 @@ const ALL: [&str; 7] = [
 #[command(name = "phantom-bench", version, about)]
 struct Args {
     /// Scenarios, comma-separated: unary-read, unary-send, e2e, fanout, streams, replay,
-    /// echo-durable, all.
+    /// echo-durable, e2e-floor, all.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// A running server instead of one started here (give its admin token too).
@@ -264,17 +265,27 @@ async fn run(mut args: Args) -> Result<(), String> {
                 r
             }
             "e2e" => {
-                // 0 (the default) stands for half the measured send rate.
-                let half = send_rate.map(|r| r / 2.0).unwrap_or(500.0);
                 let mut swept = Vec::with_capacity(k.e2e_rates.len());
-                for (i, &rate) in k.e2e_rates.iter().enumerate() {
-                    let rate = if rate == 0.0 { half } else { rate };
+                for (i, rate) in e2e_rates(&k, send_rate).enumerate() {
                     if i > 0 {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
                     }
                     let run = scenarios::e2e(&target, &k, rate);
                     let mut r = Syncs::around(at.metrics, run).await?;
+                    r.ratio = p99_ratio(&r);
+                    swept.push(r);
+                }
+                let first = swept.remove(0);
+                extra = swept;
+                first
+            }
+            "e2e-floor" => {
+                // Its own process and log, as echo-durable; the rates e2e ran at.
+                let served = procs::echo(args.echo_coalesced, true)?;
+                let mut swept = Vec::with_capacity(k.e2e_rates.len());
+                for rate in e2e_rates(&k, send_rate) {
+                    let mut r = scenarios::e2e_floor(&served, &k, rate).await?;
                     r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }
@@ -312,7 +323,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             _ => unreachable!("checked above"),
         };
         row.ratio = match *name {
-            "unary-read" | "unary-send" | "e2e" | "echo-durable" => row.ratio,
+            "unary-read" | "unary-send" | "e2e" | "echo-durable" | "e2e-floor" => row.ratio,
             "replay" => row.per_sec.map(|r| r / ceiling),
             "fanout" => p99_ratio(&row),
             _ => None,
@@ -322,6 +333,15 @@ async fn run(mut args: Args) -> Result<(), String> {
         scenarios::quiesce(&target, open_before).await?;
     }
     report(&rows, args.json)
+}
+
+/// The rates of `e2e` (and `e2e-floor`), in order: 0 in `--e2e-rate` stands for half the
+/// send rate measured in this run, or 500/s if `unary-send` did not run.
+fn e2e_rates(k: &Knobs, send_rate: Option<f64>) -> impl Iterator<Item = f64> + '_ {
+    let half = send_rate.map(|r| r / 2.0).unwrap_or(500.0);
+    k.e2e_rates
+        .iter()
+        .map(move |&r| if r == 0.0 { half } else { r })
 }
 
 /// Starts a server here (the binary beside this tool, a temp data dir) with `conns`
@@ -371,7 +391,7 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
     println!(
         "ratio: throughput / echo throughput (unary-read, unary-send, echo-durable: echo run \
          in windows alternating with the scenario's, see note; replay: the echo row); \
-         p99 / echo p99 (e2e, fanout)"
+         p99 / echo p99 (e2e, e2e-floor, fanout)"
     );
     println!(
         "srv µs, cli µs: CPU per call (e2e: per message) over the measured windows, of the \

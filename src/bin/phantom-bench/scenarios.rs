@@ -518,6 +518,31 @@ pub async fn echo_durable(served: &procs::Served, k: &Knobs) -> Result<Prepared,
     Ok(p)
 }
 
+/// The floor under `e2e`'s latency: the durable echo `served` driven as `e2e` drives its
+/// sends, one call every 1/rate s whatever the replies do, each timed from its start to its
+/// durable reply. A message in `e2e` waits for its fsync before it is delivered, so on this
+/// machine its latency cannot be lower than this at the same rate.
+pub async fn e2e_floor(served: &procs::Served, k: &Knobs, rate: f64) -> Result<Row, String> {
+    let p = echo(served, k).await?;
+    let m = load::open_loop(
+        rate,
+        k.warmup,
+        k.window,
+        Duration::from_secs(5),
+        p.op,
+        p.meter,
+    )
+    .await;
+    Ok(Row::from_load(
+        "e2e-floor",
+        &m,
+        format!(
+            "the durable echo, one call every 1/{rate:.0} s as e2e sends (open loop): call to \
+             fdatasync'd reply, no actors, no index, no delivery"
+        ),
+    ))
+}
+
 /// The ceiling: the same client against the bare echo service `served`.
 pub async fn echo(served: &procs::Served, k: &Knobs) -> Result<Prepared, String> {
     let conns = channels(&served.addr, k.connections).await?;
@@ -663,19 +688,16 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     }
     let senders = senders(t, &pairs)?;
     // Open loop: one send every 1/rate s whatever the replies do.
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let deadline = Instant::now() + k.warmup + k.window;
-    let measure_from = Instant::now() + k.warmup;
+    let mut pace = load::Pace::new(rate, k.warmup, k.window);
+    let measure_from = pace.measured_from();
     let mut sent = 0u64;
     let mut n = 0usize;
     let mut warming = true;
     let mut cpu_from = None;
-    while Instant::now() < deadline {
-        tick.tick().await;
+    while let Some(measuring) = pace.next().await {
         let (mut u, to) = senders[n % senders.len()].clone();
         n += 1;
-        if Instant::now() >= measure_from {
+        if measuring {
             if warming {
                 // Forget what arrived during the warm-up (the trace keeps it).
                 warming = false;
