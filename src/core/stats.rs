@@ -66,6 +66,12 @@ impl Default for DeliveryStats {
     }
 }
 
+/// Bounds of the fsync histogram's buckets, seconds: 0.1 ms doubling to 3.3 s. Shared with the
+/// load tool's durable echo, so that its fsyncs and the store's are counted alike.
+pub fn sync_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()
+}
+
 /// Store writer figures.
 #[derive(Debug, Clone)]
 pub struct StoreStats {
@@ -100,7 +106,7 @@ impl Default for StoreStats {
             sync_seconds: histogram(
                 "phantom_store_sync_duration_seconds",
                 "Time of one fsync of the journal (lsm) or WAL (sqlite), shared by every batch waiting.",
-                prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+                sync_buckets(),
             ),
             checkpoints: counter_vec(
                 "phantom_store_checkpoints_total",

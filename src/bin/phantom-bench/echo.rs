@@ -10,7 +10,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -36,6 +39,53 @@ const SYNC_QUEUE: usize = 64;
 struct Service {
     /// The durable log's queue, when the echo is durable.
     durable: Option<mpsc::Sender<Job>>,
+    /// The durable log's fsyncs (none for the bare echo).
+    synced: Option<Arc<Synced>>,
+}
+
+/// What the durable log's syncer has done: its fsyncs, timed into the store's buckets, and
+/// the bodies they made durable.
+struct Synced {
+    seconds: prometheus::Histogram,
+    bodies: AtomicU64,
+}
+
+impl Synced {
+    fn new() -> Result<Synced, String> {
+        let opts = prometheus::HistogramOpts::new("echo_sync_seconds", "fdatasyncs of the log")
+            .buckets(phantom::core::stats::sync_buckets());
+        Ok(Synced {
+            seconds: prometheus::Histogram::with_opts(opts).map_err(|e| e.to_string())?,
+            bodies: AtomicU64::new(0),
+        })
+    }
+
+    /// The counts so far, the buckets ending with +Inf as in the server's exposition.
+    fn reply(&self) -> pb::SyncsReply {
+        use prometheus::core::Collector;
+        let fsyncs = self.seconds.get_sample_count();
+        let mut buckets: Vec<pb::SyncBucket> = self
+            .seconds
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .flat_map(|m| m.get_histogram().get_bucket())
+            .map(|b| pb::SyncBucket {
+                le_seconds: b.upper_bound(),
+                count: b.cumulative_count(),
+            })
+            .collect();
+        buckets.push(pb::SyncBucket {
+            le_seconds: f64::INFINITY,
+            count: fsyncs,
+        });
+        pb::SyncsReply {
+            fsyncs,
+            seconds: self.seconds.get_sample_sum(),
+            bodies: self.bodies.load(Ordering::Relaxed),
+            buckets,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -58,10 +108,20 @@ impl Echo for Service {
         }
         Ok(Response::new(message))
     }
+
+    async fn syncs(
+        &self,
+        _: Request<pb::SyncsRequest>,
+    ) -> Result<Response<pb::SyncsReply>, Status> {
+        Ok(Response::new(
+            self.synced.as_ref().map(|s| s.reply()).unwrap_or_default(),
+        ))
+    }
 }
 
-/// Opens `dir/echo.log` and starts its writer and syncer threads; returns the writer's queue.
-fn durable_log(dir: &Path) -> Result<mpsc::Sender<Job>, String> {
+/// Opens `dir/echo.log` and starts its writer and syncer threads; returns the writer's queue
+/// and what the syncer has done.
+fn durable_log(dir: &Path) -> Result<(mpsc::Sender<Job>, Arc<Synced>), String> {
     let path = dir.join("echo.log");
     let file = File::options()
         .create(true)
@@ -71,15 +131,17 @@ fn durable_log(dir: &Path) -> Result<mpsc::Sender<Job>, String> {
     let synced = file.try_clone().map_err(|e| e.to_string())?;
     let (to_writer, jobs) = mpsc::channel(QUEUE);
     let (to_syncer, written) = std_mpsc::sync_channel(SYNC_QUEUE);
+    let synced_so_far = Arc::new(Synced::new()?);
+    let counts = synced_so_far.clone();
     std::thread::Builder::new()
         .name("echo-writer".into())
         .spawn(move || write_groups(file, jobs, to_syncer))
         .map_err(|e| e.to_string())?;
     std::thread::Builder::new()
         .name("echo-syncer".into())
-        .spawn(move || sync_groups(&synced, written))
+        .spawn(move || sync_groups(&synced, written, &counts))
         .map_err(|e| e.to_string())?;
-    Ok(to_writer)
+    Ok((to_writer, synced_so_far))
 }
 
 /// The replies of one written group, in order.
@@ -117,11 +179,15 @@ fn write_groups(
 }
 
 /// The syncer: one fdatasync for every written group waiting, then their replies.
-fn sync_groups(file: &File, written: std_mpsc::Receiver<Replies>) {
+fn sync_groups(file: &File, written: std_mpsc::Receiver<Replies>, counts: &Synced) {
     while let Ok(first) = written.recv() {
         let mut waiting = vec![first];
         waiting.extend(written.try_iter());
+        let started = Instant::now();
         let synced = file.sync_data().map_err(|e| format!("fdatasync: {e}"));
+        counts.seconds.observe(started.elapsed().as_secs_f64());
+        let bodies: usize = waiting.iter().map(Vec::len).sum();
+        counts.bodies.fetch_add(bodies as u64, Ordering::Relaxed);
         let failed = synced.is_err();
         for replies in waiting {
             answer(replies, synced.clone());
@@ -143,15 +209,15 @@ fn answer(replies: Replies, result: Result<(), String>) {
 /// each connection to tonic through the server's own wrapper (`phantom::net::Coalesced`);
 /// `durable` makes each reply wait until its body is fdatasync'd in a file in that directory.
 pub async fn serve(listen: &str, coalesced: bool, durable: Option<&Path>) -> Result<(), String> {
-    let durable = durable.map(durable_log).transpose()?;
+    let (durable, synced) = durable.map(durable_log).transpose()?.unzip();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot bind {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("echo listening on {addr}");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server =
-        tonic::transport::Server::builder().add_service(EchoServer::new(Service { durable }));
+    let server = tonic::transport::Server::builder()
+        .add_service(EchoServer::new(Service { durable, synced }));
     let served = if coalesced {
         server
             .serve_with_incoming(incoming.map(phantom::net::coalesced))
@@ -169,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn a_durable_reply_comes_after_its_body_is_in_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = durable_log(dir.path()).expect("log");
+        let (log, synced) = durable_log(dir.path()).expect("log");
         let bodies: [&[u8]; 3] = [b"one", b"", b"three"];
         let mut want = Vec::new();
         for body in bodies {
@@ -182,5 +248,13 @@ mod tests {
             let on_disk = std::fs::read(dir.path().join("echo.log")).expect("log file");
             assert_eq!(on_disk, want);
         }
+        // One fsync per call here (each waited for its reply), counted as the store counts.
+        let counts = synced.reply();
+        assert_eq!((counts.fsyncs, counts.bodies), (3, 3));
+        let bounds = phantom::core::stats::sync_buckets();
+        assert_eq!(counts.buckets.len(), bounds.len() + 1);
+        assert_eq!(counts.buckets[0].le_seconds, bounds[0]);
+        let all = counts.buckets.last().map(|b| (b.le_seconds, b.count));
+        assert_eq!(all, Some((f64::INFINITY, 3)));
     }
 }

@@ -225,7 +225,8 @@ const SLOW_FSYNC_SECS: f64 = 0.0016;
 
 /// What the server's store had done by one scrape: its fsyncs (of the journal, or the WAL),
 /// their seconds in all, how many took longer than `SLOW_FSYNC_SECS`, the bounds of the
-/// histogram's buckets with their cumulative counts, and the SendMessage calls answered OK.
+/// histogram's buckets with their cumulative counts, and the SendMessage calls answered OK
+/// (the durable echo: the calls it answered).
 #[derive(Debug, Clone, Default)]
 pub struct Syncs {
     fsyncs: f64,
@@ -233,13 +234,48 @@ pub struct Syncs {
     sends: f64,
     /// (upper bound in seconds, fsyncs at most that long), ascending.
     buckets: Vec<(f64, f64)>,
+    /// What `sends` counts, for a row's note.
+    what: &'static str,
+}
+
+/// Where a row's fsyncs are read.
+#[derive(Debug, Clone, Copy)]
+pub enum SyncsAt<'a> {
+    /// The server's metrics address (none: not read).
+    Metrics(Option<&'a str>),
+    /// The durable echo at this address, through its `Syncs` call.
+    Echo(&'a str),
 }
 
 impl Syncs {
-    /// The counts now, from the server's metrics (none without them).
-    pub async fn read(metrics: Option<&str>) -> Result<Option<Syncs>, String> {
-        let Some(m) = metrics else { return Ok(None) };
-        Ok(Some(Syncs::from_scrape(&scrape(m).await?)))
+    /// The counts now (none where the server's metrics are not known).
+    pub async fn read(at: SyncsAt<'_>) -> Result<Option<Syncs>, String> {
+        match at {
+            SyncsAt::Metrics(None) => Ok(None),
+            SyncsAt::Metrics(Some(m)) => Ok(Some(Syncs::from_scrape(&scrape(m).await?))),
+            SyncsAt::Echo(addr) => {
+                let channel = phantom::client::connect(addr).await?;
+                let reply = crate::echo::pb::echo_client::EchoClient::new(channel)
+                    .syncs(crate::echo::pb::SyncsRequest {})
+                    .await
+                    .map_err(|e| format!("the durable echo's fsyncs: {e}"))?;
+                Ok(Some(Syncs::from_echo(reply.get_ref())))
+            }
+        }
+    }
+
+    fn from_echo(reply: &crate::echo::pb::SyncsReply) -> Syncs {
+        Syncs {
+            fsyncs: reply.fsyncs as f64,
+            seconds: reply.seconds,
+            sends: reply.bodies as f64,
+            buckets: reply
+                .buckets
+                .iter()
+                .map(|b| (b.le_seconds, b.count as f64))
+                .collect(),
+            what: "calls",
+        }
     }
 
     fn from_scrape(scrape: &prometheus_parse::Scrape) -> Syncs {
@@ -271,6 +307,7 @@ impl Syncs {
                 .copied()
                 .unwrap_or(0.0),
             buckets,
+            what: "sends",
         }
     }
 
@@ -288,15 +325,15 @@ impl Syncs {
         after?.since(&before?)
     }
 
-    /// Runs `run` and adds to its row the store's fsyncs over it, read from the server's
-    /// metrics (none without them).
+    /// Runs `run` and adds to its row the fsyncs over it, read where `at` says (none from a
+    /// server whose metrics are not known).
     pub async fn around(
-        metrics: Option<&str>,
+        at: SyncsAt<'_>,
         run: impl Future<Output = Result<Row, String>>,
     ) -> Result<Row, String> {
-        let before = Syncs::read(metrics).await?;
+        let before = Syncs::read(at).await?;
         let row = run.await?;
-        Ok(row.with_fsyncs(Syncs::between(before, Syncs::read(metrics).await?)))
+        Ok(row.with_fsyncs(Syncs::between(before, Syncs::read(at).await?)))
     }
 
     /// What the store did between `before` and this reading: none if it did not sync (a
@@ -316,19 +353,20 @@ impl Syncs {
             sends_per_fsync: (self.sends - before.sends) / count,
             slow: between(SLOW_FSYNC_SECS).map(|fast| (count - fast) as u64),
             slowest_within_ms,
+            what: self.what,
         })
     }
 }
 
-/// The store's fsyncs over a scenario's run (its warm-ups included): how many durable
-/// replies one fsync answered, group commit at work.
+/// The fsyncs over a scenario's run (its warm-ups included), the store's or the durable
+/// echo's: how many durable replies one fsync answered, group commit at work.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Fsyncs {
     /// fsyncs of the journal (or WAL).
     pub count: u64,
     /// Their mean duration, ms.
     pub mean_ms: f64,
-    /// SendMessage calls answered OK per fsync.
+    /// SendMessage calls answered OK per fsync (the durable echo: calls answered).
     pub sends_per_fsync: f64,
     /// fsyncs longer than 1.6 ms (`SLOW_FSYNC_SECS`): each delays every reply and event
     /// behind it by most of `e2e`'s 2 ms target on its own.
@@ -336,14 +374,17 @@ pub struct Fsyncs {
     /// The histogram's smallest bucket bound that held every fsync of the run, ms (none past
     /// its last finite bound).
     pub slowest_within_ms: Option<f64>,
+    /// What `sends_per_fsync` counts, for the note.
+    #[serde(skip)]
+    pub what: &'static str,
 }
 
 impl Fsyncs {
     /// For a row's note.
     pub fn describe(&self) -> String {
         let mut text = format!(
-            "{} fsyncs, {:.1} sends each, {:.3} ms mean",
-            self.count, self.sends_per_fsync, self.mean_ms
+            "{} fsyncs, {:.1} {} each, {:.3} ms mean",
+            self.count, self.sends_per_fsync, self.what, self.mean_ms
         );
         if let Some(slow) = self.slow {
             text += &format!(", {slow} over {} ms", SLOW_FSYNC_SECS * 1000.0);
@@ -596,6 +637,34 @@ mod tests {
         assert_eq!(after.since(&after), None);
         assert_eq!(Syncs::between(Some(before.clone()), None), None);
         assert_eq!(Syncs::between(Some(before), Some(after)), Some(f));
+    }
+
+    #[test]
+    fn the_durable_echos_fsyncs_read_like_the_stores() {
+        use crate::echo::pb::{SyncBucket, SyncsReply};
+        let reply = |fsyncs: u64, slow: u64, bodies: u64| SyncsReply {
+            fsyncs,
+            seconds: fsyncs as f64 * 0.0005,
+            bodies,
+            buckets: vec![
+                SyncBucket {
+                    le_seconds: 0.0016,
+                    count: fsyncs - slow,
+                },
+                SyncBucket {
+                    le_seconds: f64::INFINITY,
+                    count: fsyncs,
+                },
+            ],
+        };
+        let before = Syncs::from_echo(&reply(10, 0, 100));
+        let after = Syncs::from_echo(&reply(30, 2, 700));
+        let f = after.since(&before).expect("synced");
+        assert_eq!((f.count, f.slow), (20, Some(2)));
+        assert!(
+            f.describe()
+                .starts_with("20 fsyncs, 30.0 calls each, 0.500 ms mean, 2 over")
+        );
     }
 
     #[test]

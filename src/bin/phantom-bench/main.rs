@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use external::Syncs;
+use external::{Syncs, SyncsAt};
 use scenarios::{Knobs, Row, Target};
 
 const ALL: [&str; 8] = [
@@ -256,7 +256,8 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let fixed = p.fixed.clone();
                 // A read syncs nothing, so only a send's row shows fsyncs.
                 let paired = p.run_paired((&echo_op, echo_meter), &k, args.rounds);
-                let r = Syncs::around(at.metrics, async { Ok(paired.await) }).await?;
+                let r = Syncs::around(SyncsAt::Metrics(at.metrics), async { Ok(paired.await) });
+                let r = r.await?;
                 if *name == "unary-send" {
                     send_rate = r.per_sec;
                 }
@@ -274,7 +275,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                         scenarios::quiesce(&target, open_before).await?;
                     }
                     let run = scenarios::e2e(&target, &k, rate);
-                    let mut r = Syncs::around(at.metrics, run).await?;
+                    let mut r = Syncs::around(SyncsAt::Metrics(at.metrics), run).await?;
                     r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }
@@ -287,7 +288,8 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let served = procs::echo(args.echo_coalesced, true)?;
                 let mut swept = Vec::with_capacity(k.e2e_rates.len());
                 for rate in e2e_rates(&k, send_rate) {
-                    let mut r = scenarios::e2e_floor(&served, &k, rate).await?;
+                    let run = scenarios::e2e_floor(&served, &k, rate);
+                    let mut r = Syncs::around(SyncsAt::Echo(&served.addr), run).await?;
                     r.ratio = p99_ratio(&r);
                     swept.push(r);
                 }
@@ -300,7 +302,9 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let served = procs::echo(args.echo_coalesced, true)?;
                 let p = scenarios::echo_durable(&served, &k).await?;
                 let fixed = p.fixed.clone();
-                let r = p.run_paired((&echo_op, echo_meter), &k, args.rounds).await;
+                let paired = p.run_paired((&echo_op, echo_meter), &k, args.rounds);
+                let r = Syncs::around(SyncsAt::Echo(&served.addr), async { Ok(paired.await) });
+                let r = r.await?;
                 if args.h2load {
                     let at = external::Endpoints {
                         echo: &echo_proc.addr,
