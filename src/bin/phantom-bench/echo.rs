@@ -235,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn a_durable_reply_comes_after_its_body_is_in_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, synced) = durable_log(dir.path()).expect("log");
+        let (log, counts) = durable_log(dir.path()).expect("log");
         let bodies: [&[u8]; 3] = [b"one", b"", b"three"];
         let mut want = Vec::new();
         for body in bodies {
@@ -249,12 +249,12 @@ mod tests {
             assert_eq!(on_disk, want);
         }
         // One fsync per call here (each waited for its reply), counted as the store counts.
-        let counts = synced.reply();
-        assert_eq!((counts.fsyncs, counts.bodies), (3, 3));
+        let so_far = counts.reply();
+        assert_eq!((so_far.fsyncs, so_far.bodies), (3, 3));
         let bounds = phantom::core::stats::sync_buckets();
-        assert_eq!(counts.buckets.len(), bounds.len() + 1);
-        assert_eq!(counts.buckets[0].le_seconds, bounds[0]);
-        let all = counts.buckets.last().map(|b| (b.le_seconds, b.count));
+        assert_eq!(so_far.buckets.len(), bounds.len() + 1);
+        assert_eq!(so_far.buckets[0].le_seconds, bounds[0]);
+        let all = so_far.buckets.last().map(|b| (b.le_seconds, b.count));
         assert_eq!(all, Some((f64::INFINITY, 3)));
     }
 }

@@ -223,10 +223,10 @@ fn calls_by_code(scrape: &prometheus_parse::Scrape, method: &str) -> HashMap<Str
 /// message's path (a bound of the server's fsync histogram: 0.1 ms doubling).
 const SLOW_FSYNC_SECS: f64 = 0.0016;
 
-/// What the server's store had done by one scrape: its fsyncs (of the journal, or the WAL),
-/// their seconds in all, how many took longer than `SLOW_FSYNC_SECS`, the bounds of the
-/// histogram's buckets with their cumulative counts, and the SendMessage calls answered OK
-/// (the durable echo: the calls it answered).
+/// What the server's store (or the durable echo) had done by one reading: its fsyncs (of the
+/// journal, the WAL or the echo's log), their seconds in all, their histogram's buckets with
+/// cumulative counts, and the SendMessage calls answered OK (the durable echo: the calls it
+/// answered).
 #[derive(Debug, Clone, Default)]
 pub struct Syncs {
     fsyncs: f64,
@@ -371,8 +371,8 @@ pub struct Fsyncs {
     /// fsyncs longer than 1.6 ms (`SLOW_FSYNC_SECS`): each delays every reply and event
     /// behind it by most of `e2e`'s 2 ms target on its own.
     pub slow: Option<u64>,
-    /// The histogram's smallest bucket bound that held every fsync of the run, ms (none past
-    /// its last finite bound).
+    /// The histogram's smallest bucket bound that held every fsync of the run, ms (infinite
+    /// past its last finite bound; none where the reading had no buckets).
     pub slowest_within_ms: Option<f64>,
     /// What `sends_per_fsync` counts, for the note.
     #[serde(skip)]

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -201,15 +201,19 @@ pub async fn open_loop(
     op: Op,
     meter: Meter,
 ) -> Measured {
+    /// What the window's calls came to, recorded as each is answered.
     struct Window {
-        micros: Option<Histogram<u64>>,
+        micros: Histogram<u64>,
+        ok: u64,
+        errors: u64,
         first_error: Option<String>,
     }
     let seen = Arc::new(std::sync::Mutex::new(Window {
-        micros: Some(histogram()),
+        micros: histogram(),
+        ok: 0,
+        errors: 0,
         first_error: None,
     }));
-    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let calls = tokio_util::task::TaskTracker::new();
     let mut pace = Pace::new(rate, warmup, window);
     let (mut started, mut n) = (0u64, 0usize);
@@ -225,21 +229,19 @@ pub async fn open_loop(
             from = Some((Instant::now(), meter.read()));
         }
         started += 1;
-        let (seen, ok, errors) = (seen.clone(), ok.clone(), errors.clone());
+        let seen = seen.clone();
         calls.spawn(async move {
             let t = Instant::now();
             let r = call.await;
             let took = t.elapsed().as_micros().max(1) as u64;
-            let Ok(mut w) = seen.lock() else { return };
+            let mut w = seen.lock().unwrap_or_else(|e| e.into_inner());
             match r {
                 Ok(()) => {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                    if let Some(h) = w.micros.as_mut() {
-                        let _ = h.record(took);
-                    }
+                    w.ok += 1;
+                    let _ = w.micros.record(took);
                 }
                 Err(e) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    w.errors += 1;
                     w.first_error
                         .get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
                 }
@@ -252,14 +254,11 @@ pub async fn open_loop(
     };
     calls.close();
     let settled = tokio::time::timeout(settle, calls.wait()).await.is_ok();
-    let (ok, mut errors) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
-    let (micros, mut first_error) = match seen.lock() {
-        Ok(mut w) => (
-            w.micros.take().unwrap_or_else(histogram),
-            w.first_error.take(),
-        ),
-        Err(_) => (histogram(), Some("a recording task panicked".into())),
-    };
+    // A poisoned lock still holds every figure recorded before the panic.
+    let mut w = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let (ok, mut errors, mut first_error) = (w.ok, w.errors, w.first_error.take());
+    let micros = std::mem::replace(&mut w.micros, histogram());
+    drop(w);
     if !settled {
         let late = started.saturating_sub(ok + errors);
         errors += late;

@@ -268,33 +268,29 @@ async fn run(mut args: Args) -> Result<(), String> {
                 r
             }
             "e2e" => {
-                let mut swept = Vec::with_capacity(k.e2e_rates.len());
-                for (i, rate) in e2e_rates(&k, send_rate).enumerate() {
+                let rates = e2e_rates(&k, send_rate);
+                let (first, rest) = sweep(rates, &p99_ratio, async |i, rate| {
                     if i > 0 {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
                     }
                     let run = scenarios::e2e(&target, &k, rate);
-                    let mut r = Syncs::around(SyncsAt::Metrics(at.metrics), run).await?;
-                    r.ratio = p99_ratio(&r);
-                    swept.push(r);
-                }
-                let first = swept.remove(0);
-                extra = swept;
+                    Syncs::around(SyncsAt::Metrics(at.metrics), run).await
+                })
+                .await?;
+                extra = rest;
                 first
             }
             "e2e-floor" => {
                 // Its own process and log, as echo-durable; the rates e2e ran at.
                 let served = procs::echo(args.echo_coalesced, true)?;
-                let mut swept = Vec::with_capacity(k.e2e_rates.len());
-                for rate in e2e_rates(&k, send_rate) {
+                let rates = e2e_rates(&k, send_rate);
+                let (first, rest) = sweep(rates, &p99_ratio, async |_, rate| {
                     let run = scenarios::e2e_floor(&served, &k, rate);
-                    let mut r = Syncs::around(SyncsAt::Echo(&served.addr), run).await?;
-                    r.ratio = p99_ratio(&r);
-                    swept.push(r);
-                }
-                let first = swept.remove(0);
-                extra = swept;
+                    Syncs::around(SyncsAt::Echo(&served.addr), run).await
+                })
+                .await?;
+                extra = rest;
                 first
             }
             "echo-durable" => {
@@ -339,6 +335,26 @@ async fn run(mut args: Args) -> Result<(), String> {
         scenarios::quiesce(&target, open_before).await?;
     }
     report(&rows, args.json)
+}
+
+/// One row per rate from `run` (given each rate's index), in order, each with its `ratio`:
+/// the first row, and the rest.
+async fn sweep(
+    rates: impl Iterator<Item = f64>,
+    ratio: &dyn Fn(&Row) -> Option<f64>,
+    mut run: impl AsyncFnMut(usize, f64) -> Result<Row, String>,
+) -> Result<(Row, Vec<Row>), String> {
+    let mut rows = Vec::new();
+    for (i, rate) in rates.enumerate() {
+        let mut r = run(i, rate).await?;
+        r.ratio = ratio(&r);
+        rows.push(r);
+    }
+    if rows.is_empty() {
+        return Err("no rate to run at".into());
+    }
+    let first = rows.remove(0);
+    Ok((first, rows))
 }
 
 /// The rates of `e2e` (and `e2e-floor`), in order: 0 in `--e2e-rate` stands for half the
