@@ -284,10 +284,11 @@ async fn run(mut args: Args) -> Result<(), String> {
             "e2e-floor" => {
                 // Its own process and log, as echo-durable; the rates e2e ran at.
                 let served = procs::echo(args.echo_coalesced, true)?;
+                let floor = scenarios::e2e_floor(&served, &k).await?;
                 let rates = e2e_rates(&k, send_rate);
                 let (first, rest) = sweep(rates, &p99_ratio, async |_, rate| {
-                    let run = scenarios::e2e_floor(&served, &k, rate);
-                    Syncs::around(SyncsAt::Echo(&served.addr), run).await
+                    let run = scenarios::e2e_floor_at(&floor, &k, rate);
+                    Syncs::around(SyncsAt::Echo(&served.addr), async { Ok(run.await) }).await
                 })
                 .await?;
                 extra = rest;

@@ -518,29 +518,30 @@ pub async fn echo_durable(served: &procs::Served, k: &Knobs) -> Result<Prepared,
     Ok(p)
 }
 
-/// The floor under `e2e`'s latency: the durable echo `served` driven as `e2e` drives its
-/// sends, one call every 1/rate s whatever the replies do, each timed from its start to its
-/// durable reply. A message in `e2e` waits for its fsync before it is delivered, so on this
-/// machine its latency cannot be lower than this at the same rate.
-pub async fn e2e_floor(served: &procs::Served, k: &Knobs, rate: f64) -> Result<Row, String> {
-    let p = echo(served, k).await?;
-    let m = load::open_loop(
-        rate,
-        k.warmup,
-        k.window,
-        Duration::from_secs(5),
-        p.op,
-        p.meter,
-    )
-    .await;
-    Ok(Row::from_load(
-        "e2e-floor",
+/// The floor under `e2e`'s latency: the durable echo `served`, prepared once (its connections
+/// and its checked call) for `e2e_floor_at` to drive at each rate.
+pub async fn e2e_floor(served: &procs::Served, k: &Knobs) -> Result<Prepared, String> {
+    let mut p = echo(served, k).await?;
+    p.name = "e2e-floor";
+    Ok(p)
+}
+
+/// Drives `floor` (from `e2e_floor`) as `e2e` drives its sends, one call every 1/rate s
+/// whatever the replies do, each timed from its start to its durable reply. A message in
+/// `e2e` waits for its fsync before it is delivered, so on this machine its latency cannot be
+/// lower than this at the same rate.
+pub async fn e2e_floor_at(floor: &Prepared, k: &Knobs, rate: f64) -> Row {
+    let settle = Duration::from_secs(5);
+    let op = floor.op.clone();
+    let m = load::open_loop(rate, k.warmup, k.window, settle, op, floor.meter).await;
+    Row::from_load(
+        floor.name,
         &m,
         format!(
             "the durable echo, one call every 1/{rate:.0} s as e2e sends (open loop): call to \
              fdatasync'd reply, no actors, no index, no delivery"
         ),
-    ))
+    )
 }
 
 /// The ceiling: the same client against the bare echo service `served`.
