@@ -268,8 +268,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                 r
             }
             "e2e" => {
-                let rates = e2e_rates(&k, send_rate);
-                let (first, rest) = sweep(rates, &p99_ratio, async |i, rate| {
+                sweep(&k, send_rate, &p99_ratio, &mut extra, async |i, rate| {
                     if i > 0 {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
@@ -277,22 +276,17 @@ async fn run(mut args: Args) -> Result<(), String> {
                     let run = scenarios::e2e(&target, &k, rate);
                     Syncs::around(SyncsAt::Metrics(at.metrics), run).await
                 })
-                .await?;
-                extra = rest;
-                first
+                .await?
             }
             "e2e-floor" => {
                 // Its own process and log, as echo-durable; the rates e2e ran at.
                 let served = procs::echo(args.echo_coalesced, true)?;
                 let floor = scenarios::e2e_floor(&served, &k).await?;
-                let rates = e2e_rates(&k, send_rate);
-                let (first, rest) = sweep(rates, &p99_ratio, async |_, rate| {
+                sweep(&k, send_rate, &p99_ratio, &mut extra, async |_, rate| {
                     let run = scenarios::e2e_floor_at(&floor, &k, rate);
                     Syncs::around(SyncsAt::Echo(&served.addr), async { Ok(run.await) }).await
                 })
-                .await?;
-                extra = rest;
-                first
+                .await?
             }
             "echo-durable" => {
                 // Its own process, and its log, for this row only.
@@ -338,15 +332,17 @@ async fn run(mut args: Args) -> Result<(), String> {
     report(&rows, args.json)
 }
 
-/// One row per rate from `run` (given each rate's index), in order, each with its `ratio`:
-/// the first row, and the rest.
+/// One row per rate of `e2e` (and `e2e-floor`) from `run`, given each rate's index, each
+/// with its `ratio`: the first row is returned, the rest appended to `extra` in order.
 async fn sweep(
-    rates: impl Iterator<Item = f64>,
+    k: &Knobs,
+    send_rate: Option<f64>,
     ratio: &dyn Fn(&Row) -> Option<f64>,
+    extra: &mut Vec<Row>,
     mut run: impl AsyncFnMut(usize, f64) -> Result<Row, String>,
-) -> Result<(Row, Vec<Row>), String> {
+) -> Result<Row, String> {
     let mut rows = Vec::new();
-    for (i, rate) in rates.enumerate() {
+    for (i, rate) in e2e_rates(k, send_rate).enumerate() {
         let mut r = run(i, rate).await?;
         r.ratio = ratio(&r);
         rows.push(r);
@@ -355,7 +351,8 @@ async fn sweep(
         return Err("no rate to run at".into());
     }
     let first = rows.remove(0);
-    Ok((first, rows))
+    extra.extend(rows);
+    Ok(first)
 }
 
 /// The rates of `e2e` (and `e2e-floor`), in order: 0 in `--e2e-rate` stands for half the
