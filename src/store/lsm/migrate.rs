@@ -132,7 +132,7 @@ mod tests {
     use crate::pb;
     use crate::store::jobs::{WriteOp, WriteOutput};
     use crate::store::lsm::key2;
-    use crate::store::lsm::records::StoredMessage;
+    use crate::store::lsm::records::encode_message;
     use crate::store::lsm::writer::State;
     use crate::store::lsm::writer::tests::{create, run_job};
     use crate::store::syncer::Durable;
@@ -162,7 +162,7 @@ mod tests {
         };
         let messages = t.db.keyspace(OLD_MESSAGES, keyspace_options).unwrap();
         let conversations = t.db.keyspace(OLD_CONVERSATIONS, keyspace_options).unwrap();
-        let record = StoredMessage::encode_parsed(&mut m, None).record();
+        let record = encode_message(&mut m, None);
         messages.insert(be(row), record).unwrap();
         let pair = pair_key(from_row, to_row);
         conversations.insert(key2(pair, row as u64), []).unwrap();

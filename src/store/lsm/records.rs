@@ -1,16 +1,21 @@
 //! How messages and events are laid out in the `messages` and `events` keyspaces: as their
 //! protobuf, except that the ids which are UUIDs (a message's own, its sender's and its
 //! recipient's, an event's) are stored as 16 raw bytes each in fields of their own (tags
-//! `IDS` and `EVENT_ID`, reserved in `phantom.proto`), not as 36 characters of text. A send
-//! stores its message three times (its record and two events), so this takes 231 bytes off
-//! those three records (675 → 444 bytes with a 49-byte text), in the journal, the memtables and
-//! the tables.
+//! `IDS` and `EVENT_ID`, reserved in `phantom.proto`), not as 36 characters of text.
 //!
-//! A record is the raw ids' fields, then the message (or event) with those strings left empty:
-//! one protobuf, since fields may come in any order. Putting the raw ids first lets a read
+//! A MessageSent or MessageReceived event refers to its message instead of carrying it: its
+//! record holds the message's key in `messages` (tag `MESSAGE_AT`) and the kind with no
+//! message, ~50 bytes against ~450 for the whole message. A send stores its message once, not
+//! three times; what the two events no longer write was a fifth of a send's server CPU and
+//! most of `e2e`'s tail (BENCHMARKS.md, twenty-ninth and thirtieth sessions). A read joins the
+//! messages back (`Tables::join_messages`); a message record keeps its state as sent, which
+//! is what the event carried.
+//!
+//! A record is the raw fields, then the message (or event) with those strings left empty:
+//! one protobuf, since fields may come in any order. Putting the raw fields first lets a read
 //! take them off the front without a second pass over the record, and without allocating.
-//! A record written before 2026-12-05 has its ids as text and no raw ids: it reads back as it
-//! was.
+//! A record written before 2026-12-05 has its ids as text and no raw ids, and one written
+//! before 2026-12-07 may be an event with its message whole: both read back as they were.
 
 use prost::Message as _;
 use uuid::Uuid;
@@ -22,86 +27,33 @@ use crate::pb::{self, event::Kind};
 const IDS: u32 = 1000;
 /// An event's id, raw.
 const EVENT_ID: u32 = 1001;
+/// A message event's message: its key in `messages`.
+const MESSAGE_AT: u32 = 1002;
 /// Bytes of the `IDS` field: a two-byte key, a one-byte length, three ids.
 const RAW_IDS_LEN: usize = 3 + 48;
 /// Bytes of the `EVENT_ID` field.
 const RAW_EVENT_ID_LEN: usize = 3 + 16;
-/// `Event.message_sent`'s field number in `phantom.proto`.
-const MESSAGE_SENT: u32 = 6;
-/// `Event.message_received`'s field number in `phantom.proto`.
-const MESSAGE_RECEIVED: u32 = 5;
+/// Bytes of the `MESSAGE_AT` field.
+const RAW_MESSAGE_AT_LEN: usize = 3 + 16;
 
-/// A message encoded once, for its own record and for the two events that carry it (a send
-/// stores it three times: encoding it once, and its ids parsed once, is a tenth of the
-/// writer's instructions per send, counted with callgrind).
-pub(super) struct StoredMessage {
-    /// The message's three ids raw, if they were taken out of `body`.
-    raw: Option<[u8; 48]>,
-    /// The message's fields, its ids left out where `raw` holds them.
-    body: Vec<u8>,
-}
-
-impl StoredMessage {
-    /// Encodes `m`, which is given back as it was; `parsed`, if given, are its own id, sender
-    /// and recipient already parsed from its text by the caller (else parsed here).
-    pub fn encode_parsed(m: &mut pb::Message, parsed: Option<[Uuid; 3]>) -> Self {
-        debug_assert!(parsed.is_none_or(|p| {
-            [&m.message_id, &m.sender_id, &m.recipient_id]
-                .iter()
-                .zip(p)
-                .all(|(text, id)| Uuid::try_parse(text).ok() == Some(id))
-        }));
-        let Some((raw, strings)) = take_ids(m, parsed) else {
-            return StoredMessage {
-                raw: None,
-                body: m.encode_to_vec(),
-            };
-        };
-        let mut body = Vec::with_capacity(m.encoded_len());
-        m.encode_raw(&mut body);
-        put_ids(m, strings);
-        StoredMessage {
-            raw: Some(raw),
-            body,
-        }
-    }
-
-    /// The message's record in `messages`.
-    pub fn record(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RAW_IDS_LEN + self.body.len());
-        if let Some(raw) = &self.raw {
-            append_raw(&mut out, IDS, raw);
-        }
-        out.extend_from_slice(&self.body);
-        out
-    }
-
-    /// The record of `e`, a MessageSent or MessageReceived of this message: the same bytes as
-    /// `encode_event` gives, the message's taken from here instead of encoded again. Any other
-    /// event is encoded by `encode_event`. `id`, if given, is `e`'s id already parsed from its
-    /// text (else parsed here).
-    pub fn event(&self, e: &mut pb::Event, id: Option<Uuid>) -> Vec<u8> {
-        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-        let tag = match e.kind {
-            Some(Kind::MessageSent(_)) => MESSAGE_SENT,
-            Some(Kind::MessageReceived(_)) => MESSAGE_RECEIVED,
-            _ => return encode_event(e),
-        };
-        let kind = e.kind.take();
-        // The kind's field holds its one field, the message.
-        let inner = 1 + encoded_len_varint(self.body.len() as u64) + self.body.len();
-        let out = event_record(e, id, self.raw.as_ref(), 1 + 10 + inner, |e, out| {
-            // Fields in tag order, as prost writes them: the kind is the event's last field.
-            e.encode_raw(out);
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(inner as u64, out);
-            append_raw(out, 1, &self.body);
-        });
-        e.kind = kind;
-        // The event must carry this very message: then it is what encoding it whole gives.
-        debug_assert_eq!(out, encode_event(&mut e.clone()));
-        out
-    }
+/// A message's record in `messages`; `m` is given back as it was. `parsed`, if given, are
+/// its own id, sender and recipient already parsed from its text by the caller (else parsed
+/// here).
+pub(super) fn encode_message(m: &mut pb::Message, parsed: Option<[Uuid; 3]>) -> Vec<u8> {
+    debug_assert!(parsed.is_none_or(|p| {
+        [&m.message_id, &m.sender_id, &m.recipient_id]
+            .iter()
+            .zip(p)
+            .all(|(text, id)| Uuid::try_parse(text).ok() == Some(id))
+    }));
+    let Some((raw, strings)) = take_ids(m, parsed) else {
+        return m.encode_to_vec();
+    };
+    let mut out = Vec::with_capacity(RAW_IDS_LEN + m.encoded_len());
+    append_raw(&mut out, IDS, &raw);
+    m.encode_raw(&mut out);
+    put_ids(m, strings);
+    out
 }
 
 /// A message from its stored bytes.
@@ -112,29 +64,41 @@ pub(super) fn decode_message(bytes: &[u8]) -> CoreResult<pb::Message> {
     Ok(m)
 }
 
-/// The stored bytes of an event; a MessageSent's or MessageReceived's message as in
-/// `StoredMessage::record`.
+/// The stored bytes of an event that carries what it says (not a message event: those are
+/// `encode_message_event`'s).
 pub(super) fn encode_event(e: &mut pb::Event) -> Vec<u8> {
     let taken = message_of(e).and_then(|m| take_ids(m, None));
-    let out = event_record(e, None, taken.as_ref().map(|(raw, _)| raw), 0, |e, out| {
-        e.encode_raw(out)
-    });
+    let out = event_record(e, None, taken.as_ref().map(|(raw, _)| raw), None);
     if let (Some((_, strings)), Some(m)) = (taken, message_of(e)) {
         put_ids(m, strings);
     }
     out
 }
 
+/// The stored bytes of `e`, a MessageSent or MessageReceived whose message's record is at
+/// `at` in `messages`: the event without its message, and `at`. `e` is given back as it was;
+/// `id`, if given, is its id already parsed from its text (else parsed here).
+pub(super) fn encode_message_event(e: &mut pb::Event, id: Option<Uuid>, at: &[u8; 16]) -> Vec<u8> {
+    let Some(slot) = message_slot(e) else {
+        return encode_event(e);
+    };
+    let message = slot.take();
+    let out = event_record(e, id, None, Some(at));
+    if let Some(slot) = message_slot(e) {
+        *slot = message;
+    }
+    out
+}
+
 /// An event's record: its message's raw ids (`ids`, if they were taken out of it), the
 /// event's own id raw (if its text is canonical; `id`, if given, is that text already
-/// parsed), then what `fields` writes, with the id's text left out meanwhile. `more` is what
-/// `fields` writes beyond the event's own encoding.
+/// parsed), its message's key (`at`, if it refers to it), then the event's fields, with the
+/// id's text left out meanwhile.
 fn event_record(
     e: &mut pb::Event,
     id: Option<Uuid>,
     ids: Option<&[u8; 48]>,
-    more: usize,
-    fields: impl FnOnce(&mut pb::Event, &mut Vec<u8>),
+    at: Option<&[u8; 16]>,
 ) -> Vec<u8> {
     debug_assert!(id.is_none_or(|id| Uuid::try_parse(&e.event_id).ok() == Some(id)));
     let parsed = match id {
@@ -142,49 +106,84 @@ fn event_record(
         None => canonical(&e.event_id),
     };
     let event_id = parsed.map(|id| (id, std::mem::take(&mut e.event_id)));
-    let mut out = Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + e.encoded_len() + more);
+    let mut out =
+        Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + RAW_MESSAGE_AT_LEN + e.encoded_len());
     if let Some(raw) = ids {
         append_raw(&mut out, IDS, raw);
     }
     if let Some((id, _)) = &event_id {
         append_raw(&mut out, EVENT_ID, id.as_bytes());
     }
-    fields(e, &mut out);
+    if let Some(at) = at {
+        append_raw(&mut out, MESSAGE_AT, at);
+    }
+    e.encode_raw(&mut out);
     if let Some((_, text)) = event_id {
         e.event_id = text;
     }
     out
 }
 
+/// An event read back: whole, or with its message still to be joined from `messages`.
+pub(super) struct StoredEvent {
+    /// The event; a message event that refers to its message has none yet.
+    pub event: pb::Event,
+    /// The key in `messages` of the message it refers to, if it does.
+    pub message_at: Option<[u8; 16]>,
+}
+
 /// An event from its stored bytes.
-pub(super) fn decode_event(bytes: &[u8]) -> CoreResult<pb::Event> {
+pub(super) fn decode_event(bytes: &[u8]) -> CoreResult<StoredEvent> {
     let raw = Raw::split(bytes)?;
-    let mut e = pb::Event::decode(raw.rest).map_err(CoreError::internal)?;
+    let mut event = pb::Event::decode(raw.rest).map_err(CoreError::internal)?;
     if !raw.event_id.is_empty() {
-        e.event_id = uuid_text(raw.event_id)?;
+        event.event_id = uuid_text(raw.event_id)?;
     }
-    if let Some(m) = message_of(&mut e) {
+    if let Some(m) = message_of(&mut event) {
         restore_ids(m, raw.ids)?;
     }
-    Ok(e)
+    let message_at = match raw.message_at {
+        [] => None,
+        at => Some(at.try_into().map_err(|_| {
+            CoreError::Internal(format!(
+                "a stored message key is {} bytes, not 16",
+                at.len()
+            ))
+        })?),
+    };
+    if message_at.is_some() && message_slot(&mut event).is_none() {
+        return Err(CoreError::Internal(
+            "a stored event refers to a message but is no message event".into(),
+        ));
+    }
+    Ok(StoredEvent { event, message_at })
+}
+
+/// Gives a message event the message it referred to.
+pub(super) fn put_message(e: &mut pb::Event, m: pb::Message) {
+    if let Some(slot) = message_slot(e) {
+        *slot = Some(m);
+    }
 }
 
 /// A record taken apart: the raw ids it starts with (empty if none), and the rest.
 struct Raw<'a> {
     ids: &'a [u8],
     event_id: &'a [u8],
+    message_at: &'a [u8],
     rest: &'a [u8],
 }
 
 impl<'a> Raw<'a> {
     fn split(mut bytes: &'a [u8]) -> CoreResult<Self> {
         use prost::encoding::{WireType, decode_key, decode_varint};
-        let (mut ids, mut event_id): (&[u8], &[u8]) = (&[], &[]);
+        let (mut ids, mut event_id, mut message_at): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
         loop {
             let mut rest = bytes;
             let slot = match decode_key(&mut rest) {
                 Ok((IDS, WireType::LengthDelimited)) => &mut ids,
                 Ok((EVENT_ID, WireType::LengthDelimited)) => &mut event_id,
+                Ok((MESSAGE_AT, WireType::LengthDelimited)) => &mut message_at,
                 // The message's own fields (or nothing): the raw ids, if any, are behind.
                 _ => break,
             };
@@ -198,15 +197,21 @@ impl<'a> Raw<'a> {
         Ok(Raw {
             ids,
             event_id,
+            message_at,
             rest: bytes,
         })
     }
 }
 
 fn message_of(e: &mut pb::Event) -> Option<&mut pb::Message> {
+    message_slot(e)?.as_mut()
+}
+
+/// A message event's message field.
+fn message_slot(e: &mut pb::Event) -> Option<&mut Option<pb::Message>> {
     match e.kind.as_mut()? {
-        Kind::MessageSent(s) => s.message.as_mut(),
-        Kind::MessageReceived(r) => r.message.as_mut(),
+        Kind::MessageSent(s) => Some(&mut s.message),
+        Kind::MessageReceived(r) => Some(&mut r.message),
         _ => None,
     }
 }
@@ -314,7 +319,7 @@ mod tests {
     fn messages_and_events_read_back_as_written_and_smaller() {
         let mut m = message();
         let before = m.clone();
-        let stored = StoredMessage::encode_parsed(&mut m, None).record();
+        let stored = encode_message(&mut m, None);
         assert_eq!(m, before, "encoding gives the message back untouched");
         assert_eq!(decode_message(&stored).unwrap(), before);
         assert_eq!(stored.len() + 63, before.encode_to_vec().len());
@@ -330,27 +335,24 @@ mod tests {
             let mut e = new_event(kind);
             e.seq = 42;
             let before = e.clone();
+            // As events carried their messages before 2026-12-07.
             let stored = encode_event(&mut e);
             assert_eq!(e, before);
-            assert_eq!(decode_event(&stored).unwrap(), before);
+            let back = decode_event(&stored).unwrap();
+            assert_eq!((back.event, back.message_at), (before.clone(), None));
             // 63 bytes for the message's ids, 19 for the event's, 2 of shorter lengths.
             assert_eq!(stored.len() + 84, before.encode_to_vec().len());
         }
     }
 
-    /// A message encoded once gives each of its events the same bytes as encoding the event
-    /// whole (which checks the kinds' field numbers), whether its ids were taken out or not.
+    /// A message event refers to its message: its record is small, reads back without the
+    /// message and with the key it was given, and with the message put back is as it was.
     #[test]
-    fn events_of_a_message_encoded_once_are_as_if_encoded_whole() {
+    fn message_events_refer_to_their_message() {
+        let at = [7u8; 16];
         let mut odd = message();
         odd.sender_id = "not-a-uuid".into();
-        for mut m in [message(), odd] {
-            let stored = StoredMessage::encode_parsed(&mut m, None);
-            let mut record = m.clone();
-            assert_eq!(
-                stored.record(),
-                StoredMessage::encode_parsed(&mut record, None).record()
-            );
+        for m in [message(), odd] {
             for kind in [
                 Kind::MessageSent(pb::MessageSent {
                     message: Some(m.clone()),
@@ -362,20 +364,41 @@ mod tests {
                 let mut e = new_event(kind);
                 e.seq = 7;
                 let before = e.clone();
-                let once = stored.event(&mut e, None);
-                let id = Uuid::try_parse(&e.event_id).ok();
-                assert_eq!(stored.event(&mut e, id), once, "with the id given");
+                let stored = encode_message_event(&mut e, None, &at);
                 assert_eq!(e, before, "the event is given back untouched");
-                assert_eq!(once, encode_event(&mut e));
-                assert_eq!(decode_event(&once).unwrap(), before);
+                let id = Uuid::try_parse(&e.event_id).ok();
+                assert_eq!(encode_message_event(&mut e, id, &at), stored, "id given");
+                // Raw id and key (38 bytes), seq, time and the empty kind.
+                assert!(stored.len() < 60, "{} bytes", stored.len());
+                let back = decode_event(&stored).unwrap();
+                assert_eq!(back.message_at, Some(at));
+                let mut event = back.event;
+                assert_ne!(event, before, "read back without its message");
+                put_message(&mut event, m.clone());
+                assert_eq!(event, before);
             }
         }
-        // Another kind of event is encoded as it is.
+        // Another kind of event is encoded as it is, and refers to nothing.
         let mut e = new_event(Kind::ContactRemoved(pb::ContactRemoved {
             contact_id: Uuid::new_v4().to_string(),
         }));
-        let stored = StoredMessage::encode_parsed(&mut message(), None);
-        assert_eq!(stored.event(&mut e.clone(), None), encode_event(&mut e));
+        let stored = encode_message_event(&mut e.clone(), None, &at);
+        assert_eq!(stored, encode_event(&mut e));
+        assert_eq!(decode_event(&stored).unwrap().message_at, None);
+    }
+
+    #[test]
+    fn message_keys_of_the_wrong_length_or_kind_are_an_error() {
+        let mut e = new_event(Kind::MessageSent(pb::MessageSent::default()));
+        let mut stored = Vec::new();
+        append_raw(&mut stored, MESSAGE_AT, &[1; 12]);
+        e.encode_raw(&mut stored);
+        assert!(decode_event(&stored).is_err());
+        e.kind = Some(Kind::ContactRemoved(pb::ContactRemoved::default()));
+        let mut stored = Vec::new();
+        append_raw(&mut stored, MESSAGE_AT, &[1; 16]);
+        e.encode_raw(&mut stored);
+        assert!(decode_event(&stored).is_err());
     }
 
     #[test]
@@ -385,7 +408,7 @@ mod tests {
         }));
         let before = e.clone();
         let stored = encode_event(&mut e);
-        assert_eq!(decode_event(&stored).unwrap(), before);
+        assert_eq!(decode_event(&stored).unwrap().event, before);
     }
 
     #[test]
@@ -395,7 +418,7 @@ mod tests {
         let e = new_event(Kind::MessageReceived(pb::MessageReceived {
             message: Some(m),
         }));
-        assert_eq!(decode_event(&e.encode_to_vec()).unwrap(), e);
+        assert_eq!(decode_event(&e.encode_to_vec()).unwrap().event, e);
     }
 
     #[test]
@@ -409,7 +432,7 @@ mod tests {
             let mut m = message();
             m.sender_id = other;
             let before = m.clone();
-            let stored = StoredMessage::encode_parsed(&mut m, None).record();
+            let stored = encode_message(&mut m, None);
             assert_eq!(stored, before.encode_to_vec());
             assert_eq!(decode_message(&stored).unwrap(), before);
         }

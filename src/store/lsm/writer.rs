@@ -18,7 +18,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::records::{StoredMessage, encode_event};
+use super::records::{encode_event, encode_message, encode_message_event};
 use super::{
     MESSAGE_ROW, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
     int_at, key2, to_json,
@@ -607,7 +607,7 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     }
     let row = tx.st.next_message;
     tx.st.next_message += 1;
-    let stored = StoredMessage::encode_parsed(&mut m, Some([id, sender, recipient]));
+    let record = encode_message(&mut m, Some([id, sender, recipient]));
     let index = MessageIndex {
         pair: pair_key(sender_row, recipient_row),
         row,
@@ -615,8 +615,7 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         sender,
         state: m.state,
     };
-    tx.batch
-        .insert(&tx.t.messages, index.key(), stored.record());
+    tx.batch.insert(&tx.t.messages, index.key(), record);
     tx.put_index(id, &index);
     if let Some(key) = client_key {
         tx.batch
@@ -630,12 +629,13 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         message: Some(m.clone()),
     });
     let (event, id) = new_event_with_id(sent);
-    tx.append_encoded(sender, event, |e| stored.event(e, Some(id)))?;
+    let at = index.key();
+    tx.append_encoded(sender, event, |e| encode_message_event(e, Some(id), &at))?;
     let received = Kind::MessageReceived(pb::MessageReceived {
         message: Some(m.clone()),
     });
     let (event, id) = new_event_with_id(received);
-    tx.append_encoded(recipient, event, |e| stored.event(e, Some(id)))?;
+    tx.append_encoded(recipient, event, |e| encode_message_event(e, Some(id), &at))?;
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,
@@ -755,7 +755,7 @@ fn mark_delivered(
 pub(super) mod tests {
     use super::*;
     use crate::core::{AccountRecord, PresenceStatus, TokenRecord};
-    use crate::store::lsm::records::{decode_event, decode_message};
+    use crate::store::lsm::records::decode_message;
 
     /// Creates an account with this handle; its id.
     pub(in crate::store::lsm) fn create(
@@ -840,23 +840,31 @@ pub(super) mod tests {
     fn flushed_tables_are_compressed_and_read_back() {
         let (_dir, t, mut st, d, a, b) = two_accounts(1_000_000);
         let ids: Vec<Uuid> = (0..2_000).map(|_| send(&t, &mut st, &d, a, b)).collect();
-        t.events.rotate_memtable_and_wait().unwrap();
-        assert_eq!(t.events.sealed_memtable_count(), 0);
-        assert!(t.events.table_count() > 0, "the events went to a table");
-        // Read back from the table: every event whole, in order.
-        let mut raw = 0u64;
-        let mut received = Vec::new();
-        for kv in t.events.iter() {
-            let (k, v) = kv.into_inner().unwrap();
-            raw += (k.len() + v.len()) as u64;
-            if let Some(Kind::MessageReceived(r)) = decode_event(&v).unwrap().kind {
-                received.push(r.message.unwrap().message_id);
-            }
+        for ks in [&t.events, &t.messages] {
+            ks.rotate_memtable_and_wait().unwrap();
+            assert_eq!(ks.sealed_memtable_count(), 0);
+            assert!(ks.table_count() > 0, "the writes went to a table");
         }
+        // Read back from the tables: every event, with its message joined, in order.
+        let b_row = st.row(b).unwrap();
+        let received: Vec<String> = t
+            .read_log(b_row, 0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                Some(Kind::MessageReceived(r)) => r.message.map(|m| m.message_id),
+                _ => None,
+            })
+            .collect();
         let sent: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         assert_eq!(received, sent);
-        // Uncompressed, the table holds about the raw bytes (98% of them: keys share prefixes).
-        let on_disk = t.events.disk_space();
+        // Uncompressed, a table holds about the raw bytes (98% of them: keys share prefixes).
+        let mut raw = 0u64;
+        for kv in t.messages.iter() {
+            let (k, v) = kv.into_inner().unwrap();
+            raw += (k.len() + v.len()) as u64;
+        }
+        let on_disk = t.messages.disk_space();
         assert!(
             on_disk * 10 < raw * 7,
             "{on_disk} bytes on disk for {raw} raw"
@@ -1096,5 +1104,83 @@ pub(super) mod tests {
         drop(t);
         let t = Tables::open(dir.path()).unwrap();
         assert_eq!(State::load(&t, 1000).unwrap().newest_message(), 4);
+    }
+
+    /// A log's message events are read back with their messages, joined one range read per
+    /// conversation whatever the stretch of the log, and next to events stored whole before
+    /// they referred to their messages; an event whose message has no record is an error.
+    #[test]
+    fn logs_join_their_messages_by_conversation() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let c = create(&t, &mut st, &d, "c");
+        // b's log: received from a, from c, from a; sent to c; to itself (sent, received).
+        let sends = [(a, b), (c, b), (a, b), (b, c), (b, b), (c, a), (c, b)];
+        let ids: Vec<Uuid> = sends
+            .iter()
+            .map(|&(from, to)| send(&t, &mut st, &d, from, to))
+            .collect();
+        let b_row = st.row(b).unwrap();
+        let message_ids = |after, limit| -> Vec<(u64, &'static str, String)> {
+            let log = t.read_log(b_row, after, limit).unwrap();
+            log.into_iter()
+                .map(|e| match e.kind {
+                    Some(Kind::MessageSent(s)) => (e.seq, "sent", s.message.unwrap().message_id),
+                    Some(Kind::MessageReceived(r)) => {
+                        (e.seq, "received", r.message.unwrap().message_id)
+                    }
+                    other => panic!("not a message event: {other:?}"),
+                })
+                .collect()
+        };
+        let id = |i: usize| ids[i].to_string();
+        let whole = vec![
+            (1, "received", id(0)),
+            (2, "received", id(1)),
+            (3, "received", id(2)),
+            (4, "sent", id(3)),
+            (5, "sent", id(4)),
+            (6, "received", id(4)),
+            (7, "received", id(6)),
+        ];
+        assert_eq!(message_ids(0, usize::MAX), whole);
+        for (after, limit) in [(0, 1), (1, 3), (4, 2), (5, 1), (6, 10), (7, 10)] {
+            let end = (after as usize + limit).min(whole.len());
+            assert_eq!(message_ids(after, limit), whole[after as usize..end]);
+        }
+        // Each joined message is the one sent, its state as sent.
+        let log = t.read_log(b_row, 0, 1).unwrap();
+        let Some(Kind::MessageReceived(r)) = &log[0].kind else {
+            panic!("b's first event is a MessageReceived");
+        };
+        let m = r.message.as_ref().unwrap();
+        assert_eq!(
+            (m.sender_id.as_str(), m.text.as_str()),
+            (a.to_string().as_str(), "hi")
+        );
+        assert_eq!(m.state, MessageState::Sent as i32);
+
+        // An event stored whole, as before 2026-12-07, reads as it was, beside the others.
+        let mut old = new_event(Kind::MessageReceived(pb::MessageReceived {
+            message: Some(message(c, b, "")),
+        }));
+        old.seq = 8;
+        let before = old.clone();
+        t.events
+            .insert(key2(b_row, 8), encode_event(&mut old))
+            .unwrap();
+        let log = t.read_log(b_row, 6, 10).unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[1], before);
+
+        // A record gone is an error naming its row, not an event without its message.
+        let index = t.message_index(ids[2]).unwrap().unwrap();
+        t.messages.remove(index.key()).unwrap();
+        let err = t.read_log(b_row, 0, 10).unwrap_err().to_string();
+        assert!(err.contains(&format!("row {}", index.row)), "{err}");
+        assert_eq!(
+            message_ids(3, 10).len(),
+            5,
+            "a stretch without it still reads"
+        );
     }
 }
