@@ -15,7 +15,7 @@
 //! one protobuf, since fields may come in any order. Putting the raw fields first lets a read
 //! take them off the front without a second pass over the record, and without allocating.
 //! A record written before 2026-12-05 has its ids as text and no raw ids, and one written
-//! before 2026-12-07 may be an event with its message whole: both read back as they were.
+//! before 2026-12-06 may be an event with its message whole: both read back as they were.
 
 use prost::Message as _;
 use uuid::Uuid;
@@ -335,7 +335,7 @@ mod tests {
             let mut e = new_event(kind);
             e.seq = 42;
             let before = e.clone();
-            // As events carried their messages before 2026-12-07.
+            // As events carried their messages before 2026-12-06.
             let stored = encode_event(&mut e);
             assert_eq!(e, before);
             let back = decode_event(&stored).unwrap();

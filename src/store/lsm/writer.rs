@@ -1159,7 +1159,7 @@ pub(super) mod tests {
         );
         assert_eq!(m.state, MessageState::Sent as i32);
 
-        // An event stored whole, as before 2026-12-07, reads as it was, beside the others.
+        // An event stored whole, as before 2026-12-06, reads as it was, beside the others.
         let mut old = new_event(Kind::MessageReceived(pb::MessageReceived {
             message: Some(message(c, b, "")),
         }));
