@@ -6,10 +6,10 @@
 //! A MessageSent or MessageReceived event refers to its message instead of carrying it: its
 //! record holds the message's key in `messages` (tag `MESSAGE_AT`) and the kind with no
 //! message, ~50 bytes against ~450 for the whole message. A send stores its message once, not
-//! three times; what the two events no longer write was a fifth of a send's server CPU and
-//! most of `e2e`'s tail (BENCHMARKS.md, twenty-ninth and thirtieth sessions). A read joins the
-//! messages back (`Tables::join_messages`); a message record keeps its state as sent, which
-//! is what the event carried.
+//! three times: under h2load that took 5.6 µs of the server's CPU off a send and gave 10–17%
+//! more sends (BENCHMARKS.md, thirtieth session). A read joins the messages back
+//! (`Tables::join_messages`); a message record keeps its state as sent, which is what the
+//! event carried.
 //!
 //! A record is the raw fields, then the message (or event) with those strings left empty:
 //! one protobuf, since fields may come in any order. Putting the raw fields first lets a read
@@ -64,8 +64,8 @@ pub(super) fn decode_message(bytes: &[u8]) -> CoreResult<pb::Message> {
     Ok(m)
 }
 
-/// The stored bytes of an event that carries what it says (not a message event: those are
-/// `encode_message_event`'s).
+/// The stored bytes of an event, whole: a message event with its message, as every event was
+/// stored before 2026-12-06 (the writer now stores message events by `encode_message_event`).
 pub(super) fn encode_event(e: &mut pb::Event) -> Vec<u8> {
     let taken = message_of(e).and_then(|m| take_ids(m, None));
     let out = event_record(e, None, taken.as_ref().map(|(raw, _)| raw), None);
