@@ -345,7 +345,8 @@ impl Tables {
     /// message event with its message.
     fn read_log(&self, row: i64, after: u64, limit: usize) -> CoreResult<Vec<pb::Event>> {
         let mut out = Vec::new();
-        // Per conversation, the message rows to join and the events they go to.
+        // Per conversation, the message rows to join and the events they go to; in key order,
+        // so that the range reads go forward through `messages`.
         let mut wanted: BTreeMap<i64, Vec<(i64, usize)>> = BTreeMap::new();
         let range = self
             .events

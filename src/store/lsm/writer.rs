@@ -615,11 +615,12 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         sender,
         state: m.state,
     };
-    tx.batch.insert(&tx.t.messages, index.key(), record);
+    // The record's key: the idempotency entry and both events refer to it.
+    let at = index.key();
+    tx.batch.insert(&tx.t.messages, at, record);
     tx.put_index(id, &index);
     if let Some(key) = client_key {
-        tx.batch
-            .insert(&tx.t.client_ids, key.as_slice(), index.key());
+        tx.batch.insert(&tx.t.client_ids, key.as_slice(), at);
         tx.client_keys.insert(key, m.clone());
     }
     tx.message_row = Some(row);
@@ -629,7 +630,6 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         message: Some(m.clone()),
     });
     let (event, id) = new_event_with_id(sent);
-    let at = index.key();
     tx.append_encoded(sender, event, |e| encode_message_event(e, Some(id), &at))?;
     let received = Kind::MessageReceived(pb::MessageReceived {
         message: Some(m.clone()),
