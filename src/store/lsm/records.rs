@@ -6,8 +6,8 @@
 //! A MessageSent or MessageReceived event refers to its message instead of carrying it: its
 //! record holds the message's key in `messages` (tag `MESSAGE_AT`) and the kind with no
 //! message, ~50 bytes against ~450 for the whole message. A send stores its message once, not
-//! three times: under h2load that took 5.6 µs of the server's CPU off a send and gave 10–17%
-//! more sends (BENCHMARKS.md, thirtieth session). A read joins the messages back
+//! three times: under h2load that gave 8.5% more sends on the mean of seven alternating pairs
+//! (BENCHMARKS.md, thirtieth session). A read joins the messages back
 //! (`Tables::join_messages`); a message record keeps its state as sent, which is what the
 //! event carried.
 //!
