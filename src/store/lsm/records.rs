@@ -106,8 +106,12 @@ fn event_record(
         None => canonical(&e.event_id),
     };
     let event_id = parsed.map(|id| (id, std::mem::take(&mut e.event_id)));
-    let mut out =
-        Vec::with_capacity(RAW_IDS_LEN + RAW_EVENT_ID_LEN + RAW_MESSAGE_AT_LEN + e.encoded_len());
+    // Exactly the record's size: a message event's record is ~50 bytes, and the raw fields it
+    // lacks would more than double its allocation.
+    let raw_len = ids.map_or(0, |_| RAW_IDS_LEN)
+        + event_id.as_ref().map_or(0, |_| RAW_EVENT_ID_LEN)
+        + at.map_or(0, |_| RAW_MESSAGE_AT_LEN);
+    let mut out = Vec::with_capacity(raw_len + e.encoded_len());
     if let Some(raw) = ids {
         append_raw(&mut out, IDS, raw);
     }
