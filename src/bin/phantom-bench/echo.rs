@@ -41,6 +41,8 @@ struct Service {
     durable: Option<mpsc::Sender<Job>>,
     /// The durable log's fsyncs (none for the bare echo).
     synced: Option<Arc<Synced>>,
+    /// Unary calls answered OK.
+    calls: AtomicU64,
 }
 
 /// What the durable log's syncer has done: its fsyncs, timed into the store's buckets, and
@@ -84,6 +86,8 @@ impl Synced {
             seconds: self.seconds.get_sample_sum(),
             bodies: self.bodies.load(Ordering::Relaxed),
             buckets,
+            // The service's count, not the log's.
+            calls: 0,
         }
     }
 }
@@ -106,6 +110,7 @@ impl Echo for Service {
                 .map_err(|_| stopped())?
                 .map_err(Status::unavailable)?;
         }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(message))
     }
 
@@ -113,9 +118,9 @@ impl Echo for Service {
         &self,
         _: Request<pb::SyncsRequest>,
     ) -> Result<Response<pb::SyncsReply>, Status> {
-        Ok(Response::new(
-            self.synced.as_ref().map(|s| s.reply()).unwrap_or_default(),
-        ))
+        let mut reply = self.synced.as_ref().map(|s| s.reply()).unwrap_or_default();
+        reply.calls = self.calls.load(Ordering::Relaxed);
+        Ok(Response::new(reply))
     }
 }
 
@@ -216,8 +221,11 @@ pub async fn serve(listen: &str, coalesced: bool, durable: Option<&Path>) -> Res
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("echo listening on {addr}");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
-        .add_service(EchoServer::new(Service { durable, synced }));
+    let server = tonic::transport::Server::builder().add_service(EchoServer::new(Service {
+        durable,
+        synced,
+        calls: AtomicU64::new(0),
+    }));
     let served = if coalesced {
         server
             .serve_with_incoming(incoming.map(phantom::net::coalesced))
@@ -256,5 +264,27 @@ mod tests {
         assert_eq!(so_far.buckets[0].le_seconds, bounds[0]);
         let all = so_far.buckets.last().map(|b| (b.le_seconds, b.count));
         assert_eq!(all, Some((f64::INFINITY, 3)));
+    }
+
+    #[tokio::test]
+    async fn the_echo_counts_the_calls_it_answers() {
+        let bare = Service {
+            durable: None,
+            synced: None,
+            calls: AtomicU64::new(0),
+        };
+        for body in [b"a".to_vec(), Vec::new()] {
+            let echoed = bare
+                .unary(Request::new(pb::EchoMessage { body: body.clone() }))
+                .await
+                .expect("echoed");
+            assert_eq!(echoed.into_inner().body, body);
+        }
+        let counts = bare
+            .syncs(Request::new(pb::SyncsRequest {}))
+            .await
+            .expect("counts")
+            .into_inner();
+        assert_eq!((counts.calls, counts.fsyncs), (2, 0));
     }
 }

@@ -238,6 +238,16 @@ pub struct Syncs {
     what: &'static str,
 }
 
+/// An echo's counts so far (`Syncs`): its calls answered, and the durable echo's fsyncs.
+async fn echo_counts(addr: &str) -> Result<crate::echo::pb::SyncsReply, String> {
+    let channel = phantom::client::connect(addr).await?;
+    let reply = crate::echo::pb::echo_client::EchoClient::new(channel)
+        .syncs(crate::echo::pb::SyncsRequest {})
+        .await
+        .map_err(|e| format!("the echo's counts: {e}"))?;
+    Ok(reply.into_inner())
+}
+
 /// Where a row's fsyncs are read.
 #[derive(Debug, Clone, Copy)]
 pub enum SyncsAt<'a> {
@@ -253,14 +263,7 @@ impl Syncs {
         match at {
             SyncsAt::Metrics(None) => Ok(None),
             SyncsAt::Metrics(Some(m)) => Ok(Some(Syncs::from_scrape(&scrape(m).await?))),
-            SyncsAt::Echo(addr) => {
-                let channel = phantom::client::connect(addr).await?;
-                let reply = crate::echo::pb::echo_client::EchoClient::new(channel)
-                    .syncs(crate::echo::pb::SyncsRequest {})
-                    .await
-                    .map_err(|e| format!("the durable echo's fsyncs: {e}"))?;
-                Ok(Some(Syncs::from_echo(reply.get_ref())))
-            }
+            SyncsAt::Echo(addr) => Ok(Some(Syncs::from_echo(&echo_counts(addr).await?))),
         }
     }
 
@@ -408,6 +411,11 @@ pub struct Endpoints<'a> {
     pub metrics: Option<&'a str>,
     /// The server's process, for its CPU per call.
     pub pid: Option<u32>,
+    /// The echo's process, for its CPU per call in the same rounds.
+    pub echo_pid: Option<u32>,
+    /// The server is an echo itself (the durable one): with no metrics, its calls are
+    /// counted by its `Syncs` call.
+    pub server_is_echo: bool,
 }
 
 /// Scenario `name` through h2load, the row `name/h2load`: `rounds` windows of `echo`
@@ -439,21 +447,41 @@ pub async fn paired(
     let slice = k.window / rounds;
     let rewarm = k.warmup.min(Duration::from_millis(500));
     let (mut e, mut s) = (Windows::default(), Windows::default());
-    // The CPU of the scenario's h2load runs, warm-ups included: h2load's own (a child of
-    // this tool, waited for) and the server's, per call the server counted in them.
+    // The CPU of each side's h2load runs, warm-ups included: h2load's own (a child of this
+    // tool, waited for) and the serving process's, per call that process counted in them.
     let meter = Meter {
         server: at.pid,
         client: Client::Children,
     };
-    let mut runs = Vec::with_capacity(rounds as usize);
+    let echo_meter = Meter {
+        server: at.echo_pid,
+        client: Client::Children,
+    };
+    let echo_before = echo_counts(at.echo).await?.calls;
+    let served_before = match at.server_is_echo {
+        true => Some(echo_counts(at.server).await?.calls),
+        false => None,
+    };
+    let (mut runs, mut echo_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let warm = if round == 0 { k.warmup } else { rewarm };
+        let from = echo_meter.read();
         e.add(window(at.echo, echo, &echo_body, k, warm, slice).await?);
+        echo_runs.push(echo_meter.since(from));
         let from = meter.read();
         s.add(window(at.server, f, &body, k, warm, slice).await?);
         runs.push(meter.since(from));
     }
     let spent = cpu::total(runs);
+    let echo_calls = echo_counts(at.echo)
+        .await?
+        .calls
+        .saturating_sub(echo_before);
+    let echo_cpu = cpu::total(echo_runs).and_then(|c| c.per_call(echo_calls));
+    let served_by_echo = match served_before {
+        Some(before) => echo_counts(at.server).await?.calls.saturating_sub(before),
+        None => 0,
+    };
     let (checked, served, fsyncs) = match (at.metrics, before) {
         (Some(m), Some(before)) => {
             // Each window can cut off what is in flight twice: when its warm-up ends (h2load
@@ -468,6 +496,7 @@ pub async fn paired(
             let checked = outcome(&before, &after, &s, cut_bound);
             (checked, calls(&before, &after), fsyncs)
         }
+        _ if at.server_is_echo => (String::new(), served_by_echo, None),
         _ => (
             "gRPC outcomes not checked (no metrics address; --target-metrics for a --target)"
                 .to_string(),
@@ -478,10 +507,16 @@ pub async fn paired(
     let (clients, streams) = shape(k);
     let mut note = format!(
         "h2load -c {clients} -m {streams} -t 1, one request; mean {:.3} ms; \
-         echo {:.0}/s through h2load in the same {rounds} rounds; {checked}",
+         echo {:.0}/s through h2load in the same {rounds} rounds",
         s.mean_ms(),
         e.rate()
     );
+    if let Some(us) = echo_cpu.and_then(|c| c.server_us) {
+        note += &format!(", {us:.1} µs of the echo's CPU per call");
+    }
+    if !checked.is_empty() {
+        note += &format!("; {checked}");
+    }
     if s.failed + e.failed > 0 {
         note += &format!("; h2load failed calls: {} (echo {})", s.failed, e.failed);
     }
@@ -496,6 +531,7 @@ pub async fn paired(
         // Without the server's count of calls (no metrics), none.
         cpu: spent.and_then(|c| c.per_call(served)),
         fsyncs: None,
+        echo_cpu,
     }
     .with_fsyncs(fsyncs))
 }
@@ -656,6 +692,7 @@ mod tests {
                     count: fsyncs,
                 },
             ],
+            calls: bodies,
         };
         let before = Syncs::from_echo(&reply(10, 0, 100));
         let after = Syncs::from_echo(&reply(30, 2, 700));

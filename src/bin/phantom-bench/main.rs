@@ -239,6 +239,8 @@ async fn run(mut args: Args) -> Result<(), String> {
         server: &target.addr,
         metrics: target.metrics.as_deref(),
         pid: target.pid,
+        echo_pid: Some(echo_proc.pid()),
+        server_is_echo: false,
     };
     let mut send_rate = None;
     for name in &wanted {
@@ -302,6 +304,8 @@ async fn run(mut args: Args) -> Result<(), String> {
                         server: &served.addr,
                         metrics: None,
                         pid: Some(served.pid()),
+                        echo_pid: Some(echo_proc.pid()),
+                        server_is_echo: true,
                     };
                     let h = external::paired(name, &at, &echo_fixed, &fixed, &k, args.rounds);
                     extra.push(h.await?);
@@ -416,8 +420,9 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
     println!(
         "srv µs, cli µs: CPU per call (e2e: per message) over the measured windows, of the \
          serving process (echo's for the ceiling) and of the client (this tool; in the h2load \
-         rows h2load, over its runs with their warm-ups, per call the server counted); idle: \
-         the machine's idle share then (Linux /proc)"
+         rows h2load, over its runs with their warm-ups, per call the server counted; their \
+         notes give the echo's own per call in its windows); idle: the machine's idle share \
+         then (Linux /proc)"
     );
     Ok(())
 }

@@ -305,6 +305,10 @@ pub struct Row {
     /// The store's fsyncs over the run, where the server's metrics were read (scenarios
     /// that write).
     pub fsyncs: Option<Fsyncs>,
+    /// The h2load rows: the echo's own CPU per call (and h2load's) in its alternating
+    /// windows, so that a call's cost compares with the ceiling's under the same client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo_cpu: Option<PerCall>,
 }
 
 impl Row {
@@ -321,6 +325,7 @@ impl Row {
             ratio: None,
             cpu: None,
             fsyncs: None,
+            echo_cpu: None,
         }
     }
 
@@ -336,6 +341,7 @@ impl Row {
             ratio: None,
             cpu: None,
             fsyncs: None,
+            echo_cpu: None,
         }
     }
 
