@@ -458,9 +458,11 @@ pub async fn paired(
         client: Client::Children,
     };
     let echo_before = echo_counts(at.echo).await?.calls;
-    let served_before = match at.server_is_echo {
-        true => Some(echo_counts(at.server).await?.calls),
-        false => None,
+    // A durable echo under test has no metrics: it counts its calls itself.
+    let served_before = if at.server_is_echo {
+        Some(echo_counts(at.server).await?.calls)
+    } else {
+        None
     };
     let (mut runs, mut echo_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -479,11 +481,11 @@ pub async fn paired(
         .saturating_sub(echo_before);
     let echo_cpu = cpu::total(echo_runs).and_then(|c| c.per_call(echo_calls));
     let served_by_echo = match served_before {
-        Some(before) => echo_counts(at.server).await?.calls.saturating_sub(before),
-        None => 0,
+        Some(before) => Some(echo_counts(at.server).await?.calls.saturating_sub(before)),
+        None => None,
     };
-    let (checked, served, fsyncs) = match (at.metrics, before) {
-        (Some(m), Some(before)) => {
+    let (checked, served, fsyncs) = match (at.metrics, before, served_by_echo) {
+        (Some(m), Some(before), _) => {
             // Each window can cut off what is in flight twice: when its warm-up ends (h2load
             // starts its clients over) and when it ends.
             let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
@@ -496,7 +498,7 @@ pub async fn paired(
             let checked = outcome(&before, &after, &s, cut_bound);
             (checked, calls(&before, &after), fsyncs)
         }
-        _ if at.server_is_echo => (String::new(), served_by_echo, None),
+        (_, _, Some(served)) => (String::new(), served, None),
         _ => (
             "gRPC outcomes not checked (no metrics address; --target-metrics for a --target)"
                 .to_string(),
