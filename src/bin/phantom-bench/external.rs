@@ -248,13 +248,31 @@ async fn echo_counts(addr: &str) -> Result<crate::echo::pb::SyncsReply, String> 
     Ok(reply.into_inner())
 }
 
-/// Where a row's fsyncs are read.
+/// Where a server's counts (its calls, and its fsyncs) are read.
 #[derive(Debug, Clone, Copy)]
 pub enum SyncsAt<'a> {
     /// The server's metrics address (none: not read).
     Metrics(Option<&'a str>),
     /// The durable echo at this address, through its `Syncs` call.
     Echo(&'a str),
+}
+
+/// What a server had counted by one reading, for an h2load row: its metrics (every call's
+/// outcome, the store's fsyncs), or the calls an echo answered.
+enum Counted {
+    Scrape(prometheus_parse::Scrape),
+    Calls(u64),
+    Unknown,
+}
+
+impl Counted {
+    async fn read(at: SyncsAt<'_>) -> Result<Counted, String> {
+        Ok(match at {
+            SyncsAt::Metrics(Some(m)) => Counted::Scrape(scrape(m).await?),
+            SyncsAt::Metrics(None) => Counted::Unknown,
+            SyncsAt::Echo(addr) => Counted::Calls(echo_counts(addr).await?.calls),
+        })
+    }
 }
 
 impl Syncs {
@@ -407,15 +425,13 @@ pub struct Endpoints<'a> {
     pub echo: &'a str,
     /// The server under test.
     pub server: &'a str,
-    /// The server's metrics address, to check every call's outcome (none: unchecked).
-    pub metrics: Option<&'a str>,
+    /// Where the server's calls are counted: its metrics, to check every call's outcome
+    /// (none: unchecked), or, for the durable echo, its `Syncs` call.
+    pub counts: SyncsAt<'a>,
     /// The server's process, for its CPU per call.
     pub pid: Option<u32>,
     /// The echo's process, for its CPU per call in the same rounds.
     pub echo_pid: Option<u32>,
-    /// The server is an echo itself (the durable one): with no metrics, its calls are
-    /// counted by its `Syncs` call.
-    pub server_is_echo: bool,
 }
 
 /// Scenario `name` through h2load, the row `name/h2load`: `rounds` windows of `echo`
@@ -439,10 +455,7 @@ pub async fn paired(
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (echo_body, body) = (body_file(dir.path(), echo)?, body_file(dir.path(), f)?);
     let method = f.path.rsplit('/').next().unwrap_or(f.path);
-    let before = match at.metrics {
-        Some(m) => Some(scrape(m).await?),
-        None => None,
-    };
+    let before = Counted::read(at.counts).await?;
     let rounds = rounds.max(1);
     let slice = k.window / rounds;
     let rewarm = k.warmup.min(Duration::from_millis(500));
@@ -458,12 +471,6 @@ pub async fn paired(
         client: Client::Children,
     };
     let echo_before = echo_counts(at.echo).await?.calls;
-    // A durable echo under test has no metrics: it counts its calls itself.
-    let served_before = if at.server_is_echo {
-        Some(echo_counts(at.server).await?.calls)
-    } else {
-        None
-    };
     let (mut runs, mut echo_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let warm = if round == 0 { k.warmup } else { rewarm };
@@ -480,16 +487,11 @@ pub async fn paired(
         .calls
         .saturating_sub(echo_before);
     let echo_cpu = cpu::total(echo_runs).and_then(|c| c.per_call(echo_calls));
-    let served_by_echo = match served_before {
-        Some(before) => Some(echo_counts(at.server).await?.calls.saturating_sub(before)),
-        None => None,
-    };
-    let (checked, served, fsyncs) = match (at.metrics, before, served_by_echo) {
-        (Some(m), Some(before), _) => {
+    let (checked, served, fsyncs) = match (before, Counted::read(at.counts).await?) {
+        (Counted::Scrape(before), Counted::Scrape(after)) => {
             // Each window can cut off what is in flight twice: when its warm-up ends (h2load
             // starts its clients over) and when it ends.
             let cut_bound = (k.concurrency as u64) * u64::from(rounds) * 2;
-            let after = scrape(m).await?;
             let fsyncs = Syncs::from_scrape(&after).since(&Syncs::from_scrape(&before));
             let (before, after) = (
                 calls_by_code(&before, method),
@@ -498,7 +500,9 @@ pub async fn paired(
             let checked = outcome(&before, &after, &s, cut_bound);
             (checked, calls(&before, &after), fsyncs)
         }
-        (_, _, Some(served)) => (String::new(), served, None),
+        (Counted::Calls(before), Counted::Calls(after)) => {
+            (String::new(), after.saturating_sub(before), None)
+        }
         _ => (
             "gRPC outcomes not checked (no metrics address; --target-metrics for a --target)"
                 .to_string(),

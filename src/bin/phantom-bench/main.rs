@@ -237,10 +237,9 @@ async fn run(mut args: Args) -> Result<(), String> {
     let at = external::Endpoints {
         echo: &echo_proc.addr,
         server: &target.addr,
-        metrics: target.metrics.as_deref(),
+        counts: SyncsAt::Metrics(target.metrics.as_deref()),
         pid: target.pid,
         echo_pid: Some(echo_proc.pid()),
-        server_is_echo: false,
     };
     let mut send_rate = None;
     for name in &wanted {
@@ -258,7 +257,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let fixed = p.fixed.clone();
                 // A read syncs nothing, so only a send's row shows fsyncs.
                 let paired = p.run_paired((&echo_op, echo_meter), &k, args.rounds);
-                let r = Syncs::around(SyncsAt::Metrics(at.metrics), async { Ok(paired.await) });
+                let r = Syncs::around(at.counts, async { Ok(paired.await) });
                 let r = r.await?;
                 if *name == "unary-send" {
                     send_rate = r.per_sec;
@@ -276,7 +275,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                         scenarios::quiesce(&target, open_before).await?;
                     }
                     let run = scenarios::e2e(&target, &k, rate);
-                    Syncs::around(SyncsAt::Metrics(at.metrics), run).await
+                    Syncs::around(at.counts, run).await
                 })
                 .await?
             }
@@ -302,10 +301,9 @@ async fn run(mut args: Args) -> Result<(), String> {
                     let at = external::Endpoints {
                         echo: &echo_proc.addr,
                         server: &served.addr,
-                        metrics: None,
+                        counts: SyncsAt::Echo(&served.addr),
                         pid: Some(served.pid()),
                         echo_pid: Some(echo_proc.pid()),
-                        server_is_echo: true,
                     };
                     let h = external::paired(name, &at, &echo_fixed, &fixed, &k, args.rounds);
                     extra.push(h.await?);
