@@ -257,11 +257,11 @@ pub enum SyncsAt<'a> {
     Echo(&'a str),
 }
 
-/// What a server had counted by one reading, for an h2load row: its metrics (every call's
-/// outcome, the store's fsyncs), or the calls an echo answered.
+/// What a server had counted by one reading: its metrics (every call's outcome, the store's
+/// fsyncs), or an echo's counts (the calls it answered, the durable echo's fsyncs).
 enum Counted {
     Scrape(prometheus_parse::Scrape),
-    Calls(u64),
+    Echo(crate::echo::pb::SyncsReply),
     Unknown,
 }
 
@@ -270,19 +270,24 @@ impl Counted {
         Ok(match at {
             SyncsAt::Metrics(Some(m)) => Counted::Scrape(scrape(m).await?),
             SyncsAt::Metrics(None) => Counted::Unknown,
-            SyncsAt::Echo(addr) => Counted::Calls(echo_counts(addr).await?.calls),
+            SyncsAt::Echo(addr) => Counted::Echo(echo_counts(addr).await?),
         })
+    }
+
+    /// The fsyncs in this reading (none where the server's metrics are not known).
+    fn syncs(&self) -> Option<Syncs> {
+        match self {
+            Counted::Scrape(s) => Some(Syncs::from_scrape(s)),
+            Counted::Echo(reply) => Some(Syncs::from_echo(reply)),
+            Counted::Unknown => None,
+        }
     }
 }
 
 impl Syncs {
     /// The counts now (none where the server's metrics are not known).
     pub async fn read(at: SyncsAt<'_>) -> Result<Option<Syncs>, String> {
-        match at {
-            SyncsAt::Metrics(None) => Ok(None),
-            SyncsAt::Metrics(Some(m)) => Ok(Some(Syncs::from_scrape(&scrape(m).await?))),
-            SyncsAt::Echo(addr) => Ok(Some(Syncs::from_echo(&echo_counts(addr).await?))),
-        }
+        Ok(Counted::read(at).await?.syncs())
     }
 
     fn from_echo(reply: &crate::echo::pb::SyncsReply) -> Syncs {
@@ -500,9 +505,11 @@ pub async fn paired(
             let checked = outcome(&before, &after, &s, cut_bound);
             (checked, calls(&before, &after), fsyncs)
         }
-        (Counted::Calls(before), Counted::Calls(after)) => {
-            (String::new(), after.saturating_sub(before), None)
-        }
+        (Counted::Echo(before), Counted::Echo(after)) => (
+            String::new(),
+            after.calls.saturating_sub(before.calls),
+            None,
+        ),
         _ => (
             "gRPC outcomes not checked (no metrics address; --target-metrics for a --target)"
                 .to_string(),
