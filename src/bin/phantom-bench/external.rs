@@ -545,6 +545,8 @@ pub async fn paired(
         cpu: spent.and_then(|c| c.per_call(served)),
         fsyncs: None,
         echo_cpu,
+        kib_per_stream: None,
+        target: None,
     }
     .with_fsyncs(fsyncs))
 }

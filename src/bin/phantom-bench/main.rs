@@ -1,6 +1,7 @@
 //! `phantom-bench`: load scenarios against a Phantom server it starts itself (the release binary
 //! beside it, on a temp data dir) or against `--target ADDR`, each also run as a ratio to a bare
-//! tonic echo service (the ceiling of this machine). See BENCHMARKS.md.
+//! tonic echo service (the ceiling of this machine); the table ends with the benchmark targets
+//! judged from the rows (`targets`). See BENCHMARKS.md.
 
 /// The server's allocator (`src/main.rs`), so that the echo ceiling this tool serves is built
 /// the same way and the ratios compare like with like.
@@ -13,6 +14,7 @@ mod external;
 mod load;
 mod procs;
 mod scenarios;
+mod targets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -331,6 +333,13 @@ async fn run(mut args: Args) -> Result<(), String> {
         rows.extend(extra);
         scenarios::quiesce(&target, open_before).await?;
     }
+    let conditions = targets::Conditions {
+        smoke: args.smoke,
+        streams: k.streams,
+        replay_events: k.replay_events,
+        e2e_at_half_send_rate: send_rate.is_some() && k.e2e_rates.first() == Some(&0.0),
+    };
+    targets::judge(&mut rows, &conditions);
     report(&rows, args.json)
 }
 
@@ -422,5 +431,16 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
          notes give the echo's own per call in its windows); idle: the machine's idle share \
          then (Linux /proc)"
     );
+    let judged = targets::lines(rows);
+    if !judged.is_empty() {
+        println!(
+            "targets (BENCHMARKS.md; the targets are for 2 cores shared by client and server, \
+             this machine has {}):",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        for line in judged {
+            println!("  {line}");
+        }
+    }
     Ok(())
 }

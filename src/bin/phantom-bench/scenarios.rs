@@ -309,6 +309,12 @@ pub struct Row {
     /// windows, so that a call's cost compares with the ceiling's under the same client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub echo_cpu: Option<PerCall>,
+    /// `streams`: the server's resident memory per idle stream, KiB (where its pid is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kib_per_stream: Option<f64>,
+    /// The benchmark target this row's figure answers, and whether it is met (`targets`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::targets::Verdict>,
 }
 
 impl Row {
@@ -326,11 +332,13 @@ impl Row {
             cpu: None,
             fsyncs: None,
             echo_cpu: None,
+            kib_per_stream: None,
+            target: None,
         }
     }
 
     /// A row of one throughput figure (and, optionally, one duration as `max`).
-    fn figure(name: &str, per_sec: f64, max_ms: Option<f64>, note: String) -> Row {
+    pub(crate) fn figure(name: &str, per_sec: f64, max_ms: Option<f64>, note: String) -> Row {
         Row {
             scenario: name.into(),
             per_sec: Some(per_sec),
@@ -342,6 +350,8 @@ impl Row {
             cpu: None,
             fsyncs: None,
             echo_cpu: None,
+            kib_per_stream: None,
+            target: None,
         }
     }
 
@@ -829,7 +839,7 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
         _ => None,
     };
     drop(open);
-    Ok(Row::figure(
+    let mut row = Row::figure(
         "streams",
         k.streams as f64 / took.as_secs_f64(),
         None,
@@ -845,7 +855,9 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
                 k.streams
             ),
         },
-    ))
+    );
+    row.kib_per_stream = per.map(|p| p / 1024.0);
+    Ok(row)
 }
 
 /// One account's presence change reaching `k.streams` live streams of accounts that have it as
