@@ -834,8 +834,8 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
     let open = open_streams(t, &owner, k.streams).await?;
     let took = started.elapsed();
     let after = t.pid.and_then(procs::rss_bytes);
-    let per = match (before, after) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / k.streams as f64),
+    let kib_per_stream = match (before, after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / k.streams as f64 / 1024.0),
         _ => None,
     };
     drop(open);
@@ -843,11 +843,11 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
         "streams",
         k.streams as f64 / took.as_secs_f64(),
         None,
-        match (per, after) {
-            (Some(p), Some(a)) => format!(
+        match (kib_per_stream, after) {
+            (Some(kib), Some(a)) => format!(
                 "{} idle streams: {:.1} KiB RSS per stream (server RSS {:.0} MiB); per_sec = streams opened/s",
                 k.streams,
-                p / 1024.0,
+                kib,
                 a as f64 / 1048576.0
             ),
             _ => format!(
@@ -856,7 +856,7 @@ pub async fn streams(t: &Target, k: &Knobs) -> Result<Row, String> {
             ),
         },
     );
-    row.kib_per_stream = per.map(|p| p / 1024.0);
+    row.kib_per_stream = kib_per_stream;
     Ok(row)
 }
 

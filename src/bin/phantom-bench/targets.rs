@@ -126,21 +126,31 @@ const GOALS: [Goal; 6] = [
     },
 ];
 
+/// Each target with each scenario it is about, in the order the table lists them.
+fn targeted() -> impl Iterator<Item = (&'static Goal, &'static str)> {
+    GOALS
+        .iter()
+        .flat_map(|g| g.scenarios.iter().map(move |name| (g, *name)))
+}
+
+/// The first row of `scenario`: the one a target is about (a sweep's later rates are not).
+fn first<'a>(rows: &'a [Row], scenario: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.scenario == scenario)
+}
+
 /// Gives the first row of each scenario a target is about its verdict.
 pub fn judge(rows: &mut [Row], c: &Conditions) {
-    for g in &GOALS {
-        for name in g.scenarios {
-            let Some(row) = rows.iter_mut().find(|r| r.scenario == *name) else {
-                continue;
-            };
-            let at = (g.at_conditions)(c);
-            row.target = (g.figure)(row).map(|figure| Verdict {
-                goal: g.goal,
-                figure,
-                met: at.is_ok().then(|| (g.meets)(figure)),
-                unjudged: at.err(),
-            });
-        }
+    for (g, name) in targeted() {
+        let Some(row) = rows.iter_mut().find(|r| r.scenario == name) else {
+            continue;
+        };
+        let at = (g.at_conditions)(c);
+        row.target = (g.figure)(row).map(|figure| Verdict {
+            goal: g.goal,
+            figure,
+            met: at.is_ok().then(|| (g.meets)(figure)),
+            unjudged: at.err(),
+        });
     }
 }
 
@@ -148,34 +158,25 @@ pub fn judge(rows: &mut [Row], c: &Conditions) {
 /// figure where the run measured it.
 pub fn lines(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
-    for g in &GOALS {
-        for name in g.scenarios {
-            let Some(v) = rows
-                .iter()
-                .find(|r| r.scenario == *name)
-                .and_then(|r| r.target)
-            else {
-                continue;
-            };
-            let verdict = match (v.met, v.unjudged) {
-                (Some(true), _) => "met".to_string(),
-                (Some(false), _) => "NOT MET".to_string(),
-                (None, why) => format!("not judged: {}", why.unwrap_or("unknown conditions")),
-            };
-            let mut line = format!(
-                "{name:<18} {:<62} {:>10}  {verdict}",
-                v.goal,
-                show(v.figure)
-            );
-            let floor = (g.floor)(name).and_then(|f| {
-                let row = rows.iter().find(|r| r.scenario == f)?;
-                Some((f, (g.figure)(row)?))
-            });
-            if let Some((f, figure)) = floor {
-                line += &format!(" (floor: {f} {})", show(figure));
-            }
-            out.push(line);
+    for (g, name) in targeted() {
+        let Some(v) = first(rows, name).and_then(|r| r.target) else {
+            continue;
+        };
+        let verdict = match (v.met, v.unjudged) {
+            (Some(true), _) => "met".to_string(),
+            (Some(false), _) => "NOT MET".to_string(),
+            (None, why) => format!("not judged: {}", why.unwrap_or("unknown conditions")),
+        };
+        let mut line = format!(
+            "{name:<18} {:<62} {:>10}  {verdict}",
+            v.goal,
+            show(v.figure)
+        );
+        let floor = (g.floor)(name).and_then(|f| Some((f, (g.figure)(first(rows, f)?)?)));
+        if let Some((f, figure)) = floor {
+            line += &format!(" (floor: {f} {})", show(figure));
         }
+        out.push(line);
     }
     out
 }
