@@ -508,7 +508,8 @@ pub async fn paired(
         (Counted::Echo(before), Counted::Echo(after)) => (
             String::new(),
             after.calls.saturating_sub(before.calls),
-            None,
+            // The durable echo's group commits, as the store's are given for a send.
+            Syncs::from_echo(&after).since(&Syncs::from_echo(&before)),
         ),
         _ => (
             "gRPC outcomes not checked (no metrics address; --target-metrics for a --target)"
