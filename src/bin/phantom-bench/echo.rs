@@ -4,11 +4,13 @@
 //!
 //! With `--echo-durable DIR` the same service answers each call only once its body is on the
 //! disk: appended to a file in DIR and fdatasync'd, in group commits on a writer thread and a
-//! syncer thread, as the server's store does it. That is the least a durable reply costs on a
-//! machine, with no actors, no index and no events (the `echo-durable` scenario).
+//! syncer thread, as the server's store does it, with zeros written a chunk ahead as the store
+//! writes them in its journal (`store/lsm/prefill.rs`), so that an fsync overwrites blocks
+//! that exist. That is the least a durable reply costs on a machine, with no actors, no index
+//! and no events (the `echo-durable` scenario).
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,7 +132,9 @@ fn durable_log(dir: &Path) -> Result<(mpsc::Sender<Job>, Arc<Synced>), String> {
     let path = dir.join("echo.log");
     let file = File::options()
         .create(true)
-        .append(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let synced = file.try_clone().map_err(|e| e.to_string())?;
@@ -152,14 +156,22 @@ fn durable_log(dir: &Path) -> Result<(mpsc::Sender<Job>, Arc<Synced>), String> {
 /// The replies of one written group, in order.
 type Replies = Vec<oneshot::Sender<Result<(), String>>>;
 
+/// Zeros the echo's writer keeps written ahead of its bodies, and the chunk it writes them in
+/// (the store's journal prefill's sizes).
+const ZEROS_AHEAD: u64 = 32 << 10;
+const ZEROS_CHUNK: usize = 64 << 10;
+
 /// The writer: takes every job waiting (up to `MAX_GROUP`), appends their bodies (each after
-/// its length) in one write, and hands the group's replies to the syncer.
+/// its length) in one write, and hands the group's replies to the syncer; then keeps zeros
+/// written `ZEROS_AHEAD` beyond the end.
 fn write_groups(
-    mut file: File,
+    file: File,
     mut jobs: mpsc::Receiver<Job>,
     to_syncer: std_mpsc::SyncSender<Replies>,
 ) {
     let mut buf = Vec::new();
+    let (mut end, mut zeroed) = (0u64, 0u64);
+    let zeros = vec![0u8; ZEROS_CHUNK];
     while let Some(first) = jobs.blocking_recv() {
         buf.clear();
         let mut replies = Vec::new();
@@ -172,13 +184,19 @@ fn write_groups(
                 .then(|| jobs.try_recv().ok())
                 .flatten();
         }
-        if let Err(e) = file.write_all(&buf) {
+        if let Err(e) = file.write_all_at(&buf, end) {
             answer(replies, Err(format!("write: {e}")));
             return;
         }
+        end += buf.len() as u64;
         if let Err(std_mpsc::SendError(replies)) = to_syncer.send(replies) {
             answer(replies, Err("the syncer has stopped".into()));
             return;
+        }
+        while zeroed < end + ZEROS_AHEAD {
+            // A failed write of zeros costs only the saving: the bodies go on regardless.
+            let _ = file.write_all_at(&zeros, zeroed.max(end));
+            zeroed = zeroed.max(end) + ZEROS_CHUNK as u64;
         }
     }
 }
@@ -250,11 +268,13 @@ mod tests {
             let (reply, synced) = oneshot::channel();
             log.send((body.to_vec(), reply)).await.expect("queued");
             synced.await.expect("answered").expect("synced");
-            // Answered, so already in the file, each body after its length.
+            // Answered, so already in the file, each body after its length; after them only
+            // the zeros written ahead.
             want.extend_from_slice(&(body.len() as u32).to_le_bytes());
             want.extend_from_slice(body);
             let on_disk = std::fs::read(dir.path().join("echo.log")).expect("log file");
-            assert_eq!(on_disk, want);
+            assert_eq!(on_disk[..want.len()], want[..]);
+            assert!(on_disk[want.len()..].iter().all(|&b| b == 0));
         }
         // One fsync per call here (each waited for its reply), counted as the store counts.
         let so_far = counts.reply();

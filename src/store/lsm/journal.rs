@@ -26,27 +26,15 @@ pub(crate) struct JournalSync {
 impl JournalSync {
     /// Finds the active journal of the database in `dir`.
     pub fn new(db: Database, dir: &Path) -> Self {
-        let newest = std::fs::read_dir(dir).ok().and_then(|entries| {
-            entries
-                .filter_map(|e| {
-                    e.ok()?
-                        .file_name()
-                        .to_str()?
-                        .strip_suffix(".jnl")?
-                        .parse()
-                        .ok()
-                })
-                .max()
-        });
         JournalSync {
             db,
             dir: dir.to_path_buf(),
-            active: newest.map(|id| (id, None)),
+            active: newest(dir).map(|id| (id, None)),
         }
     }
 
     fn path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id}.jnl"))
+        path(&self.dir, id)
     }
 
     /// Makes everything written to the journal so far durable.
@@ -55,8 +43,8 @@ impl JournalSync {
             return self.sync_locked();
         };
         // Journals sealed since the last sync were fsync'd when sealed: only the newest needs it.
-        while self.path(id + 1).exists() {
-            id += 1;
+        if let Some(newer) = newer_than(&self.dir, id) {
+            id = newer;
             file = None;
         }
         let path = self.path(id);
@@ -81,6 +69,36 @@ impl JournalSync {
             .persist(PersistMode::SyncData)
             .map_err(|e| format!("journal sync: {e}"))
     }
+}
+
+/// The newest journal fjall has made in `dir`, by name.
+pub(super) fn newest(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".jnl")?
+                    .parse()
+                    .ok()
+            })
+            .max()
+    })
+}
+
+/// The newest journal after `id`, if fjall has made one since (journals are numbered in turn).
+pub(super) fn newer_than(dir: &Path, id: u64) -> Option<u64> {
+    let mut newest = None;
+    while path(dir, newest.unwrap_or(id) + 1).exists() {
+        newest = Some(newest.unwrap_or(id) + 1);
+    }
+    newest
+}
+
+/// Journal `id`'s file in `dir`.
+pub(super) fn path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id}.jnl"))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@
 mod journal;
 mod memtables;
 mod migrate;
+mod prefill;
 mod records;
 mod writer;
 
@@ -486,8 +487,9 @@ impl LsmStore {
             syncer::start(sync, stats.sync_seconds.clone(), sink, durable.clone())?;
         let (jobs, rx) = Jobs::new();
         let (t, d) = (tables.clone(), durable.clone());
+        let prefill = prefill::Prefill::new(&dir);
         let writer = crate::sched::spawn_woken("phantom-store-writer", move || {
-            writer::run(t, state, rx, to_syncer, d, stats)
+            writer::run(t, state, rx, to_syncer, d, stats, prefill)
         })
         .map_err(CoreError::internal)?;
         Ok(LsmStore {

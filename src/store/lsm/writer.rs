@@ -18,6 +18,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::prefill::Prefill;
 use super::records::{encode_event, encode_message, encode_message_event};
 use super::{
     MESSAGE_ROW, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
@@ -112,12 +113,16 @@ pub(crate) fn run(
     synced: std::sync::mpsc::SyncSender<Committed>,
     durable: Arc<Durable>,
     stats: StoreStats,
+    mut prefill: Prefill,
 ) {
     while let Some(group) = next_group(&mut jobs, &stats) {
         let timer = stats.commit_seconds.start_timer();
         let committed = commit_group(&t, &mut st, group, &durable);
         timer.observe_duration();
         hand_over(&synced, committed);
+        // Between commits, on the one thread that commits (`prefill`); after the hand-over,
+        // so that the group's fsync does not wait for it.
+        prefill.ahead();
     }
     if let Err(e) = t.db.persist(PersistMode::SyncAll) {
         tracing::error!(error = %e, "store: final journal sync failed");

@@ -1,0 +1,204 @@
+//! Zeros written ahead of fjall's writer in its active journal, so that the syncer's fsyncs
+//! overwrite blocks that already exist.
+//!
+//! fjall makes each journal sparse (`create_new`, then `set_len` to 64 MiB). Every fdatasync
+//! of it then also allocates the blocks the group wrote into and, on ext4, writes the inode
+//! apart: a second disk write per fsync. Into blocks written before, an fdatasync writes only
+//! the data (`bench/disk/fsync_sparse_vs_written.py`: ~12 µs less CPU and a quarter less time
+//! per sync, BENCHMARKS.md). fjall cannot be handed such a journal, so this writes zeros into
+//! the active journal's holes a chunk ahead of fjall's writer; the fsync after each chunk
+//! allocates it once.
+//!
+//! Two rules keep the journal's content what fjall wrote:
+//! - zeros go only into holes (`SEEK_HOLE` / `SEEK_DATA`) inside the file's size, which read
+//!   as zeros already: what the file reads never changes, so fjall's recovery reads the same;
+//! - only the store's writer thread calls this, between its commits, and it is the one thread
+//!   that commits: fjall cannot write into a hole while it is being zeroed. Anything fjall
+//!   writes there later simply overwrites the zeros.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::journal;
+
+/// Zeros written at a time: at ~10 KiB of journal per fsync, one fsync in six or so carries a
+/// chunk and its allocation, the others none.
+const CHUNK: u64 = 64 << 10;
+/// How near the end of the zeros fjall's writer may come before the next chunk is written.
+const MARGIN: u64 = 32 << 10;
+/// The file system's block, the unit of holes.
+const BLOCK: u64 = 4096;
+
+/// The writer's zeros ahead in the active journal.
+pub(crate) struct Prefill {
+    dir: PathBuf,
+    /// The active journal's id, a descriptor of it, and where the zeros written in it end.
+    active: Option<(u64, File, u64)>,
+    /// Set once anything failed: this is a saving, never worth failing a write for.
+    off: bool,
+}
+
+impl Prefill {
+    /// For the database in `dir`; nothing is read or written until `ahead`.
+    pub fn new(dir: &Path) -> Self {
+        Prefill {
+            dir: dir.to_path_buf(),
+            active: None,
+            off: false,
+        }
+    }
+
+    /// Called by the writer thread after a group's journal bytes went to the OS: writes the
+    /// next chunk of zeros once fjall's writer has come within `MARGIN` of their end.
+    pub fn ahead(&mut self) {
+        if self.off {
+            return;
+        }
+        if let Err(e) = self.try_ahead() {
+            tracing::warn!(error = %e, "journal prefill stopped (fsyncs will allocate)");
+            self.off = true;
+            self.active = None;
+        }
+    }
+
+    fn try_ahead(&mut self) -> io::Result<()> {
+        let known = self.active.as_ref().map(|(id, _, _)| *id);
+        let newest = match known {
+            Some(id) => journal::newer_than(&self.dir, id),
+            None => journal::newest(&self.dir),
+        };
+        if let Some(id) = newest {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(journal::path(&self.dir, id))?;
+            self.active = Some((id, file, 0));
+        }
+        let Some((_, file, zeroed)) = self.active.as_mut() else {
+            return Ok(());
+        };
+        if *zeroed > 0 && !written_at(file, zeroed.saturating_sub(MARGIN) / BLOCK * BLOCK)? {
+            return Ok(());
+        }
+        *zeroed = zero_holes(file, *zeroed, CHUNK)?;
+        Ok(())
+    }
+}
+
+/// Whether the block at `at` holds anything but zeros: a journal's entries never fill a block
+/// with zeros, so fjall's writer has reached it.
+fn written_at(file: &File, at: u64) -> io::Result<bool> {
+    let mut block = [0u8; BLOCK as usize];
+    let n = file.read_at(&mut block, at)?;
+    Ok(block[..n].iter().any(|&b| b != 0))
+}
+
+/// Writes zeros into the holes of up to `len` bytes from the first hole at or after `from`,
+/// never past the file's size or into data; returns where the zeros end.
+fn zero_holes(file: &File, from: u64, len: u64) -> io::Result<u64> {
+    let size = file.metadata()?.len();
+    let start = seek(file, from, libc::SEEK_HOLE)?.unwrap_or(size);
+    let end = (start + len).min(size);
+    if start >= end {
+        return Ok(start.max(from));
+    }
+    let end = seek(file, start, libc::SEEK_DATA)?.map_or(end, |data| data.min(end));
+    file.write_all_at(&vec![0u8; (end - start) as usize], start)?;
+    Ok(end)
+}
+
+/// `lseek` to the next hole or data at or after `from`; `None` when there is none (`ENXIO`).
+fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(from).map_err(io::Error::other)?;
+    // SAFETY: lseek on a descriptor this File owns; only its offset changes, and reads and
+    // writes here are positioned (`read_at`, `write_all_at`), not at it.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if at >= 0 {
+        return Ok(Some(at as u64));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+
+    /// Blocks of `path` allocated on disk.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn zeros_ahead_of_fjall_without_changing_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path())
+            .manual_journal_persist(true)
+            .open()
+            .unwrap();
+        let ks = db.keyspace("k", KeyspaceCreateOptions::default).unwrap();
+        let mut prefill = Prefill::new(dir.path());
+        let id = journal::newest(dir.path()).unwrap();
+        let jnl = journal::path(dir.path(), id);
+        // Groups of writes as the writer makes them, each followed by the prefill; far more
+        // than one chunk in all, so that several chunks are written behind fjall's writer.
+        let value = vec![7u8; 900];
+        for i in 0u32..600 {
+            ks.insert(i.to_be_bytes(), &value).unwrap();
+            db.persist(PersistMode::Buffer).unwrap();
+            prefill.ahead();
+        }
+        assert!(!prefill.off, "the prefill failed");
+        let (_, _, zeroed) = prefill.active.as_ref().unwrap();
+        // The zeros run ahead of fjall's last write, and were written (the file is sparse
+        // beyond them: 64 MiB long, with far less allocated).
+        let file = File::open(&jnl).unwrap();
+        assert!(written_at(&file, 600 * 900 / BLOCK * BLOCK).unwrap());
+        assert!(*zeroed > 600 * 900, "zeroed to {zeroed}");
+        assert!(allocated(&jnl) >= *zeroed / BLOCK * BLOCK);
+        assert!(allocated(&jnl) < 16 << 20);
+        drop((ks, db));
+        // What fjall wrote reads back whole after a restart (recovery through the zeros).
+        let db = Database::builder(dir.path()).open().unwrap();
+        let ks = db.keyspace("k", KeyspaceCreateOptions::default).unwrap();
+        for i in 0u32..600 {
+            assert_eq!(
+                ks.get(i.to_be_bytes()).unwrap().as_deref(),
+                Some(&value[..])
+            );
+        }
+    }
+
+    #[test]
+    fn writes_nothing_into_data_or_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(3 * BLOCK).unwrap();
+        file.write_all_at(&[9u8; 10], 0).unwrap();
+        file.write_all_at(&[8u8; 10], 2 * BLOCK).unwrap();
+        // The hole between the two blocks of data is zeroed, not the data after it.
+        assert_eq!(zero_holes(&file, 0, CHUNK).unwrap(), 2 * BLOCK);
+        let mut got = vec![0u8; 3 * BLOCK as usize];
+        file.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..10], &[9u8; 10]);
+        assert_eq!(&got[2 * BLOCK as usize..][..10], &[8u8; 10]);
+        // No hole left before the end: nothing more, and the file is no longer.
+        assert_eq!(zero_holes(&file, 2 * BLOCK, CHUNK).unwrap(), 3 * BLOCK);
+        assert_eq!(file.metadata().unwrap().len(), 3 * BLOCK);
+    }
+}
