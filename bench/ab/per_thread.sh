@@ -1,0 +1,39 @@
+#!/bin/bash
+# Where a send's CPU and context switches go, per server thread (BENCHMARKS.md, thirty-third
+# session): starts SERVER (default BINDIR/phantom-grpc-api) on a fresh temp data dir, drives
+# it with BINDIR/phantom-bench `--target` and the given arguments (say `--scenarios unary-send --h2load
+# --rounds 1 --duration 8`), and prints, per thread name, the voluntary and involuntary context
+# switches and the CPU (/proc/PID/task/*/status and stat, over the tool's whole run) per
+# SendMessage the server counted, then the tool's rows. A/B: the same tool, SERVER changed.
+#
+# usage: [SERVER=BINARY] bench/ab/per_thread.sh BINDIR PHANTOM_BENCH_ARGS...
+set -uo pipefail
+bin=$(realpath "$1"); shift
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
+server_config "$dir" 50061 9161 $admin
+"${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
+sp=$!
+trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+up 50061
+# Per thread name: voluntary switches, involuntary switches, CPU ticks.
+threads() {
+  for t in /proc/$sp/task/*; do
+    echo "$(tr ' ' '_' <"$t/comm")" \
+      "$(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "$t/status")" \
+      "$(awk '{print $14+$15}' "$t/stat")"
+  done | awk '{v[$1]+=$2; n[$1]+=$3; c[$1]+=$4} END {for (k in v) print k, v[k], n[k], c[k]}' | sort
+}
+sends() {
+  python3 -c "import urllib.request as u; print(sum(int(float(l.split()[-1])) for l in u.urlopen('http://127.0.0.1:9161/metrics').read().decode().splitlines() if l.startswith('phantom_grpc_requests_total') and 'SendMessage' in l))"
+}
+threads >"$dir/before"; s0=$(sends)
+"$bin/phantom-bench" --target 127.0.0.1:50061 --admin-token $admin --server-pid $sp \
+  --target-metrics 127.0.0.1:9161 "$@" >"$dir/rows" 2>/dev/null
+threads >"$dir/after"; n=$(($(sends) - s0))
+echo "sends $n"
+join "$dir/before" "$dir/after" | awk -v n="$n" -v tck="$(getconf CLK_TCK)" '
+  function row(k, v, i, c) { printf "%-18s voluntary %.3f  involuntary %.3f  cpu %.2f us\n", k, v / n, i / n, c * 1e6 / tck / n }
+  { row($1, $5 - $2, $6 - $3, $7 - $4); V += $5 - $2; I += $6 - $3; C += $7 - $4 }
+  END { row("all", V, I, C) }'
+grep -E "^(unary|e2e|echo)" "$dir/rows"
