@@ -9,13 +9,7 @@
 # usage: [SERVER=BINARY] bench/ab/per_thread.sh BINDIR PHANTOM_BENCH_ARGS...
 set -uo pipefail
 bin=$(realpath "$1"); shift
-. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
-server_config "$dir" 50061 9161 $admin
-"${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
-sp=$!
-trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-up 50061
+. "$(dirname "$0")/server.sh"
 # Per thread name: voluntary switches, involuntary switches, CPU ticks.
 threads() {
   for t in /proc/$sp/task/*; do
