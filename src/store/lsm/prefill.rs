@@ -10,8 +10,9 @@
 //! allocates it once.
 //!
 //! Two rules keep the journal's content what fjall wrote:
-//! - zeros go only into holes (`SEEK_HOLE` / `SEEK_DATA`) inside the file's size, which read
-//!   as zeros already: what the file reads never changes, so fjall's recovery reads the same;
+//! - zeros go only into holes (`SEEK_HOLE` / `SEEK_DATA`) inside the file's size, read first
+//!   and found to be zeros: what the file reads never changes, so fjall's recovery reads the
+//!   same;
 //! - only the store's writer thread calls this, between its commits, and it is the one thread
 //!   that commits: fjall cannot write into a hole while it is being zeroed. Anything fjall
 //!   writes there later simply overwrites the zeros.
@@ -106,7 +107,16 @@ fn zero_holes(file: &File, from: u64, len: u64) -> io::Result<u64> {
         return Ok(start.max(from));
     }
     let end = seek(file, start, libc::SEEK_DATA)?.map_or(end, |data| data.min(end));
-    file.write_all_at(&vec![0u8; (end - start) as usize], start)?;
+    // The range must read as zeros now, whatever the file system says of its holes: then
+    // writing zeros there cannot change what the journal holds.
+    let mut range = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut range, start)?;
+    if range.iter().any(|&b| b != 0) {
+        return Err(io::Error::other(format!(
+            "journal bytes {start}..{end} reported as a hole hold data"
+        )));
+    }
+    file.write_all_at(&range, start)?;
     Ok(end)
 }
 
