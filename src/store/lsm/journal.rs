@@ -89,11 +89,11 @@ pub(super) fn newest(dir: &Path) -> Option<u64> {
 
 /// The newest journal after `id`, if fjall has made one since (journals are numbered in turn).
 pub(super) fn newer_than(dir: &Path, id: u64) -> Option<u64> {
-    let mut newest = None;
-    while path(dir, newest.unwrap_or(id) + 1).exists() {
-        newest = Some(newest.unwrap_or(id) + 1);
+    let mut newest = id;
+    while path(dir, newest + 1).exists() {
+        newest += 1;
     }
-    newest
+    (newest > id).then_some(newest)
 }
 
 /// Journal `id`'s file in `dir`.
