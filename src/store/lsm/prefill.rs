@@ -10,9 +10,11 @@
 //! allocates it once.
 //!
 //! Two rules keep the journal's content what fjall wrote:
-//! - zeros go only into holes (`SEEK_HOLE` / `SEEK_DATA`) inside the file's size, read first
-//!   and found to be zeros: what the file reads never changes, so fjall's recovery reads the
-//!   same;
+//! - zeros go only into holes (`SEEK_HOLE` / `SEEK_DATA`) inside the file's size, which read
+//!   as zeros already: what the file reads never changes, so fjall's recovery reads the same.
+//!   Only on ext4, whose holes leave out written pages not yet on the disk (delayed
+//!   allocation), and where the saving was measured; elsewhere it does nothing. (Reading each
+//!   range back first instead took 10–38 ms now and then, waiting on the file's writeback.)
 //! - only the store's writer thread calls this, between its commits, and it is the one thread
 //!   that commits: fjall cannot write into a hole while it is being zeroed. Anything fjall
 //!   writes there later simply overwrites the zeros.
@@ -76,6 +78,10 @@ impl Prefill {
                 .read(true)
                 .write(true)
                 .open(journal::path(&self.dir, id))?;
+            if !on_ext4(&file)? {
+                self.off = true;
+                return Ok(());
+            }
             self.active = Some((id, file, 0));
         }
         let Some((_, file, zeroed)) = self.active.as_mut() else {
@@ -87,6 +93,18 @@ impl Prefill {
         *zeroed = zero_holes(file, *zeroed, CHUNK)?;
         Ok(())
     }
+}
+
+/// Whether `file` is on ext4 (`EXT4_SUPER_MAGIC`, shared with ext2 and ext3).
+fn on_ext4(file: &File) -> io::Result<bool> {
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills the struct it is given for a descriptor this File owns.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded, so the struct is filled.
+    let fs = unsafe { fs.assume_init() };
+    Ok(fs.f_type as i64 == 0xEF53)
 }
 
 /// Whether the block at `at` holds anything but zeros: a journal's entries never fill a block
@@ -107,16 +125,7 @@ fn zero_holes(file: &File, from: u64, len: u64) -> io::Result<u64> {
         return Ok(start.max(from));
     }
     let end = seek(file, start, libc::SEEK_DATA)?.map_or(end, |data| data.min(end));
-    // The range must read as zeros now, whatever the file system says of its holes: then
-    // writing zeros there cannot change what the journal holds.
-    let mut range = vec![0u8; (end - start) as usize];
-    file.read_exact_at(&mut range, start)?;
-    if range.iter().any(|&b| b != 0) {
-        return Err(io::Error::other(format!(
-            "journal bytes {start}..{end} reported as a hole hold data"
-        )));
-    }
-    file.write_all_at(&range, start)?;
+    file.write_all_at(&vec![0u8; (end - start) as usize], start)?;
     Ok(end)
 }
 
@@ -166,6 +175,11 @@ mod tests {
             ks.insert(i.to_be_bytes(), &value).unwrap();
             db.persist(PersistMode::Buffer).unwrap();
             prefill.ahead();
+        }
+        if !on_ext4(&File::open(&jnl).unwrap()).unwrap() {
+            // Elsewhere the prefill does nothing, by design.
+            assert!(prefill.off && prefill.active.is_none());
+            return;
         }
         assert!(!prefill.off, "the prefill failed");
         let (_, _, zeroed) = prefill.active.as_ref().unwrap();
