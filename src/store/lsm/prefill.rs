@@ -104,7 +104,7 @@ fn on_ext4(file: &File) -> io::Result<bool> {
     }
     // SAFETY: fstatfs succeeded, so the struct is filled.
     let fs = unsafe { fs.assume_init() };
-    Ok(fs.f_type as i64 == 0xEF53)
+    Ok(fs.f_type == 0xEF53)
 }
 
 /// Whether the block at `at` holds anything but zeros: a journal's entries never fill a block
