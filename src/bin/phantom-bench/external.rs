@@ -250,7 +250,7 @@ async fn echo_counts(addr: &str) -> Result<crate::echo::pb::SyncsReply, String> 
 
 /// Where a server's counts (its calls, and its fsyncs) are read.
 #[derive(Debug, Clone, Copy)]
-pub enum SyncsAt<'a> {
+pub enum CountsAt<'a> {
     /// The server's metrics address (none: not read).
     Metrics(Option<&'a str>),
     /// The durable echo at this address, through its `Syncs` call.
@@ -266,11 +266,11 @@ enum Counted {
 }
 
 impl Counted {
-    async fn read(at: SyncsAt<'_>) -> Result<Counted, String> {
+    async fn read(at: CountsAt<'_>) -> Result<Counted, String> {
         Ok(match at {
-            SyncsAt::Metrics(Some(m)) => Counted::Scrape(scrape(m).await?),
-            SyncsAt::Metrics(None) => Counted::Unknown,
-            SyncsAt::Echo(addr) => Counted::Echo(echo_counts(addr).await?),
+            CountsAt::Metrics(Some(m)) => Counted::Scrape(scrape(m).await?),
+            CountsAt::Metrics(None) => Counted::Unknown,
+            CountsAt::Echo(addr) => Counted::Echo(echo_counts(addr).await?),
         })
     }
 
@@ -286,7 +286,7 @@ impl Counted {
 
 impl Syncs {
     /// The counts now (none where the server's metrics are not known).
-    pub async fn read(at: SyncsAt<'_>) -> Result<Option<Syncs>, String> {
+    pub async fn read(at: CountsAt<'_>) -> Result<Option<Syncs>, String> {
         Ok(Counted::read(at).await?.syncs())
     }
 
@@ -354,7 +354,7 @@ impl Syncs {
     /// Runs `run` and adds to its row the fsyncs over it, read where `at` says (none from a
     /// server whose metrics are not known).
     pub async fn around(
-        at: SyncsAt<'_>,
+        at: CountsAt<'_>,
         run: impl Future<Output = Result<Row, String>>,
     ) -> Result<Row, String> {
         let before = Syncs::read(at).await?;
@@ -432,7 +432,7 @@ pub struct Endpoints<'a> {
     pub server: &'a str,
     /// Where the server's calls are counted: its metrics, to check every call's outcome
     /// (none: unchecked), or, for the durable echo, its `Syncs` call.
-    pub counts: SyncsAt<'a>,
+    pub counts: CountsAt<'a>,
     /// The server's process, for its CPU per call.
     pub pid: Option<u32>,
     /// The echo's process, for its CPU per call in the same rounds.
@@ -537,17 +537,13 @@ pub async fn paired(
     Ok(Row {
         scenario: format!("{name}/h2load"),
         per_sec: Some(s.rate()),
-        p50_ms: None,
-        p99_ms: None,
         max_ms: Some(s.max_ms),
         note,
         ratio: Some(s.rate() / e.rate()),
         // Without the server's count of calls (no metrics), none.
         cpu: spent.and_then(|c| c.per_call(served)),
-        fsyncs: None,
         echo_cpu,
-        kib_per_stream: None,
-        target: None,
+        ..Row::default()
     }
     .with_fsyncs(fsyncs))
 }

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use external::{Syncs, SyncsAt};
+use external::{CountsAt, Syncs};
 use scenarios::{Knobs, Row, Target};
 
 const ALL: [&str; 8] = [
@@ -239,7 +239,7 @@ async fn run(mut args: Args) -> Result<(), String> {
     let at = external::Endpoints {
         echo: &echo_proc.addr,
         server: &target.addr,
-        counts: SyncsAt::Metrics(target.metrics.as_deref()),
+        counts: CountsAt::Metrics(target.metrics.as_deref()),
         pid: target.pid,
         echo_pid: Some(echo_proc.pid()),
     };
@@ -287,7 +287,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let floor = scenarios::e2e_floor(&served, &k).await?;
                 sweep(&k, send_rate, &p99_ratio, &mut extra, async |_, rate| {
                     let run = scenarios::e2e_floor_at(&floor, &k, rate);
-                    Syncs::around(SyncsAt::Echo(&served.addr), async { Ok(run.await) }).await
+                    Syncs::around(CountsAt::Echo(&served.addr), async { Ok(run.await) }).await
                 })
                 .await?
             }
@@ -297,13 +297,13 @@ async fn run(mut args: Args) -> Result<(), String> {
                 let p = scenarios::echo_durable(&served, &k).await?;
                 let fixed = p.fixed.clone();
                 let paired = p.run_paired((&echo_op, echo_meter), &k, args.rounds);
-                let r = Syncs::around(SyncsAt::Echo(&served.addr), async { Ok(paired.await) });
+                let r = Syncs::around(CountsAt::Echo(&served.addr), async { Ok(paired.await) });
                 let r = r.await?;
                 if args.h2load {
                     let at = external::Endpoints {
                         echo: &echo_proc.addr,
                         server: &served.addr,
-                        counts: SyncsAt::Echo(&served.addr),
+                        counts: CountsAt::Echo(&served.addr),
                         pid: Some(served.pid()),
                         echo_pid: Some(echo_proc.pid()),
                     };

@@ -283,7 +283,7 @@ impl Target {
 }
 
 /// One line of the report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Row {
     /// Scenario name.
     pub scenario: String,
@@ -328,12 +328,7 @@ impl Row {
             p99_ms: Some(ms(0.99)),
             max_ms: Some(h.max() as f64 / 1000.0),
             note: note.trim().to_string(),
-            ratio: None,
-            cpu: None,
-            fsyncs: None,
-            echo_cpu: None,
-            kib_per_stream: None,
-            target: None,
+            ..Row::default()
         }
     }
 
@@ -342,16 +337,9 @@ impl Row {
         Row {
             scenario: name.into(),
             per_sec: Some(per_sec),
-            p50_ms: None,
-            p99_ms: None,
             max_ms,
             note,
-            ratio: None,
-            cpu: None,
-            fsyncs: None,
-            echo_cpu: None,
-            kib_per_stream: None,
-            target: None,
+            ..Row::default()
         }
     }
 
