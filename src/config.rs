@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub allow_insecure: bool,
     /// Permission bits of a Unix socket.
     pub socket_mode: u32,
+    /// How the actors' thread and the store's writer are scheduled when a send wakes them.
+    pub hand_offs: HandOffs,
 }
 
 impl Default for ServerConfig {
@@ -78,8 +80,23 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             allow_insecure: false,
             socket_mode: 0o600,
+            hand_offs: HandOffs::Prompt,
         }
     }
+}
+
+/// How a woken hand-off thread (the actors', the LSM store's writer) gets a CPU
+/// (`crate::sched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HandOffs {
+    /// At once: it preempts the thread that woke it (a short slice). Messages are delivered
+    /// soonest; the default.
+    #[default]
+    Prompt,
+    /// When the CPU is free (`SCHED_BATCH`): fewer context switches per send and more sends
+    /// per second, later deliveries (BENCHMARKS.md, thirty-fourth session).
+    Batched,
 }
 
 /// Which storage engine keeps the data.

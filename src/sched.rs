@@ -11,6 +11,15 @@
 //! everywhere: on the eighteenth session's host (preemption model "none", 250 Hz) a thread
 //! asking for 100 µs still waited as long for a CPU held by busy threads as one without
 //! (`bench/disk/fsync_beside_busy_cpus.py`); only a lower priority for those threads helped.
+//!
+//! With `server.hand_offs = "batched"` the actors' thread and the LSM store's writer run under
+//! `SCHED_BATCH` instead (`spawn_hand_off`); the syncer, whose wake-up answers the sends, keeps
+//! its short slice. Their wake-ups then do not preempt, so each runs a larger batch per
+//! switch. Where a context switch is dear (a nested AMD guest, ~3.3 µs a hand-off) that cut
+//! the server's CPU per send by 15–18%, and doubled `e2e`'s p99: a setting for deployments
+//! that want sends first (BENCHMARKS.md, thirty-fourth session).
+
+use crate::config::HandOffs;
 
 /// The slice asked for: about a writer's group commit under load (~0.2 ms), so that one
 /// commit is seldom cut in two.
@@ -24,18 +33,54 @@ pub fn short_slice() {
     }
 }
 
-/// Starts a named thread that a send wakes on its way (the actors', the store's writer and
-/// syncer), with the short slice asked for first.
+/// Starts a named thread that a send wakes on its way and that should run as soon as it is
+/// woken (the store's syncer, whose wake-up answers the sends; the SQLite engine's writer),
+/// with the short slice asked for first.
 pub fn spawn_woken<T: Send + 'static>(
     name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    spawn_with(name, short_slice, f)
+}
+
+/// Starts a named thread that a send hands work to (the actors' thread, the LSM store's
+/// writer), scheduled as `hand_offs` says: `Prompt`, as `spawn_woken`; `Batched`, under
+/// `SCHED_BATCH`, so that its wake-up does not cut a tokio worker short: the worker reads on
+/// and the thread takes a larger batch when it runs, so a send costs fewer context switches.
+/// On a nested AMD host that was 15–18% less server CPU per send and 13–17% more h2load
+/// sends, and twice `e2e`'s p99 (BENCHMARKS.md, thirty-fourth session).
+pub fn spawn_hand_off<T: Send + 'static>(
+    name: &str,
+    hand_offs: HandOffs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let first = match hand_offs {
+        HandOffs::Prompt => short_slice,
+        HandOffs::Batched => batched,
+    };
+    spawn_with(name, first, f)
+}
+
+/// Starts a named thread that runs `first`, then `f`.
+fn spawn_with<T: Send + 'static>(
+    name: &str,
+    first: fn(),
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<T>> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            short_slice();
+            first();
             f()
         })
+}
+
+/// Puts the calling thread under `SCHED_BATCH` with the default slice (see `spawn_hand_off`).
+/// Best effort: a refusal is logged at debug and changes nothing else.
+fn batched() {
+    if let Err(e) = set_batch() {
+        tracing::debug!(error = %e, "SCHED_BATCH not applied");
+    }
 }
 
 /// The nice value for background threads: fjall's worker, whose flushes take one of the two
@@ -92,17 +137,33 @@ struct SchedAttr {
 
 #[cfg(target_os = "linux")]
 fn set_slice(ns: u64) -> std::io::Result<()> {
-    let mut attr = attributes()?;
-    // A policy an operator chose (`chrt --batch`, `--idle`, real-time) is left as it is.
+    let mut attr = other_policy()?;
+    // Policy and nice stay as read; only the slice changes.
+    attr.sched_runtime = ns;
+    set_attributes(&mut attr)
+}
+
+#[cfg(target_os = "linux")]
+fn set_batch() -> std::io::Result<()> {
+    let mut attr = other_policy()?;
+    attr.sched_policy = libc::SCHED_BATCH as u32;
+    // 0: the default slice, not a hint.
+    attr.sched_runtime = 0;
+    set_attributes(&mut attr)
+}
+
+/// The calling thread's attributes, if it runs under `SCHED_OTHER`: a policy an operator
+/// chose (`chrt --batch`, `--idle`, real-time) is left as it is.
+#[cfg(target_os = "linux")]
+fn other_policy() -> std::io::Result<SchedAttr> {
+    let attr = attributes()?;
     if attr.sched_policy != libc::SCHED_OTHER as u32 {
         return Err(std::io::Error::other(format!(
             "the thread runs under policy {}, not SCHED_OTHER",
             attr.sched_policy
         )));
     }
-    // Policy and nice stay as read; only the slice changes.
-    attr.sched_runtime = ns;
-    set_attributes(&mut attr)
+    Ok(attr)
 }
 
 /// Sets the calling thread's scheduling attributes (`sched_setattr`) to `attr`, without flags.
@@ -151,6 +212,14 @@ fn set_slice(_ns: u64) -> std::io::Result<()> {
     ))
 }
 
+#[cfg(not(target_os = "linux"))]
+fn set_batch() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "no SCHED_BATCH on this system",
+    ))
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -171,6 +240,26 @@ mod tests {
         if before != 0 && policy == libc::SCHED_OTHER as u32 {
             assert_ne!(before, SHORT_SLICE_NS, "the default slice is not the hint");
             assert_eq!(after, SHORT_SLICE_NS);
+        }
+    }
+
+    #[test]
+    fn a_batched_thread_runs_under_sched_batch_with_the_default_slice() {
+        let (policy, applied, after, runtime) = std::thread::spawn(|| {
+            let before = attributes().expect("sched_getattr").sched_policy;
+            short_slice();
+            let applied = set_batch().is_ok();
+            let after = attributes().expect("sched_getattr");
+            (before, applied, after.sched_policy, after.sched_runtime)
+        })
+        .join()
+        .expect("thread");
+        // A test process started under another policy keeps it (see `other_policy`), and a
+        // sandbox may refuse the call.
+        if applied {
+            assert_eq!(policy, libc::SCHED_OTHER as u32);
+            assert_eq!(after, libc::SCHED_BATCH as u32);
+            assert_ne!(runtime, SHORT_SLICE_NS, "the short slice was dropped");
         }
     }
 

@@ -19,7 +19,7 @@ use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::ContactsActor;
 use crate::actors::messaging::MessagingActor;
 use crate::actors::subscriber::{CloseReason, Subscriptions};
-use crate::config::{AuthMode, Config, Engine, StorageConfig};
+use crate::config::{AuthMode, Config, Engine, HandOffs, StorageConfig};
 use crate::core::stats::{DeliveryStats, StoreStats};
 use crate::core::time::now_micros;
 use crate::core::tokens::{self, TokenIndex};
@@ -235,6 +235,7 @@ fn open_store(
     sink: EventSink,
     retention: u64,
     stats: StoreStats,
+    hand_offs: HandOffs,
 ) -> Result<Arc<dyn Store>, String> {
     let dir = &storage.data_dir;
     let has = |name: &str| dir.join(name).exists();
@@ -250,9 +251,9 @@ fn open_store(
         ));
     }
     let store: Arc<dyn Store> = match storage.engine {
-        Engine::Lsm => {
-            Arc::new(LsmStore::open(dir, sink, retention, stats).map_err(|e| e.to_string())?)
-        }
+        Engine::Lsm => Arc::new(
+            LsmStore::open(dir, sink, retention, stats, hand_offs).map_err(|e| e.to_string())?,
+        ),
         Engine::Sqlite => Arc::new(
             SqliteStore::open(dir, sink, retention, storage.checkpoint_pages, stats)
                 .map_err(|e| e.to_string())?,
@@ -266,7 +267,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let (listen, tls) = preflight(&cfg)?;
     let admin_digest = tokens::digest(&admin_token(&cfg)?);
 
-    let mut runtime = ActorRuntime::start().map_err(|e| e.to_string())?;
+    let mut runtime = ActorRuntime::start(cfg.server.hand_offs).map_err(|e| e.to_string())?;
     let stats = Arc::new(DeliveryStats::default());
     let store_stats = StoreStats::default();
     let metrics = Metrics::new(&stats, &store_stats)?;
@@ -281,6 +282,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         sink,
         cfg.events.retention_per_account,
         store_stats,
+        cfg.server.hand_offs,
     )?;
     let mut accounts = store.load_accounts().map_err(|e| e.to_string())?;
     let local = match cfg.auth.mode {

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use phantom::config::Engine;
+use phantom::config::{Engine, HandOffs};
 use phantom::pb::{self, MessageState, PresenceStatus, client_frame::Body as C, event::Kind};
 use tonic::Code;
 
@@ -432,4 +432,43 @@ async fn overlapping_replays_deliver_each_message_once() {
             );
         }
     }
+}
+
+/// The scheduling policy of every thread of this process named `name`.
+fn policies_of(name: &str) -> Vec<i32> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        // SAFETY: plain system call on a thread id of this process.
+        .map(|tid| unsafe { libc::sched_getscheduler(tid) })
+        .collect()
+}
+
+/// `server.hand_offs = "batched"` puts the actors' thread and the LSM writer under
+/// SCHED_BATCH and leaves the syncer, whose wake-up answers the sends, as it was; messages
+/// are delivered and answered as under the default. (Other tests of this binary run servers
+/// with the default beside it, so each name is looked for among several threads.)
+#[tokio::test]
+async fn batched_hand_offs_deliver_and_schedule_the_actors_and_the_writer_as_batch() {
+    let t = TestServer::start_with(|c| c.server.hand_offs = HandOffs::Batched).await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    let mut bob = Events::live(&mut t.user(&b)).await;
+    let m = t.send(&a, &b, "batched").await;
+    assert_eq!(received(&mut bob).await.message_id, m.message_id);
+    for name in ["phantom-actors", "phantom-store-w"] {
+        let policies = policies_of(name);
+        assert!(
+            policies.contains(&libc::SCHED_BATCH),
+            "{name}: {policies:?}"
+        );
+    }
+    let syncers = policies_of("phantom-store-s");
+    assert!(
+        !syncers.is_empty() && !syncers.contains(&libc::SCHED_BATCH),
+        "{syncers:?}"
+    );
 }

@@ -2,9 +2,13 @@
 # data dir (127.0.0.1:50061, metrics on 127.0.0.1:9161, load-test limits off, log level warn) and
 # defines `ctl` (phantomctl as the admin), `cpu` (the server's CPU ticks in all, and its
 # store writer thread's) and `send_h2load`. Killed, and the dir removed, when the script exits.
+# HAND_OFFS=batched sets `server.hand_offs`.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
 server_config "$dir" 50061 9161 $admin
+if [ -n "${HAND_OFFS:-}" ]; then
+  sed -i "/^\[server\]/a hand_offs = \"$HAND_OFFS\"" "$dir/server.toml"
+fi
 "${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
 trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT

@@ -11,6 +11,7 @@ pub mod subscriber;
 
 use actix::{ArbiterHandle, System};
 
+use crate::config::HandOffs;
 use crate::core::CoreError;
 
 /// The actix runtime the actors live on.
@@ -22,10 +23,10 @@ pub struct ActorRuntime {
 }
 
 impl ActorRuntime {
-    /// Starts an actix `System` on a thread of its own.
-    pub fn start() -> Result<Self, CoreError> {
+    /// Starts an actix `System` on a thread of its own, scheduled as `hand_offs` says.
+    pub fn start(hand_offs: HandOffs) -> Result<Self, CoreError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = crate::sched::spawn_woken("phantom-actors", move || {
+        let thread = crate::sched::spawn_hand_off("phantom-actors", hand_offs, move || {
             let sys = actix::System::new();
             let _ = tx.send((System::current(), actix::Arbiter::current()));
             if let Err(e) = sys.run() {

@@ -56,6 +56,7 @@ use uuid::Uuid;
 use super::sqlite::{paginate, paginate_rows, pair_key};
 use super::syncer::{self, Durable};
 use super::{EventSink, Jobs, LogBounds, Store};
+use crate::config::HandOffs;
 use crate::core::stats::StoreStats;
 use crate::core::{
     AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,
@@ -464,13 +465,14 @@ pub struct LsmStore {
 }
 
 impl LsmStore {
-    /// Opens (creating if needed) `data_dir/lsm` and starts the writer thread; `retention` is
-    /// how many durable events each account's log keeps.
+    /// Opens (creating if needed) `data_dir/lsm` and starts the writer thread, scheduled as
+    /// `hand_offs` says; `retention` is how many durable events each account's log keeps.
     pub fn open(
         data_dir: &Path,
         sink: EventSink,
         retention: u64,
         stats: StoreStats,
+        hand_offs: HandOffs,
     ) -> CoreResult<Self> {
         let dir = data_dir.join(LSM_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -488,7 +490,7 @@ impl LsmStore {
         let (jobs, rx) = Jobs::new();
         let (t, d) = (tables.clone(), durable.clone());
         let prefill = prefill::Prefill::new(&dir);
-        let writer = crate::sched::spawn_woken("phantom-store-writer", move || {
+        let writer = crate::sched::spawn_hand_off("phantom-store-writer", hand_offs, move || {
             writer::run(t, state, rx, to_syncer, d, stats, prefill)
         })
         .map_err(CoreError::internal)?;
