@@ -4,9 +4,10 @@
 # it with BINDIR/phantom-bench `--target` and the given arguments (say `--scenarios unary-send --h2load
 # --rounds 1 --duration 8`), and prints, per thread name, the voluntary and involuntary context
 # switches and the CPU (/proc/PID/task/*/status and stat, over the tool's whole run) per
-# SendMessage the server counted, then the tool's rows. A/B: the same tool, SERVER changed.
+# SendMessage the server answered OK (`ok_sends`), then the tool's rows. A/B: the same tool,
+# SERVER (or HAND_OFFS, `server.sh`) changed.
 #
-# usage: [SERVER=BINARY] bench/ab/per_thread.sh BINDIR PHANTOM_BENCH_ARGS...
+# usage: [SERVER=BINARY] [HAND_OFFS=batched] bench/ab/per_thread.sh BINDIR PHANTOM_BENCH_ARGS...
 set -uo pipefail
 bin=$(realpath "$1"); shift
 . "$(dirname "$0")/server.sh"
@@ -18,13 +19,10 @@ threads() {
       "$(awk '{print $14+$15}' "$t/stat")"
   done | awk '{v[$1]+=$2; n[$1]+=$3; c[$1]+=$4} END {for (k in v) print k, v[k], n[k], c[k]}' | sort
 }
-sends() {
-  python3 -c "import urllib.request as u; print(sum(int(float(l.split()[-1])) for l in u.urlopen('http://127.0.0.1:9161/metrics').read().decode().splitlines() if l.startswith('phantom_grpc_requests_total') and 'SendMessage' in l))"
-}
-threads >"$dir/before"; s0=$(sends)
+threads >"$dir/before"; s0=$(ok_sends 9161)
 "$bin/phantom-bench" --target 127.0.0.1:50061 --admin-token $admin --server-pid $sp \
   --target-metrics 127.0.0.1:9161 "$@" >"$dir/rows" 2>/dev/null
-threads >"$dir/after"; n=$(($(sends) - s0))
+threads >"$dir/after"; n=$(($(ok_sends 9161) - s0))
 echo "sends $n"
 join "$dir/before" "$dir/after" | awk -v n="$n" -v tck="$(getconf CLK_TCK)" '
   function row(k, v, i, c) { printf "%-18s voluntary %.3f  involuntary %.3f  cpu %.2f us\n", k, v / n, i / n, c * 1e6 / tck / n }
