@@ -10,7 +10,7 @@
 //! The writer owns what every write needs and readers do not: each account's row and head seq
 //! (loaded at open from the log itself), and the next row of messages and contacts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -231,7 +231,7 @@ struct Run {
     /// Idempotency keys the run's sends wrote, with their messages.
     client_keys: HashMap<Vec<u8>, pb::Message>,
     /// Messages the run's receipts made DELIVERED.
-    delivered: HashSet<Uuid>,
+    delivered: foldhash::HashSet<Uuid>,
     /// Where the run starts in the group.
     from: RunStart,
     /// Jobs written.
@@ -287,7 +287,7 @@ impl Run {
             kind,
             batch: t.db.batch(),
             client_keys: HashMap::new(),
-            delivered: HashSet::new(),
+            delivered: foldhash::HashSet::default(),
             from: RunStart {
                 reply: done.replies.len(),
                 event: done.events.len(),
@@ -375,7 +375,7 @@ struct Tx<'a> {
     /// Idempotency keys written to `batch` and not yet committed, with their messages.
     client_keys: &'a mut HashMap<Vec<u8>, pb::Message>,
     /// Messages made DELIVERED in `batch`, not yet committed.
-    delivered: &'a mut HashSet<Uuid>,
+    delivered: &'a mut foldhash::HashSet<Uuid>,
 }
 
 impl Tx<'_> {
@@ -721,14 +721,17 @@ fn mark_delivered(
     let r = uuid_text(recipient);
     let delivered = MessageState::Delivered as i32;
     let mut by_sender: BTreeMap<AccountId, Vec<String>> = BTreeMap::new();
-    let mut seen = HashSet::new();
     let t = tx.t;
+    // One set, sized once: a replay chunk's 512 ids made the writer's hashing and rehashing a
+    // tenth of its CPU in the first replay (BENCHMARKS.md, thirty-fifth session).
+    tx.delivered.reserve(ids.len());
     for id in ids {
         let Ok(uuid) = Uuid::parse_str(&id) else {
             continue;
         };
-        // Seen already in this receipt, or made DELIVERED by an earlier one of the batch.
-        if !seen.insert(uuid) || tx.delivered.contains(&uuid) {
+        // Made DELIVERED already, by this receipt or an earlier one of the run. An id this
+        // receipt repeats but did not change is looked up again and skipped again.
+        if tx.delivered.contains(&uuid) {
             continue;
         }
         let Some(index) = t.message_index(uuid)? else {
@@ -1076,7 +1079,9 @@ pub(super) mod tests {
         assert_eq!(state_of(&t, ids[0]), MessageState::Sent as i32);
         // Only the recipient's receipt counts.
         assert_eq!(delivered(&t, &mut st, &d, a, &ids), 0);
-        assert_eq!(delivered(&t, &mut st, &d, b, &ids), 3);
+        // An id repeated in one receipt is made DELIVERED and logged once.
+        assert_eq!(delivered(&t, &mut st, &d, b, &[ids[0], ids[0]]), 1);
+        assert_eq!(delivered(&t, &mut st, &d, b, &ids), 2);
         assert_eq!(delivered(&t, &mut st, &d, b, &ids), 0);
         for id in &ids {
             assert_eq!(state_of(&t, *id), MessageState::Delivered as i32);
