@@ -16,8 +16,9 @@
 //! `SCHED_BATCH` instead (`spawn_hand_off`); the syncer, whose wake-up answers the sends, keeps
 //! its short slice. Their wake-ups then do not preempt, so each runs a larger batch per
 //! switch. Where a context switch is dear (a nested AMD guest, ~3.3 µs a hand-off) that cut
-//! the server's CPU per send by 15–18%, and doubled `e2e`'s p99: a setting for deployments
-//! that want sends first (BENCHMARKS.md, thirty-fourth session).
+//! the server's CPU per send by 15–18%, and doubled `e2e`'s p99; on another such host it cut
+//! 14% and delivered no later: a setting for deployments that want sends first
+//! (BENCHMARKS.md, thirty-fourth and thirty-fifth sessions).
 
 use crate::config::HandOffs;
 

@@ -2,7 +2,9 @@
 # data dir (127.0.0.1:50061, metrics on 127.0.0.1:9161, load-test limits off, log level warn) and
 # defines `ctl` (phantomctl as the admin), `cpu` (the server's CPU ticks in all, and its
 # store writer thread's) and `send_h2load`. Killed, and the dir removed, when the script exits.
-# HAND_OFFS=batched sets `server.hand_offs`.
+# HAND_OFFS=batched sets `server.hand_offs`. BATCH_THREADS="NAME ..." moves the server's threads
+# of those names (as in /proc, cut to 15 characters) to SCHED_BATCH with the default slice once it
+# is up (`chrt -b`, as `hand_offs = "batched"` does for two of them), to measure one at a time.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
 server_config "$dir" 50061 9161 $admin
@@ -13,6 +15,11 @@ fi
 sp=$!
 trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 up 50061
+for name in ${BATCH_THREADS:-}; do
+  for t in /proc/$sp/task/*; do
+    [ "$(cat "$t/comm")" = "$name" ] && chrt -b -p 0 "${t##*/}"
+  done
+done
 ctl() { "$bin/phantomctl" --server 127.0.0.1:50061 --token $admin "$@"; }
 cpu() {
   local w=0 t
