@@ -48,8 +48,9 @@ pub fn spawn_woken<T: Send + 'static>(
 /// writer), scheduled as `hand_offs` says: `Prompt`, as `spawn_woken`; `Batched`, under
 /// `SCHED_BATCH`, so that its wake-up does not cut a tokio worker short: the worker reads on
 /// and the thread takes a larger batch when it runs, so a send costs fewer context switches.
-/// On a nested AMD host that was 15–18% less server CPU per send and 13–17% more h2load
-/// sends, and twice `e2e`'s p99 (BENCHMARKS.md, thirty-fourth session).
+/// On two nested AMD hosts that was 14–18% less server CPU per send and ~10–17% more h2load
+/// sends; `e2e`'s p99 doubled on one and not on the other (BENCHMARKS.md, thirty-fourth and
+/// thirty-fifth sessions).
 pub fn spawn_hand_off<T: Send + 'static>(
     name: &str,
     hand_offs: HandOffs,
