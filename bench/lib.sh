@@ -61,6 +61,24 @@ up() {
   exit 1
 }
 
+# port_in LOG TEXT: waits (two minutes at most, as `up`) until LOG has a line with TEXT followed
+# by 127.0.0.1:PORT, and prints PORT. For a process started on port 0 that prints where it
+# listens (the server: "listening on ", "metrics on http://"; the tool's echo: "echo listening
+# on "): a fixed port inside the ephemeral range (32768-60999 on Linux) can be held for a while
+# by an earlier client's connection, and the bind then fails.
+port_in() {
+  local line
+  for _ in $(seq 1200); do
+    if line=$(grep -m1 -F "$2" "$1" 2>/dev/null); then
+      sed -E 's/.*127\.0\.0\.1:([0-9]+).*/\1/' <<<"$line"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "no \"$2\" in $1" >&2
+  exit 1
+}
+
 # ok_sends METRICS_PORT: the SendMessage calls the server answered OK, from its /metrics (h2load
 # counts a gRPC error as a success: HTTP 200).
 ok_sends() {

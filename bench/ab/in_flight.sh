@@ -13,10 +13,10 @@ bin=$(realpath "$1"); secs=$2; rounds=$3
 [ "$secs" -ge 3 ] || { echo "SECONDS must be 3 or more"; exit 2; }
 . "$(dirname "$0")/server.sh"
 sender_and_body ab$$ "$dir"
-"$bin/phantom-bench" --serve-echo 127.0.0.1:50997 >/dev/null 2>&1 &
+"$bin/phantom-bench" --serve-echo 127.0.0.1:0 >"$dir/echo.log" 2>&1 &
 ep=$!
 trap 'kill $sp $ep 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-up 50997
+eport=$(port_in "$dir/echo.log" "echo listening on ")
 echo_body >"$dir/echo.bin"
 # The machine's busy and idle jiffies so far.
 ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
@@ -30,9 +30,9 @@ window() {  # PER_CONNECTION BODY URL [h2load ARGS]
   printf '%-12s %3d in flight  %9s calls/s  idle %d%%\n' "${url##*/}" $((4 * m)) \
     "$(awk '/finished in/ {print $4}' "$dir/out")" $((100 * (i1 - i0) / (t1 - t0)))
 }
-send=http://127.0.0.1:50061/phantom.v1.PhantomController/SendMessage
+send=http://127.0.0.1:$port/phantom.v1.PhantomController/SendMessage
 for _ in $(seq "$rounds"); do
-  window 16 "$dir/echo.bin" http://127.0.0.1:50997/phantom.bench.v1.Echo/Unary
+  window 16 "$dir/echo.bin" http://127.0.0.1:$eport/phantom.bench.v1.Echo/Unary
   window 16 "$dir/send.bin" $send -H "authorization: Bearer $token"
   window 32 "$dir/send.bin" $send -H "authorization: Bearer $token"
 done

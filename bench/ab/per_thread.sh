@@ -19,10 +19,10 @@ threads() {
       "$(awk '{print $14+$15}' "$t/stat")"
   done | awk '{v[$1]+=$2; n[$1]+=$3; c[$1]+=$4} END {for (k in v) print k, v[k], n[k], c[k]}' | sort
 }
-threads >"$dir/before"; s0=$(ok_sends 9161)
-"$bin/phantom-bench" --target 127.0.0.1:50061 --admin-token $admin --server-pid $sp \
-  --target-metrics 127.0.0.1:9161 "$@" >"$dir/rows" 2>/dev/null
-threads >"$dir/after"; n=$(($(ok_sends 9161) - s0))
+threads >"$dir/before"; s0=$(ok_sends $mport)
+"$bin/phantom-bench" --target 127.0.0.1:$port --admin-token $admin --server-pid $sp \
+  --target-metrics 127.0.0.1:$mport "$@" >"$dir/rows" 2>/dev/null
+threads >"$dir/after"; n=$(($(ok_sends $mport) - s0))
 echo "sends $n"
 join "$dir/before" "$dir/after" | awk -v n="$n" -v tck="$(getconf CLK_TCK)" '
   function row(k, v, i, c) { printf "%-18s voluntary %.3f  involuntary %.3f  cpu %.2f us\n", k, v / n, i / n, c * 1e6 / tck / n }

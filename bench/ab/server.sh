@@ -1,5 +1,6 @@
 # Sourced by the scripts beside it: starts BIN/phantom-grpc-api (or $SERVER) on a fresh temp
-# data dir (127.0.0.1:50061, metrics on 127.0.0.1:9161, load-test limits off, log level warn) and
+# data dir (127.0.0.1, gRPC on `$port` and metrics on `$mport`, both picked by the kernel: port 0;
+# load-test limits off, log level warn) and
 # defines `ctl` (phantomctl as the admin), `cpu` (the server's CPU ticks in all, and its
 # store writer thread's) and `send_h2load`. Killed, and the dir removed, when the script exits.
 # HAND_OFFS=batched sets `server.hand_offs`. BATCH_THREADS="NAME ..." moves the server's threads
@@ -7,20 +8,21 @@
 # is up (`chrt -b`, as `hand_offs = "batched"` does for two of them), to measure one at a time.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
-server_config "$dir" 50061 9161 $admin
+server_config "$dir" 0 0 $admin
 if [ -n "${HAND_OFFS:-}" ]; then
   sed -i "/^\[server\]/a hand_offs = \"$HAND_OFFS\"" "$dir/server.toml"
 fi
 "${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
 trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-up 50061
+port=$(port_in "$dir/log" "listening on ")
+mport=$(port_in "$dir/log" "metrics on http://")
 for name in ${BATCH_THREADS:-}; do
   for t in /proc/$sp/task/*; do
     [ "$(cat "$t/comm")" = "$name" ] && chrt -b -p 0 "${t##*/}"
   done
 done
-ctl() { "$bin/phantomctl" --server 127.0.0.1:50061 --token $admin "$@"; }
+ctl() { "$bin/phantomctl" --server 127.0.0.1:$port --token $admin "$@"; }
 cpu() {
   local w=0 t
   for t in /proc/$sp/task/*; do
@@ -34,5 +36,5 @@ tck=$(getconf CLK_TCK)
 # `sender_and_body NAME "$dir"` made.
 send_h2load() {
   grpc_h2load -m 16 -H "authorization: Bearer $token" -d "$dir/send.bin" "$@" \
-    http://127.0.0.1:50061/phantom.v1.PhantomController/SendMessage
+    http://127.0.0.1:$port/phantom.v1.PhantomController/SendMessage
 }

@@ -12,12 +12,12 @@ bin=$(realpath "$1"); secs=$2
 command -v perf >/dev/null || { echo "perf not found"; exit 1; }
 sender_and_body ab$$ "$dir"
 send_h2load -n 5000 >/dev/null
-n0=$(ok_sends 9161)
+n0=$(ok_sends $mport)
 perf trace -s -p $sp -o "$dir/trace" &
 tp=$!
 send_h2load -D "$secs" >/dev/null
 kill -INT $tp; wait $tp || true
-n=$(( $(ok_sends 9161) - n0 ))
+n=$(( $(ok_sends $mport) - n0 ))
 echo "$n sends"
 # perf trace -s: a line per thread ("name (tid), N events"), then one per system call.
 awk -v n="$n" '

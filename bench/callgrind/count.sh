@@ -34,22 +34,23 @@ counted() {  # h2 ARGS: warm-up, zero, N calls, dump
 }
 case $what in
 echo)
-  callgrind "$bin/phantom-bench" --serve-echo 127.0.0.1:50997
-  up 50997
+  callgrind "$bin/phantom-bench" --serve-echo 127.0.0.1:0
+  port=$(port_in "$dir/log" "echo listening on ")
   echo_body >"$dir/echo.bin"
-  counted -d "$dir/echo.bin" http://127.0.0.1:50997/phantom.bench.v1.Echo/Unary
+  counted -d "$dir/echo.bin" http://127.0.0.1:$port/phantom.bench.v1.Echo/Unary
   ;;
 send)
   admin=callgrind-admin-token-0123456789abcdef
-  server_config "$dir" 50996 50995 $admin
+  server_config "$dir" 0 0 $admin
   callgrind "$bin/phantom-grpc-api" --config "$dir/server.toml"
-  up 50996
-  ctl() { "$bin/phantomctl" --server 127.0.0.1:50996 --token $admin "$@"; }
+  port=$(port_in "$dir/log" "listening on ")
+  metrics=$(port_in "$dir/log" "metrics on http://")
+  ctl() { "$bin/phantomctl" --server 127.0.0.1:$port --token $admin "$@"; }
   sender_and_body callgrind$$ "$dir"
   counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
-    http://127.0.0.1:50996/phantom.v1.PhantomController/SendMessage
+    http://127.0.0.1:$port/phantom.v1.PhantomController/SendMessage
   # h2load counts a gRPC error as a success (HTTP 200): the server's own count of OK sends.
-  ok=$(ok_sends 50995)
+  ok=$(ok_sends $metrics)
   [ "$ok" -eq $((warmup + n)) ] || { echo "the server answered $ok sends OK, not $((warmup + n))"; exit 1; }
   ;;
 *) echo "usage: $0 send|echo N OUT"; exit 2 ;;
