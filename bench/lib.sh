@@ -53,19 +53,12 @@ grpc_h2load() {
   h2load -c 4 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' "$@"
 }
 
-# up PORT: waits until 127.0.0.1:PORT takes connections (two minutes at most: a server under
-# valgrind starts slowly).
-up() {
-  for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
-  echo "not listening on $1"
-  exit 1
-}
-
-# port_in LOG TEXT: waits (two minutes at most, as `up`) until LOG has a line with TEXT followed
-# by 127.0.0.1:PORT, and prints PORT. For a process started on port 0 that prints where it
-# listens (the server: "listening on ", "metrics on http://"; the tool's echo: "echo listening
-# on "): a fixed port inside the ephemeral range (32768-60999 on Linux) can be held for a while
-# by an earlier client's connection, and the bind then fails.
+# port_in LOG TEXT: waits (two minutes at most: a server under valgrind starts slowly) until LOG
+# has a line with TEXT followed by 127.0.0.1:PORT, and prints PORT. For a process started on
+# port 0 that prints where it listens once it takes connections (the server: "listening on ",
+# "metrics on http://"; the tool's echo: "echo listening on "): a fixed port inside the
+# ephemeral range (32768-60999 on Linux) can be held for a while by an earlier client's
+# connection, and the bind then fails.
 port_in() {
   local line
   for _ in $(seq 1200); do
