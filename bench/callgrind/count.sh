@@ -44,13 +44,13 @@ send)
   server_config "$dir" 0 0 $admin
   callgrind "$bin/phantom-grpc-api" --config "$dir/server.toml"
   port=$(port_in "$dir/log" "listening on ")
-  metrics=$(port_in "$dir/log" "metrics on http://")
+  mport=$(port_in "$dir/log" "metrics on http://")
   ctl() { "$bin/phantomctl" --server 127.0.0.1:$port --token $admin "$@"; }
   sender_and_body callgrind$$ "$dir"
   counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
     http://127.0.0.1:$port/phantom.v1.PhantomController/SendMessage
   # h2load counts a gRPC error as a success (HTTP 200): the server's own count of OK sends.
-  ok=$(ok_sends $metrics)
+  ok=$(ok_sends $mport)
   [ "$ok" -eq $((warmup + n)) ] || { echo "the server answered $ok sends OK, not $((warmup + n))"; exit 1; }
   ;;
 *) echo "usage: $0 send|echo N OUT"; exit 2 ;;
