@@ -95,8 +95,8 @@ pub enum HandOffs {
     #[default]
     Prompt,
     /// When the CPU is free (`SCHED_BATCH`): fewer context switches per send and more sends
-    /// per second; on some hosts later deliveries (BENCHMARKS.md, thirty-fourth and
-    /// thirty-fifth sessions).
+    /// per second; on some hosts later deliveries (BENCHMARKS.md, thirty-fourth to
+    /// thirty-sixth sessions).
     Batched,
 }
 

@@ -17,8 +17,8 @@
 //! its short slice. Their wake-ups then do not preempt, so each runs a larger batch per
 //! switch. Where a context switch is dear (a nested AMD guest, ~3.3 µs a hand-off) that cut
 //! the server's CPU per send by 15–18%, and doubled `e2e`'s p99; on another such host it cut
-//! 14% and delivered no later: a setting for deployments that want sends first
-//! (BENCHMARKS.md, thirty-fourth and thirty-fifth sessions).
+//! 14% and delivered no later, on an Intel host 12.6% with a mixed p99: a setting for
+//! deployments that want sends first (BENCHMARKS.md, thirty-fourth to thirty-sixth sessions).
 
 use crate::config::HandOffs;
 
@@ -48,9 +48,10 @@ pub fn spawn_woken<T: Send + 'static>(
 /// writer), scheduled as `hand_offs` says: `Prompt`, as `spawn_woken`; `Batched`, under
 /// `SCHED_BATCH`, so that its wake-up does not cut a tokio worker short: the worker reads on
 /// and the thread takes a larger batch when it runs, so a send costs fewer context switches.
-/// On two nested AMD hosts that was 14–18% less server CPU per send and ~10–17% more h2load
-/// sends; `e2e`'s p99 doubled on one and not on the other (BENCHMARKS.md, thirty-fourth and
-/// thirty-fifth sessions).
+/// On two nested AMD hosts and an Intel one that was 12.6–18% less server CPU per send and
+/// ~10–17% more h2load sends; `e2e`'s p99 doubled on one AMD host, was mixed on the Intel
+/// one and no worse on the other AMD one (BENCHMARKS.md, thirty-fourth to thirty-sixth
+/// sessions).
 pub fn spawn_hand_off<T: Send + 'static>(
     name: &str,
     hand_offs: HandOffs,
