@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::records::decode_message;
 use super::writer::client_key;
-use super::{MESSAGE_ROW, MessageIndex, Tables, be, int_at, keyspace_options};
+use super::{MESSAGE_ROW, MessageIndex, NOT_LOGGED, Tables, be, int_at, keyspace_options};
 use crate::core::{CoreError, CoreResult};
 use crate::store::sqlite::pair_key;
 
@@ -92,6 +92,9 @@ fn move_messages(t: &Tables, old: &fjall::Keyspace) -> CoreResult<usize> {
             recipient,
             sender,
             state,
+            // The old layout's events name no message, so its messages never read as
+            // DELIVERED by the watermark: their states stay as written.
+            received: NOT_LOGGED,
         };
         batch.insert(&t.messages, index.key(), record);
         batch.insert(&t.message_ids, id.as_bytes(), index.encode());
@@ -118,7 +121,7 @@ fn old_state(entry: &[u8], in_record: i32) -> CoreResult<i32> {
     match entry.len() {
         8 => Ok(in_record),
         33 => Ok(i32::from(entry[32])),
-        MessageIndex::LEN => Ok(MessageIndex::decode(entry)?.state),
+        MessageIndex::OLD_LEN | MessageIndex::LEN => Ok(MessageIndex::decode(entry)?.state),
         n => Err(CoreError::Internal(format!(
             "malformed message index entry ({n} bytes)"
         ))),
@@ -213,7 +216,7 @@ mod tests {
                 .range(key2(pair, 0)..=key2(pair, u64::MAX))
                 .map(|g| {
                     let (k, v) = g.into_inner().unwrap();
-                    let m = t.message_record(&v).unwrap();
+                    let m = t.message_record(&v, &mut Default::default()).unwrap();
                     (int_at(&k, 8).unwrap(), m.message_id, m.state)
                 })
                 .collect();

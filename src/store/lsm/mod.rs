@@ -21,7 +21,7 @@
 //! | `tokens` | token id (16 bytes) | `StoredToken` (JSON) |
 //! | `contacts` | owner row, peer row | `ContactRecord` fields (JSON) |
 //! | `messages` | pair of account rows (`pair_key`), message row | `pb::Message` (protobuf, ids raw: `records`; `state` as sent) |
-//! | `message_ids` | message id (16 bytes) | `MessageIndex`: pair, row, recipient row, sender id, state |
+//! | `message_ids` | message id (16 bytes) | `MessageIndex`: pair, row, recipient row, sender id, state, seq of its MessageReceived |
 //! | `client_ids` | sender row, `client_message_id` | pair, message row |
 //! | `events` | account row, seq | `pb::Event` (protobuf, ids raw: `records`; a message event refers to its message by its `messages` key) |
 //! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
@@ -32,8 +32,11 @@
 //! index entry and two events (the keyspace is named `pair_messages` on disk; `migrate` moves a
 //! data dir of the earlier layout, where a `conversations` index pointed at records keyed by row
 //! alone). A message's state lives in its `message_ids` entry, not in its record, so that a
-//! receipt is one lookup and one 41-byte write rather than a read, decode and rewrite of the
-//! whole message. The newest row is kept in `counters`, written once per batch that sends.
+//! receipt is one lookup and one 49-byte write rather than a read, decode and rewrite of the
+//! whole message. A replay's receipt writes not even that: it moves its recipient's
+//! `delivered` watermark over the stretch it replayed, and a SENT entry whose MessageReceived
+//! is at or below the watermark reads as DELIVERED (`MessageIndex::state_at`). The newest row
+//! is kept in `counters`, written once per batch that sends.
 
 mod journal;
 mod memtables;
@@ -59,8 +62,8 @@ use super::{EventSink, Jobs, LogBounds, Store};
 use crate::config::HandOffs;
 use crate::core::stats::StoreStats;
 use crate::core::{
-    AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, Page, PageRequest,
-    PresenceStatus, TokenRecord,
+    AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, MessageState, Page,
+    PageRequest, PresenceStatus, TokenRecord,
 };
 use crate::pb;
 
@@ -99,12 +102,21 @@ struct MessageIndex {
     /// Its recipient's row.
     recipient: i64,
     sender: AccountId,
+    /// Its state as last written; a SENT message may read as DELIVERED (`state_at`).
     state: i32,
+    /// The seq of its MessageReceived in its recipient's log; `NOT_LOGGED` in entries written
+    /// before 2026-12-06, which never read as DELIVERED by the watermark.
+    received: u64,
 }
 
+/// `MessageIndex::received` of an entry that does not know its MessageReceived.
+const NOT_LOGGED: u64 = u64::MAX;
+
 impl MessageIndex {
-    /// Length of an entry: pair, row, recipient row, sender id, state.
-    const LEN: usize = 8 + 8 + 8 + 16 + 1;
+    /// Length of an entry: pair, row, recipient row, sender id, state, received seq.
+    const LEN: usize = 8 + 8 + 8 + 16 + 1 + 8;
+    /// Length of an entry written before 2026-12-06: without the received seq.
+    const OLD_LEN: usize = Self::LEN - 8;
 
     fn encode(&self) -> [u8; Self::LEN] {
         let mut v = [0; Self::LEN];
@@ -114,23 +126,40 @@ impl MessageIndex {
         v[24..40].copy_from_slice(self.sender.as_bytes());
         // Message states are 0..=3 (api.md); one byte holds them.
         v[40] = self.state as u8;
+        v[41..].copy_from_slice(&self.received.to_be_bytes());
         v
     }
 
     fn decode(v: &[u8]) -> CoreResult<Self> {
-        if v.len() != Self::LEN {
-            return Err(CoreError::Internal(format!(
-                "malformed message index entry ({} bytes)",
-                v.len()
-            )));
-        }
+        let received = match v.len() {
+            Self::LEN => int_at(v, 41)? as u64,
+            Self::OLD_LEN => NOT_LOGGED,
+            n => {
+                return Err(CoreError::Internal(format!(
+                    "malformed message index entry ({n} bytes)"
+                )));
+            }
+        };
         Ok(MessageIndex {
             pair: int_at(v, 0)?,
             row: int_at(v, 8)?,
             recipient: int_at(v, 16)?,
             sender: Uuid::from_slice(&v[24..40]).map_err(CoreError::internal)?,
             state: i32::from(v[40]),
+            received,
         })
+    }
+
+    /// Its state when its recipient's delivered watermark is `delivered`: a replay's receipt
+    /// moves the watermark instead of rewriting the entry of every message it delivers, which
+    /// spared the first replay a third of its writes (BENCHMARKS.md, thirty-seventh session).
+    fn state_at(&self, delivered: u64) -> i32 {
+        let sent = MessageState::Sent as i32;
+        if self.state == sent && self.received != NOT_LOGGED && self.received <= delivered {
+            MessageState::Delivered as i32
+        } else {
+            self.state
+        }
     }
 
     /// The key of the message's record in `messages`.
@@ -246,6 +275,22 @@ fn keyspace_options() -> KeyspaceCreateOptions {
         .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
 }
 
+/// Delivered watermarks read during one read, by account row: a conversation has two.
+#[derive(Default)]
+struct Watermarks(Vec<(i64, u64)>);
+
+impl Watermarks {
+    /// The watermark of the account at `row`, read from `t` the first time.
+    fn of(&mut self, t: &Tables, row: i64) -> CoreResult<u64> {
+        if let Some(&(_, mark)) = self.0.iter().find(|(r, _)| *r == row) {
+            return Ok(mark);
+        }
+        let mark = t.delivered_through(row)?;
+        self.0.push((row, mark));
+        Ok(mark)
+    }
+}
+
 impl Tables {
     fn open(dir: &Path) -> CoreResult<Self> {
         // Hot blocks of the newest log and messages stay in memory; fjall's own threads flush
@@ -309,11 +354,20 @@ impl Tables {
         }
     }
 
-    /// A record read from `messages`, with its current state (from its index entry).
-    fn message_record(&self, record: &[u8]) -> CoreResult<pb::Message> {
+    /// A record read from `messages`, with its current state (from its index entry and its
+    /// recipient's watermark, read once per recipient into `marks`).
+    fn message_record(&self, record: &[u8], marks: &mut Watermarks) -> CoreResult<pb::Message> {
         let (mut m, _, index) = self.record_and_index(record)?;
-        m.state = index.state;
+        m.state = index.state_at(marks.of(self, index.recipient)?);
         Ok(m)
+    }
+
+    /// The delivered watermark of the account at `row` (0: none yet).
+    fn delivered_through(&self, row: i64) -> CoreResult<u64> {
+        match self.delivered.get(be(row))? {
+            Some(v) => Ok(int_at(&v, 0)? as u64),
+            None => Ok(0),
+        }
     }
 
     /// A record read from `messages` (its state as sent), its id and its index entry.
@@ -332,7 +386,7 @@ impl Tables {
             .messages
             .get(key)?
             .ok_or_else(|| CoreError::Internal("a message record is missing".into()))?;
-        self.message_record(&v)
+        self.message_record(&v, &mut Watermarks::default())
     }
 
     /// The index entry of the message with this id.
@@ -579,11 +633,11 @@ impl Store for LsmStore {
             let peer_row = t.account_row(peer)?.ok_or_else(not_found)?;
             let me_row = t.account_row(me)?.ok_or_else(not_found)?;
             let pair = pair_key(me_row, peer_row);
-            let mut rows = Vec::new();
+            let (mut rows, mut marks) = (Vec::new(), Watermarks::default());
             let range = t.messages.range(key2(pair, 0)..key2(pair, before as u64));
             for g in range.rev().take(page.size + 1) {
                 let (k, v) = g.into_inner()?;
-                rows.push((int_at(&k, 8)?, t.message_record(&v)?));
+                rows.push((int_at(&k, 8)?, t.message_record(&v, &mut marks)?));
             }
             Ok(paginate_rows(rows, page.size))
         })

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::prefill::Prefill;
 use super::records::{encode_event, encode_message, encode_message_event};
 use super::{
-    MESSAGE_ROW, MessageIndex, StoredAccount, StoredContact, StoredToken, Tables, be, from_json,
-    int_at, key2, to_json,
+    MESSAGE_ROW, MessageIndex, NOT_LOGGED, StoredAccount, StoredContact, StoredToken, Tables, be,
+    from_json, int_at, key2, to_json,
 };
 use crate::core::events::{new_event, new_event_with_id};
 use crate::core::stats::StoreStats;
@@ -382,16 +382,16 @@ impl Tx<'_> {
     /// Appends an event to an account's log at its next seq, dropping the entry that falls
     /// out of retention. The account was checked by the caller.
     fn append(&mut self, account: AccountId, event: pb::Event) -> CoreResult<()> {
-        self.append_encoded(account, event, encode_event)
+        self.append_encoded(account, event, encode_event).map(drop)
     }
 
-    /// `append`, the event's record made by `encode`.
+    /// `append`, the event's record made by `encode`; the event's seq.
     fn append_encoded(
         &mut self,
         account: AccountId,
         mut event: pb::Event,
         encode: impl FnOnce(&mut pb::Event) -> Vec<u8>,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<u64> {
         let retention = self.st.retention;
         let a = self
             .st
@@ -406,11 +406,12 @@ impl Tx<'_> {
             self.batch
                 .remove(&self.t.events, key2(a.row, a.head - retention));
         }
+        let seq = event.seq;
         self.events.push(CommittedEvent {
             account_id: account,
             event,
         });
-        Ok(())
+        Ok(seq)
     }
 
     fn put_account(&mut self, row: i64, a: &StoredAccount) -> CoreResult<()> {
@@ -613,17 +614,17 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let row = tx.st.next_message;
     tx.st.next_message += 1;
     let record = encode_message(&mut m, Some([id, sender, recipient]));
-    let index = MessageIndex {
+    let mut index = MessageIndex {
         pair: pair_key(sender_row, recipient_row),
         row,
         recipient: recipient_row,
         sender,
         state: m.state,
+        received: NOT_LOGGED,
     };
     // The record's key: the idempotency entry and both events refer to it.
     let at = index.key();
     tx.batch.insert(&tx.t.messages, at, record);
-    tx.put_index(id, &index);
     if let Some(key) = client_key {
         tx.batch.insert(&tx.t.client_ids, key.as_slice(), at);
         tx.client_keys.insert(key, m.clone());
@@ -634,13 +635,18 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     let sent = Kind::MessageSent(pb::MessageSent {
         message: Some(m.clone()),
     });
-    let (event, id) = new_event_with_id(sent);
-    tx.append_encoded(sender, event, |e| encode_message_event(e, Some(id), &at))?;
+    let (event, event_id) = new_event_with_id(sent);
+    tx.append_encoded(sender, event, |e| {
+        encode_message_event(e, Some(event_id), &at)
+    })?;
     let received = Kind::MessageReceived(pb::MessageReceived {
         message: Some(m.clone()),
     });
-    let (event, id) = new_event_with_id(received);
-    tx.append_encoded(recipient, event, |e| encode_message_event(e, Some(id), &at))?;
+    let (event, event_id) = new_event_with_id(received);
+    index.received = tx.append_encoded(recipient, event, |e| {
+        encode_message_event(e, Some(event_id), &at)
+    })?;
+    tx.put_index(id, &index);
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
         duplicate: false,
@@ -704,7 +710,9 @@ fn mark_read(
 ///
 /// With `covers` (a replay chunk: every MessageReceived of that stretch of the log is among
 /// `ids`), a stretch at or below the recipient's delivered watermark is skipped without a
-/// lookup, and one that starts at or below it moves the watermark to its end.
+/// lookup, and one that starts at or below it moves the watermark to its end. Its messages
+/// then read as DELIVERED by the watermark (`MessageIndex::state_at`), so their index entries
+/// are not rewritten: the receipt writes the watermark and the senders' events alone.
 fn mark_delivered(
     tx: &mut Tx,
     recipient: AccountId,
@@ -718,6 +726,9 @@ fn mark_delivered(
     if covers.is_some_and(|c| c.through <= watermark) {
         return Ok(WriteOutput::Ids(Vec::new()));
     }
+    // The watermark after this receipt: a chunk that starts past it leaves a gap, so it moves
+    // nothing and its messages are written DELIVERED one by one.
+    let moved_to = covers.filter(|c| c.after <= watermark).map(|c| c.through);
     let r = uuid_text(recipient);
     let delivered = MessageState::Delivered as i32;
     let mut by_sender: BTreeMap<AccountId, Vec<String>> = BTreeMap::new();
@@ -737,24 +748,26 @@ fn mark_delivered(
         let Some(index) = t.message_index(uuid)? else {
             continue;
         };
-        if index.recipient != recipient_row || index.state >= delivered {
+        if index.recipient != recipient_row || index.state_at(watermark) >= delivered {
             continue;
         }
-        let state = MessageIndex {
-            state: delivered,
-            ..index
-        };
-        tx.put_index(uuid, &state);
+        if moved_to.is_none_or(|mark| index.received > mark) {
+            let state = MessageIndex {
+                state: delivered,
+                ..index
+            };
+            tx.put_index(uuid, &state);
+        }
         by_sender.entry(index.sender).or_default().push(id);
         tx.delivered.insert(uuid);
     }
     let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
-    if let Some(c) = covers.filter(|c| c.after <= watermark)
+    if let Some(mark) = moved_to
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
     {
-        a.delivered = c.through;
+        a.delivered = mark;
         tx.batch
-            .insert(&t.delivered, be(recipient_row), be(c.through as i64));
+            .insert(&t.delivered, be(recipient_row), be(mark as i64));
     }
     Ok(WriteOutput::Ids(changed))
 }
@@ -818,11 +831,13 @@ pub(super) mod tests {
         }
     }
 
-    /// A message's state, as its index entry has it and as a read of its record gives it.
+    /// A message's state, as its index entry and its recipient's watermark give it, and as a
+    /// read of its record gives it.
     fn state_of(t: &Tables, id: Uuid) -> i32 {
         let index = t.message_index(id).unwrap().unwrap();
-        assert_eq!(t.message_at(&index.key()).unwrap().state, index.state);
-        index.state
+        let state = index.state_at(t.delivered_through(index.recipient).unwrap());
+        assert_eq!(t.message_at(&index.key()).unwrap().state, state);
+        state
     }
 
     /// A fresh store with two accounts, "a" and "b", and logs of `retention` events.
@@ -1027,6 +1042,117 @@ pub(super) mod tests {
         assert_eq!(kinds(a), vec![(4, "state"), (5, "state"), (6, "sent")]);
         assert_eq!(kinds(b), vec![(4, "received")]);
         assert_eq!(t.head(st.row(a).unwrap()).unwrap(), 6);
+    }
+
+    /// A replay's receipt moves the recipient's watermark instead of rewriting index entries:
+    /// its messages read as DELIVERED (in a record read too, and after a reopen) while their
+    /// entries still say SENT, each sender is told once, a later live receipt changes nothing,
+    /// and a chunk that leaves a gap after the watermark writes its entries one by one.
+    #[test]
+    fn a_replay_receipt_moves_the_watermark_instead_of_the_entries() {
+        let (dir, t, mut st, d, a, b) = two_accounts(1000);
+        let ids: Vec<Uuid> = (0..6).map(|_| send(&t, &mut st, &d, a, b)).collect();
+        let entry = |t: &Tables, id: Uuid| t.message_index(id).unwrap().unwrap();
+        let seq = |id: Uuid| entry(&t, id).received;
+        let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
+        let replay = |st: &mut State, ids: &[Uuid], after: u64, through: u64| {
+            let op = WriteOp::MarkDelivered {
+                recipient: b,
+                ids: ids.iter().map(Uuid::to_string).collect(),
+                covers: Some(LogRange { after, through }),
+            };
+            match run_job(&t, st, op, &d).unwrap().0 {
+                WriteOutput::Ids(changed) => changed,
+                _ => panic!("MarkDelivered answers ids"),
+            }
+        };
+        let text = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect::<Vec<_>>();
+        // Each MessageReceived's seq is in the entry, one after another in b's log.
+        let first = seq(ids[0]);
+        assert!(first >= 1 && first != NOT_LOGGED);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(seq(*id), first + n as u64);
+        }
+
+        assert_eq!(delivered(&t, &mut st, &d, b, &ids[..1]), 1);
+        assert_eq!(entry(&t, ids[0]).state, delivered_state);
+        let head_a = t.head(st.row(a).unwrap()).unwrap();
+        // The first three, from the start of b's log: the live one is not told again.
+        let through = seq(ids[2]);
+        assert_eq!(replay(&mut st, &ids[..3], 0, through), text(&ids[1..3]));
+        let b_row = st.row(b).unwrap();
+        assert_eq!(t.delivered_through(b_row).unwrap(), through);
+        for id in &ids[1..3] {
+            assert_eq!(entry(&t, *id).state, sent, "the entry is not rewritten");
+            assert_eq!(state_of(&t, *id), delivered_state);
+        }
+        assert_eq!(state_of(&t, ids[3]), sent);
+        // One MessageStateChanged for the sender.
+        assert_eq!(t.head(st.row(a).unwrap()).unwrap(), head_a + 1);
+        // Delivered by the watermark already: no change, no event.
+        assert_eq!(delivered(&t, &mut st, &d, b, &ids[1..3]), 0);
+        assert_eq!(replay(&mut st, &ids[..3], 0, through), Vec::<String>::new());
+        assert_eq!(t.head(st.row(a).unwrap()).unwrap(), head_a + 1);
+
+        // A chunk past a gap (ids[3] not replayed) moves nothing and writes its entry.
+        assert_eq!(
+            replay(&mut st, &ids[4..5], seq(ids[3]), seq(ids[4])),
+            text(&ids[4..5])
+        );
+        assert_eq!(t.delivered_through(b_row).unwrap(), through);
+        assert_eq!(entry(&t, ids[4]).state, delivered_state);
+        assert_eq!(state_of(&t, ids[3]), sent);
+
+        // READ is written over a message DELIVERED by the watermark, up to the one asked.
+        let op = WriteOp::MarkRead {
+            reader: b,
+            sender: a,
+            up_to: ids[2],
+        };
+        match run_job(&t, &mut st, op, &d).unwrap().0 {
+            WriteOutput::Ids(marked) => assert_eq!(marked, text(&ids[..3])),
+            _ => panic!("MarkRead answers ids"),
+        }
+        assert_eq!(state_of(&t, ids[2]), MessageState::Read as i32);
+
+        // The watermark survives a reopen, and the writer's state starts from it.
+        t.db.persist(PersistMode::SyncAll).unwrap();
+        drop(t);
+        let t = Tables::open(dir.path()).unwrap();
+        assert_eq!(
+            State::load(&t, 1000).unwrap().accounts[&b].delivered,
+            through
+        );
+        assert_eq!(state_of(&t, ids[1]), MessageState::Read as i32);
+        assert_eq!(state_of(&t, ids[3]), sent);
+        assert_eq!(state_of(&t, ids[5]), sent);
+    }
+
+    /// An index entry written before the received seq was kept still decodes, and never reads
+    /// as DELIVERED by a watermark.
+    #[test]
+    fn an_entry_without_its_received_seq_keeps_its_state() {
+        let index = MessageIndex {
+            pair: 1,
+            row: 2,
+            recipient: 3,
+            sender: Uuid::now_v7(),
+            state: MessageState::Sent as i32,
+            received: 7,
+        };
+        let new = index.encode();
+        assert_eq!(MessageIndex::decode(&new).unwrap(), index);
+        assert_eq!(index.state_at(6), MessageState::Sent as i32);
+        assert_eq!(index.state_at(7), MessageState::Delivered as i32);
+        let old = MessageIndex::decode(&new[..MessageIndex::OLD_LEN]).unwrap();
+        assert_eq!(old.received, NOT_LOGGED);
+        assert_eq!(old.state_at(u64::MAX), MessageState::Sent as i32);
+        let read = MessageIndex {
+            state: MessageState::Read as i32,
+            ..index
+        };
+        assert_eq!(read.state_at(u64::MAX), MessageState::Read as i32);
+        assert!(MessageIndex::decode(&new[..40]).is_err());
     }
 
     /// Retention inside one group of sends: with a retention of 2, five sends leave exactly
