@@ -69,14 +69,10 @@ impl State {
                     trim.remove(&t.events, old.key()?);
                 }
             }
-            let delivered = match t.delivered.get(be(row))? {
-                Some(v) => int_at(&v, 0)? as u64,
-                None => 0,
-            };
             let account = Account {
                 row,
                 head,
-                delivered,
+                delivered: t.delivered_through(row)?,
             };
             accounts.insert(id, account);
         }
