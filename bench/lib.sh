@@ -72,6 +72,13 @@ port_in() {
   exit 1
 }
 
+# server_ports LOG: sets `port` and `mport` to where the server logging to LOG listens for gRPC
+# and serves its metrics (both started on port 0 by `server_config DIR 0 0 ADMIN`).
+server_ports() {
+  port=$(port_in "$1" "listening on ")
+  mport=$(port_in "$1" "metrics on http://")
+}
+
 # ok_sends METRICS_PORT: the SendMessage calls the server answered OK, from its /metrics (h2load
 # counts a gRPC error as a success: HTTP 200).
 ok_sends() {

@@ -15,8 +15,7 @@ fi
 "${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
 trap 'kill $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-port=$(port_in "$dir/log" "listening on ")
-mport=$(port_in "$dir/log" "metrics on http://")
+server_ports "$dir/log"
 for name in ${BATCH_THREADS:-}; do
   for t in /proc/$sp/task/*; do
     [ "$(cat "$t/comm")" = "$name" ] && chrt -b -p 0 "${t##*/}"

@@ -43,8 +43,7 @@ send)
   admin=callgrind-admin-token-0123456789abcdef
   server_config "$dir" 0 0 $admin
   callgrind "$bin/phantom-grpc-api" --config "$dir/server.toml"
-  port=$(port_in "$dir/log" "listening on ")
-  mport=$(port_in "$dir/log" "metrics on http://")
+  server_ports "$dir/log"
   ctl() { "$bin/phantomctl" --server 127.0.0.1:$port --token $admin "$@"; }
   sender_and_body callgrind$$ "$dir"
   counted -H "authorization: Bearer $token" -d "$dir/send.bin" \
