@@ -54,8 +54,9 @@ async fn a_lowered_retention_trims_the_log_at_restart() {
     }
 }
 
-/// What a replay recorded as delivered stays so across a restart: replaying the whole log
-/// again tells the sender nothing new, and the next message's receipt is the next one told.
+/// What a live stream and a replay recorded as delivered stays so across a restart: replaying
+/// the whole log again tells the sender nothing new, and the next message's receipt is the
+/// next one told.
 #[tokio::test]
 async fn delivered_messages_stay_delivered_across_a_restart() {
     use phantom::pb::event::Kind;
@@ -83,7 +84,21 @@ async fn delivered_messages_stay_delivered_across_a_restart() {
         let mut alice = Events::live(&mut t.user(&a)).await;
         replay_until(&t, &b, "one").await;
         assert_eq!(next_receipt(&mut alice).await, vec![m1.message_id.clone()]);
+        // Handed out live, by a stream that starts at bob's head.
+        let _bob = Events::live(&mut t.user(&b)).await;
+        let live = t.send(&a, &b, "live").await;
+        assert_eq!(
+            next_receipt(&mut alice).await,
+            vec![live.message_id.clone()]
+        );
         t.restart().await;
+        let delivered = t.conversation(&a, &b).await;
+        assert!(
+            delivered
+                .iter()
+                .all(|m| m.state == phantom::pb::MessageState::Delivered as i32),
+            "{engine:?}: {delivered:?}"
+        );
         let mut alice = Events::live(&mut t.user(&a)).await;
         replay_until(&t, &b, "one").await;
         let m2 = t.send(&a, &b, "two").await;

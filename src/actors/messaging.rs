@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CoreError, CoreResult, MessageState, Page, PageRequest, uuid_text};
 use crate::pb;
-use crate::store::{LogRange, Reply, SentMessage, Store};
+use crate::store::{Handed, Reply, SentMessage, Store};
 
 /// The messaging authority.
 pub struct MessagingActor {
@@ -130,8 +130,8 @@ pub struct Delivered {
     pub recipient: AccountId,
     /// The message ids.
     pub ids: Vec<String>,
-    /// The stretch of the recipient's log they were all read from, for a replay chunk.
-    pub covers: Option<LogRange>,
+    /// How they were handed out, and from which stretch of the recipient's log.
+    pub handed: Handed,
 }
 
 impl Handler<Delivered> for MessagingActor {
@@ -139,7 +139,7 @@ impl Handler<Delivered> for MessagingActor {
     fn handle(&mut self, msg: Delivered, _: &mut Context<Self>) -> Self::Result {
         MessageResult(
             self.store
-                .mark_delivered(msg.recipient, msg.ids, msg.covers),
+                .mark_delivered(msg.recipient, msg.ids, msg.handed),
         )
     }
 }

@@ -26,7 +26,7 @@ use crate::core::events::{SharedEvent, new_event};
 use crate::core::stats::DeliveryStats;
 use crate::core::{AccountId, CoreResult};
 use crate::pb::{self, event::Kind};
-use crate::store::{LogRange, Store};
+use crate::store::{Handed, LogRange, Store};
 
 /// Durable events read from the log per store round-trip while replaying.
 const REPLAY_CHUNK: usize = 512;
@@ -99,6 +99,7 @@ impl Subscriptions {
             close: Some(close),
             id: None,
             last_seq: 0,
+            reported: 0,
             inbox,
             live_rx: None,
             behind: Arc::new(AtomicBool::new(false)),
@@ -127,6 +128,9 @@ pub struct SubscriberActor {
     id: Option<u64>,
     /// Highest durable seq handed to the output.
     last_seq: u64,
+    /// Every MessageReceived this stream handed out up to this seq has been reported (or was
+    /// handed out before the stream began), so a report's stretch of the log starts here.
+    reported: u64,
     /// Presence and typing for this stream, conflated; shared with the bus and the response
     /// stream, which reads it once this actor opens it.
     inbox: Arc<EphemeralInbox>,
@@ -138,7 +142,7 @@ pub struct SubscriberActor {
     _alive: TaskTrackerToken,
     /// Live durable events, buffered here until the first replay is over.
     live_rx: Option<mpsc::Receiver<SharedEvent>>,
-    /// MessageReceived ids handed out and not yet reported as delivered.
+    /// MessageReceived ids handed out after `reported` and not yet reported as delivered.
     receipts: Vec<String>,
     /// While re-reading a gap from the log: the highest live seq seen (and skipped) meanwhile.
     repair: Option<u64>,
@@ -191,11 +195,14 @@ impl SubscriberActor {
     /// what it was handed are still recorded.
     fn start_repair(&mut self, seen: u64, ctx: &mut Context<Self>) {
         self.repair = Some(seen);
+        // First what went out live, so that the repair's first chunk can cover the stretch
+        // from `reported` on: it holds no MessageReceived that is not reported.
+        self.report();
         let replay = self.replay();
-        let from = self.last_seq;
+        let (from, covered) = (self.last_seq, self.reported);
         let addr = ctx.address();
         actix::spawn(async move {
-            let res = replay.catch_up(from).await;
+            let res = replay.catch_up(from, covered).await;
             // If the actor is gone there is nothing left to resume.
             let _ = addr.send(Repaired(res)).await;
         });
@@ -205,7 +212,9 @@ impl SubscriberActor {
         let seen = self.repair.take().unwrap_or(0);
         match res {
             Ok(Some(cursor)) => {
+                // The repair's chunks reported what it handed out.
                 self.last_seq = cursor;
+                self.reported = cursor;
                 // Events committed after the last read went by while we read.
                 if seen > cursor {
                     self.start_repair(seen, ctx);
@@ -229,7 +238,9 @@ impl SubscriberActor {
         self.id = id;
         match (id, last, self.live_rx.take()) {
             (Some(_), Ok(Some(last)), Some(live_rx)) => {
+                // The replay reported what it handed out; a fresh stream starts at the head.
                 self.last_seq = last;
+                self.reported = last;
                 ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(live_rx));
                 if self.missed > self.last_seq {
                     self.start_repair(self.missed, ctx);
@@ -260,11 +271,24 @@ impl SubscriberActor {
     fn receipt(&mut self, id: String, ctx: &mut Context<Self>) {
         self.receipts.push(id);
         if self.receipts.len() == 1 {
-            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| {
-                let ids = std::mem::take(&mut act.receipts);
-                report_delivered(&act.env, act.account, ids);
-            }));
+            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.report()));
         }
+    }
+
+    /// Reports the messages handed out live since the last report, with the stretch of the
+    /// log this stream handed out unbroken meanwhile (`forward` never skips a seq), so that
+    /// the store can move the recipient's watermark instead of writing each message.
+    fn report(&mut self) {
+        if self.receipts.is_empty() {
+            return;
+        }
+        let covers = LogRange {
+            after: self.reported,
+            through: self.last_seq,
+        };
+        self.reported = self.last_seq;
+        let ids = std::mem::take(&mut self.receipts);
+        report_delivered(&self.env, self.account, ids, covers);
     }
 }
 
@@ -276,25 +300,16 @@ fn received_id(ev: &pb::Event) -> Option<String> {
     }
 }
 
-/// Records `ids` as DELIVERED to `recipient`; waits for mailbox room, never drops them.
-async fn record_delivered(
-    messaging: &Addr<MessagingActor>,
-    recipient: AccountId,
-    ids: Vec<String>,
-) {
-    Owed::record(messaging, recipient, ids, None).settle().await;
-}
-
-/// `record_delivered`, spawned on the arbiter rather than on the actor, so that the receipt is
-/// recorded even if this stream ends right now (and shutdown waits for it).
-fn report_delivered(env: &Subscriptions, recipient: AccountId, ids: Vec<String>) {
-    if ids.is_empty() {
-        return;
-    }
-    let (messaging, pending) = (env.messaging.clone(), env.tracker.token());
+/// Records `ids`, handed out live from the stretch `covers`, as DELIVERED to `recipient`.
+/// Queued for the `MessagingActor` at once, so that receipts reach the store in the order they
+/// were made; waited on in a task spawned on the arbiter rather than on the actor, so that the
+/// receipt is recorded even if this stream ends right now (and shutdown waits for it).
+fn report_delivered(env: &Subscriptions, recipient: AccountId, ids: Vec<String>, covers: LogRange) {
+    let mut owed = Owed::record(&env.messaging, recipient, ids, Handed::Live(Some(covers)));
+    let pending = env.tracker.token();
     actix::spawn(async move {
         let _pending = pending;
-        record_delivered(&messaging, recipient, ids).await;
+        owed.settle().await;
     });
 }
 
@@ -342,7 +357,7 @@ impl Actor for SubscriberActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        report_delivered(&self.env, self.account, std::mem::take(&mut self.receipts));
+        self.report();
         if let Some(id) = self.id {
             self.env.bus.do_send(Unregister {
                 account: self.account,
@@ -390,25 +405,27 @@ impl Replay {
         }
         match after_seq {
             None => Ok(Some(cursor)),
-            Some(_) => self.catch_up(cursor).await,
+            Some(_) => self.catch_up(cursor, cursor).await,
         }
     }
 
     /// Sends every logged event after `cursor`, reading past the head seen at the start so that
     /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
-    /// seq sent, or `None` if the client went away.
+    /// seq sent, or `None` if the client went away. The stream handed out `covered..=cursor`
+    /// already, every MessageReceived of it reported, so the first chunk's receipt covers it
+    /// too.
     ///
     /// Pipelined: the next chunk is read while this one is sent, and the receipts of the last
     /// `RECEIPTS_AHEAD` chunks are recorded while the next one is sent. A replay never has
     /// more than that many chunks of receipts outstanding, so it never outruns what it owes
     /// by more than that.
-    async fn catch_up(&self, mut cursor: u64) -> CoreResult<Option<u64>> {
+    async fn catch_up(&self, mut cursor: u64, covered: u64) -> CoreResult<Option<u64>> {
         let read = |after| self.store.read_events(self.account, after, REPLAY_CHUNK);
         let mut next = read(cursor);
         let mut owed: VecDeque<Owed> = VecDeque::with_capacity(RECEIPTS_AHEAD);
+        let mut after = covered;
         loop {
             let chunk = (&mut next).await?;
-            let after = cursor;
             let full = chunk.len() == REPLAY_CHUNK;
             if let Some(last) = chunk.last().filter(|_| full) {
                 next = read(last.seq);
@@ -435,11 +452,12 @@ impl Replay {
                 after,
                 through: cursor,
             };
+            after = cursor;
             owed.push_back(Owed::record(
                 &self.messaging,
                 self.account,
                 receipts,
-                Some(covers),
+                Handed::Replay(covers),
             ));
             if gone || !full {
                 for mut o in owed {
@@ -459,16 +477,16 @@ impl Owed {
         messaging: &Addr<MessagingActor>,
         recipient: AccountId,
         ids: Vec<String>,
-        covers: Option<LogRange>,
+        handed: Handed,
     ) -> Self {
         // A replay chunk without receipts still tells the store how far the log is delivered.
-        if ids.is_empty() && covers.is_none() {
+        if ids.is_empty() && matches!(handed, Handed::Live(_)) {
             return Owed(None, recipient);
         }
         let request = messaging.send(Delivered {
             recipient,
             ids,
-            covers,
+            handed,
         });
         Owed(Some(request), recipient)
     }

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{LogRange, SentMessage};
+use super::{Handed, SentMessage};
 use crate::core::stats::StoreStats;
 use crate::core::{
     AccountId, AccountRecord, ContactRecord, CoreError, CoreResult, PresenceStatus, TokenRecord,
@@ -39,12 +39,18 @@ pub(crate) fn next_group(jobs: &mut mpsc::Receiver<Job>, stats: &StoreStats) -> 
 }
 
 /// Whether a group's fsync may wait a little for another's (`syncer::RECEIPT_WAIT`): it holds
-/// only receipts of live events, which no caller waits on to go on. A replay's receipts
-/// (`covers` a range of the log) do not wait: the replay holds back until they are durable.
+/// only receipts of live events, which no caller waits on to go on. A replay's receipts do
+/// not wait: the replay holds back until they are durable.
 pub(crate) fn can_wait(group: &[Job]) -> bool {
-    group
-        .iter()
-        .all(|j| matches!(&j.op, WriteOp::MarkDelivered { covers: None, .. }))
+    group.iter().all(|j| {
+        matches!(
+            &j.op,
+            WriteOp::MarkDelivered {
+                handed: Handed::Live(_),
+                ..
+            }
+        )
+    })
 }
 
 /// One durable change.
@@ -76,7 +82,7 @@ pub(crate) enum WriteOp {
     MarkDelivered {
         recipient: AccountId,
         ids: Vec<String>,
-        covers: Option<LogRange>,
+        handed: Handed,
     },
 }
 
@@ -325,12 +331,12 @@ impl Jobs {
         &self,
         recipient: AccountId,
         ids: Vec<String>,
-        covers: Option<LogRange>,
+        handed: Handed,
     ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
         let op = WriteOp::MarkDelivered {
             recipient,
             ids,
-            covers,
+            handed,
         };
         self.write(op, ids_of)
     }

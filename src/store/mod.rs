@@ -47,6 +47,28 @@ pub struct LogRange {
     pub through: u64,
 }
 
+/// How a receipt's messages reached their recipient's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Live, as they were logged; nothing waits for the receipt. `covers`, when known, is the
+    /// stretch of the log the stream handed out unbroken since its last receipt.
+    Live(Option<LogRange>),
+    /// A replay chunk read from this stretch of the log; the replay waits for the receipt to
+    /// be durable before it reads on.
+    Replay(LogRange),
+}
+
+impl Handed {
+    /// The stretch of the recipient's log whose every MessageReceived is among the receipt's
+    /// ids, if known.
+    pub fn covers(self) -> Option<LogRange> {
+        match self {
+            Handed::Live(covers) => covers,
+            Handed::Replay(covers) => Some(covers),
+        }
+    }
+}
+
 /// Outcome of `send_message`.
 #[derive(Debug, Clone)]
 pub struct SentMessage {
@@ -156,16 +178,16 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Makes still-SENT messages among `ids` to `recipient` DELIVERED, logging one
-    /// MessageStateChanged per sender. Returns the ids that changed. `covers`, when given, is
-    /// the stretch of the recipient's log the ids were read from whole (a replay chunk): an
-    /// engine may then skip ids it knows are delivered already.
+    /// MessageStateChanged per sender. Returns the ids that changed. `handed` tells how they
+    /// reached the stream and, where known, the stretch of the recipient's log they were
+    /// handed out from whole: an engine may then skip ids it knows are delivered already.
     fn mark_delivered(
         &self,
         recipient: AccountId,
         ids: Vec<String>,
-        covers: Option<LogRange>,
+        handed: Handed,
     ) -> BoxFuture<'static, CoreResult<Vec<String>>> {
-        self.jobs().mark_delivered(recipient, ids, covers)
+        self.jobs().mark_delivered(recipient, ids, handed)
     }
 
     /// Up to `limit` durable events of an account with seq > `after`, in order.

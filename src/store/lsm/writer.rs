@@ -32,15 +32,17 @@ use crate::pb::{self, event::Kind};
 use crate::store::jobs::{Job, WriteOp, WriteOutput, can_wait, log_delivered, next_group};
 use crate::store::sqlite::pair_key;
 use crate::store::syncer::{Committed, Durable, Reply, hand_over};
-use crate::store::{LogRange, SentMessage};
+use crate::store::{Handed, SentMessage};
 
 /// An account as the writer tracks it.
 struct Account {
     row: i64,
     /// Newest seq assigned in its log.
     head: u64,
-    /// Every MessageReceived in its log up to this seq is DELIVERED or READ: a replay chunk
-    /// below it has no receipts left to record (`mark_delivered`).
+    /// Every MessageReceived in its log up to this seq is DELIVERED or READ: a receipt below it
+    /// has nothing left to record (`mark_delivered`). Ahead of the stored one while the events
+    /// logged after it hold no MessageReceived (`Tx::append_encoded`): what it claims is still
+    /// true, and a stream that starts at the head can then move it.
     delivered: u64,
 }
 
@@ -217,8 +219,8 @@ struct Written {
 /// seqno, each keyspace's memtable checks: 1-2 of fjall's ~10 µs per send, BENCHMARKS.md).
 /// A job of a run reads the tables, not the batch, so a run
 /// holds only jobs that read nothing an earlier one of it wrote, but what the run keeps for
-/// them: a send, the idempotency keys of the run's sends; a live receipt (no `covers`: it
-/// writes no watermark), the messages the run's receipts already made DELIVERED. Every
+/// them: a send, the idempotency keys of the run's sends; a live receipt, the messages the
+/// run's receipts already made DELIVERED and the watermarks they moved. Every
 /// fallible check of a job comes before its first write, so a refused job leaves nothing in
 /// the batch.
 struct Run {
@@ -248,7 +250,10 @@ impl RunKind {
     fn of(op: &WriteOp) -> Self {
         match op {
             WriteOp::SendMessage(_) => RunKind::Sends,
-            WriteOp::MarkDelivered { covers: None, .. } => RunKind::LiveReceipts,
+            WriteOp::MarkDelivered {
+                handed: Handed::Live(_),
+                ..
+            } => RunKind::LiveReceipts,
             _ => RunKind::Alone,
         }
     }
@@ -260,12 +265,19 @@ struct RunStart {
     event: usize,
     /// The group's newest message row before the run.
     message_row: Option<i64>,
+    /// Accounts whose delivered watermark the run moved, with where it was before.
+    marks: foldhash::HashMap<AccountId, u64>,
 }
 
 impl RunStart {
     /// Undoes the run in `done`: its jobs are answered `error`, its events are dropped and
-    /// their seqs given back.
+    /// their seqs given back, and the watermarks it moved put back.
     fn fail(self, st: &mut State, done: &mut Written, error: impl Fn() -> CoreError) {
+        for (account, before) in self.marks {
+            if let Some(a) = st.accounts.get_mut(&account) {
+                a.delivered = before;
+            }
+        }
         give_back(st, &done.events[self.event..]);
         done.events.truncate(self.event);
         done.message_row = self.message_row;
@@ -288,6 +300,7 @@ impl Run {
                 reply: done.replies.len(),
                 event: done.events.len(),
                 message_row: done.message_row,
+                marks: foldhash::HashMap::default(),
             },
             jobs: 0,
         }
@@ -313,6 +326,7 @@ impl Run {
             message_row: None,
             client_keys: &mut self.client_keys,
             delivered: &mut self.delivered,
+            marks: &mut self.from.marks,
         };
         match apply(&mut tx, op) {
             Ok(out) => {
@@ -342,6 +356,13 @@ impl Run {
             self.batch
                 .insert(&t.counters, MESSAGE_ROW, be(st.next_message - 1));
         }
+        // Likewise each watermark the run moved, once, at where it ended.
+        for account in self.from.marks.keys() {
+            if let Some(a) = st.accounts.get(account) {
+                self.batch
+                    .insert(&t.delivered, be(a.row), be(a.delivered as i64));
+            }
+        }
         if let Err(e) = self.batch.commit() {
             d.broken.store(true, Ordering::Release);
             tracing::error!(error = %e, "store write failed; refusing writes from now on");
@@ -352,11 +373,13 @@ impl Run {
     }
 }
 
-/// Gives back the seqs `events` took (their writes were not stored).
+/// Gives back the seqs `events` took (their writes were not stored), and any watermark that
+/// moved over them: a seq given back may next hold a MessageReceived.
 fn give_back(st: &mut State, events: &[CommittedEvent]) {
     for ev in events {
         if let Some(a) = st.accounts.get_mut(&ev.account_id) {
             a.head = a.head.min(ev.event.seq - 1);
+            a.delivered = a.delivered.min(a.head);
         }
     }
 }
@@ -372,6 +395,8 @@ struct Tx<'a> {
     client_keys: &'a mut HashMap<Vec<u8>, pb::Message>,
     /// Messages made DELIVERED in `batch`, not yet committed.
     delivered: &'a mut foldhash::HashSet<Uuid>,
+    /// Watermarks moved in `batch` (`RunStart::marks`).
+    marks: &'a mut foldhash::HashMap<AccountId, u64>,
 }
 
 impl Tx<'_> {
@@ -394,6 +419,11 @@ impl Tx<'_> {
             .accounts
             .get_mut(&account)
             .ok_or_else(|| CoreError::Internal(format!("no account {account} to log for")))?;
+        // Nothing undelivered below the head: an event that is no message to this account
+        // keeps it so (in memory only, where a stream that starts at the head finds it).
+        if a.delivered == a.head && !matches!(event.kind, Some(Kind::MessageReceived(_))) {
+            a.delivered += 1;
+        }
         a.head += 1;
         event.seq = a.head;
         self.batch
@@ -527,8 +557,8 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
         WriteOp::MarkDelivered {
             recipient,
             ids,
-            covers,
-        } => mark_delivered(tx, recipient, ids, covers),
+            handed,
+        } => mark_delivered(tx, recipient, ids, handed),
     }
 }
 
@@ -704,17 +734,19 @@ fn mark_read(
 /// Makes messages to `recipient` DELIVERED where they are still SENT (a READ message stays
 /// READ: READ implies DELIVERED), logging one MessageStateChanged per sender.
 ///
-/// With `covers` (a replay chunk: every MessageReceived of that stretch of the log is among
-/// `ids`), a stretch at or below the recipient's delivered watermark is skipped without a
-/// lookup, and one that starts at or below it moves the watermark to its end. Its messages
-/// then read as DELIVERED by the watermark (`MessageIndex::state_at`), so their index entries
-/// are not rewritten: the receipt writes the watermark and the senders' events alone.
+/// With a stretch of the log it covers (a replay chunk, or what a live stream handed out
+/// since its last receipt: every MessageReceived of that stretch is among `ids`), a stretch at
+/// or below the recipient's delivered watermark is skipped without a lookup, and one that
+/// starts at or below it moves the watermark to its end. Its messages then read as DELIVERED
+/// by the watermark (`MessageIndex::state_at`), so their index entries are not rewritten: the
+/// receipt writes the watermark (once per run, `Run::commit`) and the senders' events alone.
 fn mark_delivered(
     tx: &mut Tx,
     recipient: AccountId,
     ids: Vec<String>,
-    covers: Option<LogRange>,
+    handed: Handed,
 ) -> CoreResult<WriteOutput> {
+    let covers = handed.covers();
     let (recipient_row, watermark) = match tx.st.accounts.get(&recipient) {
         Some(a) => (a.row, a.delivered),
         None => return Err(no_account()),
@@ -761,9 +793,8 @@ fn mark_delivered(
     if let Some(mark) = moved_to
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
     {
+        tx.marks.entry(recipient).or_insert(a.delivered);
         a.delivered = mark;
-        tx.batch
-            .insert(&t.delivered, be(recipient_row), be(mark as i64));
     }
     Ok(WriteOutput::Ids(changed))
 }
@@ -772,6 +803,7 @@ fn mark_delivered(
 pub(super) mod tests {
     use super::*;
     use crate::core::{AccountRecord, PresenceStatus, TokenRecord};
+    use crate::store::LogRange;
     use crate::store::lsm::records::decode_message;
 
     /// Creates an account with this handle; its id.
@@ -819,7 +851,7 @@ pub(super) mod tests {
         let op = WriteOp::MarkDelivered {
             recipient: to,
             ids: ids.iter().map(Uuid::to_string).collect(),
-            covers: None,
+            handed: Handed::Live(None),
         };
         match run_job(t, st, op, d).unwrap().0 {
             WriteOutput::Ids(changed) => changed.len(),
@@ -998,7 +1030,7 @@ pub(super) mod tests {
         let receipt = |to: AccountId, ids: &[Uuid]| WriteOp::MarkDelivered {
             recipient: to,
             ids: ids.iter().map(Uuid::to_string).collect(),
-            covers: None,
+            handed: Handed::Live(None),
         };
         let ops = vec![
             receipt(b, &ids[..2]),
@@ -1055,7 +1087,7 @@ pub(super) mod tests {
             let op = WriteOp::MarkDelivered {
                 recipient: b,
                 ids: ids.iter().map(Uuid::to_string).collect(),
-                covers: Some(LogRange { after, through }),
+                handed: Handed::Replay(LogRange { after, through }),
             };
             match run_job(&t, st, op, &d).unwrap().0 {
                 WriteOutput::Ids(changed) => changed,
@@ -1122,6 +1154,76 @@ pub(super) mod tests {
         assert_eq!(state_of(&t, ids[1]), MessageState::Read as i32);
         assert_eq!(state_of(&t, ids[3]), sent);
         assert_eq!(state_of(&t, ids[5]), sent);
+    }
+
+    /// A live stream's receipts carry the stretch of the log they were handed out from, and
+    /// move the watermark as a replay's do: two in one run move it to where the second ends
+    /// and each tells the sender once, while the entries still say SENT. An event that is no
+    /// message to an account keeps its watermark at the head in memory (never on disk), so a
+    /// stream that starts at the head moves it; a stretch that starts past it (a message left
+    /// undelivered) writes each entry instead.
+    #[test]
+    fn a_live_receipt_with_its_stretch_moves_the_watermark() {
+        let (dir, t, mut st, d, a, b) = two_accounts(1000);
+        let b_row = st.row(b).unwrap();
+        let entry = |t: &Tables, id: Uuid| t.message_index(id).unwrap().unwrap();
+        let seq = |id: Uuid| entry(&t, id).received;
+        let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
+        // b's log opens with its own send: nothing to deliver to b below the head.
+        send(&t, &mut st, &d, b, a);
+        assert_eq!(st.accounts[&b].delivered, 1);
+        assert_eq!(t.delivered_through(b_row).unwrap(), 0);
+        let ids: Vec<Uuid> = (0..6).map(|_| send(&t, &mut st, &d, a, b)).collect();
+        assert_eq!(st.accounts[&b].delivered, 1, "a MessageReceived stops it");
+        let live = |ids: &[Uuid], after: u64, through: u64| WriteOp::MarkDelivered {
+            recipient: b,
+            ids: ids.iter().map(Uuid::to_string).collect(),
+            handed: Handed::Live(Some(LogRange { after, through })),
+        };
+        let head_a = t.head(st.row(a).unwrap()).unwrap();
+        // A stream opened at b's head (1): two receipts in one run.
+        let ops = vec![
+            live(&ids[..2], 1, seq(ids[1])),
+            live(&ids[2..3], seq(ids[1]), seq(ids[2])),
+        ];
+        let (results, _) = group(&t, &mut st, &d, ops);
+        for (r, n) in results.iter().zip([2, 1]) {
+            match r {
+                Ok(WriteOutput::Ids(changed)) => assert_eq!(changed.len(), n),
+                _ => panic!("MarkDelivered answers ids"),
+            }
+        }
+        assert_eq!(t.delivered_through(b_row).unwrap(), seq(ids[2]));
+        assert_eq!(st.accounts[&b].delivered, seq(ids[2]));
+        for id in &ids[..3] {
+            assert_eq!(entry(&t, *id).state, sent, "the entry is not rewritten");
+            assert_eq!(state_of(&t, *id), delivered_state);
+        }
+        assert_eq!(t.head(st.row(a).unwrap()).unwrap(), head_a + 2);
+        // ids[3] is left undelivered: a stretch after it moves nothing and writes its entries.
+        let (results, _) = group(
+            &t,
+            &mut st,
+            &d,
+            vec![live(&ids[4..], seq(ids[3]), seq(ids[5]))],
+        );
+        assert!(matches!(&results[0], Ok(WriteOutput::Ids(changed)) if changed.len() == 2));
+        assert_eq!(t.delivered_through(b_row).unwrap(), seq(ids[2]));
+        for id in &ids[4..] {
+            assert_eq!(entry(&t, *id).state, delivered_state);
+        }
+        assert_eq!(state_of(&t, ids[3]), sent);
+        // A receipt whose stretch the watermark passed already changes nothing.
+        let (results, _) = group(&t, &mut st, &d, vec![live(&ids[..1], 1, seq(ids[0]))]);
+        assert!(matches!(&results[0], Ok(WriteOutput::Ids(changed)) if changed.is_empty()));
+
+        let mark = seq(ids[2]);
+        t.db.persist(PersistMode::SyncAll).unwrap();
+        drop(t);
+        let t = Tables::open(dir.path()).unwrap();
+        assert_eq!(State::load(&t, 1000).unwrap().accounts[&b].delivered, mark);
+        assert_eq!(state_of(&t, ids[2]), delivered_state);
+        assert_eq!(state_of(&t, ids[3]), sent);
     }
 
     /// An index entry written before the received seq was kept still decodes, and never reads
