@@ -33,8 +33,9 @@
 //! data dir of the earlier layout, where a `conversations` index pointed at records keyed by row
 //! alone). A message's state lives in its `message_ids` entry, not in its record, so that a
 //! receipt is one lookup and one 49-byte write rather than a read, decode and rewrite of the
-//! whole message. A replay's receipt writes not even that: it moves its recipient's
-//! `delivered` watermark over the stretch it replayed, and a SENT entry whose MessageReceived
+//! whole message. A receipt that knows the stretch of the log it was handed out from (a
+//! replay's, or a live stream's since its last one) writes not even that: it moves its
+//! recipient's `delivered` watermark over that stretch, and a SENT entry whose MessageReceived
 //! is at or below the watermark reads as DELIVERED (`MessageIndex::state_at`). The newest row
 //! is kept in `counters`, written once per batch that sends.
 
@@ -150,8 +151,8 @@ impl MessageIndex {
         })
     }
 
-    /// Its state when its recipient's delivered watermark is `delivered`: a replay's receipt
-    /// moves the watermark instead of rewriting the entry of every message it delivers (the
+    /// Its state when its recipient's delivered watermark is `delivered`: a receipt moves the
+    /// watermark instead of rewriting the entry of every message it delivers where it can (the
     /// first replay 7% faster for it, BENCHMARKS.md, thirty-seventh session).
     fn state_at(&self, delivered: u64) -> i32 {
         let sent = MessageState::Sent as i32;
