@@ -275,9 +275,14 @@ impl SubscriberActor {
         }
     }
 
-    /// Reports the messages handed out live since the last report, with the stretch of the
-    /// log this stream handed out unbroken meanwhile (`forward` never skips a seq), so that
-    /// the store can move the recipient's watermark instead of writing each message.
+    /// Reports the messages handed out live since the last report as DELIVERED, with the
+    /// stretch of the log this stream handed out unbroken meanwhile (`forward` never skips a
+    /// seq), so that the store can move the recipient's watermark instead of writing each
+    /// message. Queued for the `MessagingActor` at once (while its mailbox has room), so that
+    /// receipts reach the store in the order they were made: one that overtakes an earlier one
+    /// moves nothing and writes its entries, which is right but dearer. Waited on in a task
+    /// spawned on the arbiter rather than on the actor, so that the receipt is recorded even if
+    /// this stream ends right now (and shutdown waits for it).
     fn report(&mut self) {
         if self.receipts.is_empty() {
             return;
@@ -288,7 +293,13 @@ impl SubscriberActor {
         };
         self.reported = self.last_seq;
         let ids = std::mem::take(&mut self.receipts);
-        report_delivered(&self.env, self.account, ids, covers);
+        let handed = Handed::Live(Some(covers));
+        let mut owed = Owed::record(&self.env.messaging, self.account, ids, handed);
+        let pending = self.env.tracker.token();
+        actix::spawn(async move {
+            let _pending = pending;
+            owed.settle().await;
+        });
     }
 }
 
@@ -298,19 +309,6 @@ fn received_id(ev: &pb::Event) -> Option<String> {
         Some(Kind::MessageReceived(m)) => m.message.as_ref().map(|m| m.message_id.clone()),
         _ => None,
     }
-}
-
-/// Records `ids`, handed out live from the stretch `covers`, as DELIVERED to `recipient`.
-/// Queued for the `MessagingActor` at once, so that receipts reach the store in the order they
-/// were made; waited on in a task spawned on the arbiter rather than on the actor, so that the
-/// receipt is recorded even if this stream ends right now (and shutdown waits for it).
-fn report_delivered(env: &Subscriptions, recipient: AccountId, ids: Vec<String>, covers: LogRange) {
-    let mut owed = Owed::record(&env.messaging, recipient, ids, Handed::Live(Some(covers)));
-    let pending = env.tracker.token();
-    actix::spawn(async move {
-        let _pending = pending;
-        owed.settle().await;
-    });
 }
 
 impl Actor for SubscriberActor {
