@@ -794,7 +794,7 @@ fn mark_delivered(
         && let Some(a) = tx.st.accounts.get_mut(&recipient)
     {
         tx.marks.entry(recipient).or_insert(a.delivered);
-        a.delivered = mark;
+        a.delivered = a.delivered.max(mark);
     }
     Ok(WriteOutput::Ids(changed))
 }
