@@ -1226,6 +1226,47 @@ pub(super) mod tests {
         assert_eq!(state_of(&t, ids[3]), sent);
     }
 
+    /// A run that fails puts back the watermarks it moved, and the seqs it took with the
+    /// in-memory watermark that followed them; nothing of it is stored.
+    #[test]
+    fn a_failed_run_puts_its_watermarks_back() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let ids: Vec<Uuid> = (0..2).map(|_| send(&t, &mut st, &d, a, b)).collect();
+        let through = t.message_index(ids[1]).unwrap().unwrap().received;
+        // a's log holds only its own sends: its watermark follows its head in memory.
+        let head_a = st.accounts[&a].head;
+        assert_eq!(st.accounts[&a].delivered, head_a);
+        let mut done = Written {
+            replies: Vec::new(),
+            events: Vec::new(),
+            message_row: None,
+        };
+        let mut run = Run::start(&t, RunKind::LiveReceipts, &done);
+        let (reply, _waiting) = oneshot::channel();
+        let op = WriteOp::MarkDelivered {
+            recipient: b,
+            ids: ids.iter().map(Uuid::to_string).collect(),
+            handed: Handed::Live(Some(LogRange { after: 0, through })),
+        };
+        assert!(run.add(&t, &mut st, &d, reply, op, &mut done));
+        assert_eq!(st.accounts[&b].delivered, through);
+        // The sender's MessageStateChanged, which its watermark followed.
+        assert_eq!(st.accounts[&a].head, head_a + 1);
+        assert_eq!(st.accounts[&a].delivered, head_a + 1);
+
+        run.from
+            .fail(&mut st, &mut done, || CoreError::Internal("failed".into()));
+        assert_eq!(st.accounts[&b].delivered, 0);
+        assert_eq!(st.accounts[&a].head, head_a);
+        assert_eq!(st.accounts[&a].delivered, head_a);
+        assert!(done.replies[0].1.is_err());
+        assert!(done.events.is_empty());
+        assert_eq!(t.delivered_through(st.row(b).unwrap()).unwrap(), 0);
+        for id in &ids {
+            assert_eq!(state_of(&t, *id), MessageState::Sent as i32);
+        }
+    }
+
     /// An index entry written before the received seq was kept still decodes, and never reads
     /// as DELIVERED by a watermark.
     #[test]
