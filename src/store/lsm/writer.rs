@@ -847,12 +847,17 @@ pub(super) mod tests {
         id
     }
 
-    fn delivered(t: &Tables, st: &mut State, d: &Durable, to: AccountId, ids: &[Uuid]) -> usize {
-        let op = WriteOp::MarkDelivered {
+    /// A receipt of `ids` to `to`, handed out as `handed`.
+    fn receipt(to: AccountId, ids: &[Uuid], handed: Handed) -> WriteOp {
+        WriteOp::MarkDelivered {
             recipient: to,
             ids: ids.iter().map(Uuid::to_string).collect(),
-            handed: Handed::Live(None),
-        };
+            handed,
+        }
+    }
+
+    fn delivered(t: &Tables, st: &mut State, d: &Durable, to: AccountId, ids: &[Uuid]) -> usize {
+        let op = receipt(to, ids, Handed::Live(None));
         match run_job(t, st, op, d).unwrap().0 {
             WriteOutput::Ids(changed) => changed.len(),
             _ => panic!("MarkDelivered answers ids"),
@@ -1027,17 +1032,13 @@ pub(super) mod tests {
     fn live_receipts_of_a_group_share_one_batch() {
         let (_dir, t, mut st, d, a, b) = two_accounts(1000);
         let ids: Vec<Uuid> = (0..3).map(|_| send(&t, &mut st, &d, a, b)).collect();
-        let receipt = |to: AccountId, ids: &[Uuid]| WriteOp::MarkDelivered {
-            recipient: to,
-            ids: ids.iter().map(Uuid::to_string).collect(),
-            handed: Handed::Live(None),
-        };
+        let live = |to: AccountId, ids: &[Uuid]| receipt(to, ids, Handed::Live(None));
         let ops = vec![
-            receipt(b, &ids[..2]),
-            receipt(a, &ids),
-            receipt(b, &ids[1..]),
+            live(b, &ids[..2]),
+            live(a, &ids),
+            live(b, &ids[1..]),
             WriteOp::SendMessage(message(a, b, "")),
-            receipt(b, &ids),
+            live(b, &ids),
         ];
         let (results, events) = group(&t, &mut st, &d, ops);
         let changed = |r: &CoreResult<WriteOutput>| match r {
@@ -1084,11 +1085,7 @@ pub(super) mod tests {
         let seq = |id: Uuid| entry(&t, id).received;
         let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
         let replay = |st: &mut State, ids: &[Uuid], after: u64, through: u64| {
-            let op = WriteOp::MarkDelivered {
-                recipient: b,
-                ids: ids.iter().map(Uuid::to_string).collect(),
-                handed: Handed::Replay(LogRange { after, through }),
-            };
+            let op = receipt(b, ids, Handed::Replay(LogRange { after, through }));
             match run_job(&t, st, op, &d).unwrap().0 {
                 WriteOutput::Ids(changed) => changed,
                 _ => panic!("MarkDelivered answers ids"),
@@ -1175,10 +1172,8 @@ pub(super) mod tests {
         assert_eq!(t.delivered_through(b_row).unwrap(), 0);
         let ids: Vec<Uuid> = (0..6).map(|_| send(&t, &mut st, &d, a, b)).collect();
         assert_eq!(st.accounts[&b].delivered, 1, "a MessageReceived stops it");
-        let live = |ids: &[Uuid], after: u64, through: u64| WriteOp::MarkDelivered {
-            recipient: b,
-            ids: ids.iter().map(Uuid::to_string).collect(),
-            handed: Handed::Live(Some(LogRange { after, through })),
+        let live = |ids: &[Uuid], after: u64, through: u64| {
+            receipt(b, ids, Handed::Live(Some(LogRange { after, through })))
         };
         let head_a = t.head(st.row(a).unwrap()).unwrap();
         // A stream opened at b's head (1): two receipts in one run.
@@ -1243,11 +1238,7 @@ pub(super) mod tests {
         };
         let mut run = Run::start(&t, RunKind::LiveReceipts, &done);
         let (reply, _waiting) = oneshot::channel();
-        let op = WriteOp::MarkDelivered {
-            recipient: b,
-            ids: ids.iter().map(Uuid::to_string).collect(),
-            handed: Handed::Live(Some(LogRange { after: 0, through })),
-        };
+        let op = receipt(b, &ids, Handed::Live(Some(LogRange { after: 0, through })));
         assert!(run.add(&t, &mut st, &d, reply, op, &mut done));
         assert_eq!(st.accounts[&b].delivered, through);
         // The sender's MessageStateChanged, which its watermark followed.
