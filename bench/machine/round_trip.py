@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """One-byte round trips between two processes over two pipes, each process pinned to a vCPU:
 both on vCPU 0, then one on each. The difference is what waking a thread on the other vCPU
-costs on this machine (40–45 µs in a nested AMD guest whose idle vCPUs halt, 71–76 µs in an
-Intel Firecracker guest; BENCHMARKS.md, thirty-fifth to thirty-seventh sessions). Python's own
+costs on this machine (40–62 µs in a nested AMD guest whose idle vCPUs halt, 71–76 µs in an
+Intel Firecracker guest; BENCHMARKS.md, thirty-fifth to thirty-eighth sessions). Python's own
 cost per trip is in both figures alike.
 
 usage: python3 bench/machine/round_trip.py [TRIPS]

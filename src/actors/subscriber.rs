@@ -409,9 +409,9 @@ impl Replay {
 
     /// Sends every logged event after `cursor`, reading past the head seen at the start so that
     /// a long replay leans on the log rather than on the bounded live buffer. Returns the last
-    /// seq sent, or `None` if the client went away. The stream handed out `covered..=cursor`
-    /// already, every MessageReceived of it reported, so the first chunk's receipt covers it
-    /// too.
+    /// seq sent, or `None` if the client went away. The stream handed out the seqs after
+    /// `covered` up to `cursor` already, every MessageReceived of them reported, so the first
+    /// chunk's receipt covers them too.
     ///
     /// Pipelined: the next chunk is read while this one is sent, and the receipts of the last
     /// `RECEIPTS_AHEAD` chunks are recorded while the next one is sent. A replay never has
@@ -477,10 +477,8 @@ impl Owed {
         ids: Vec<String>,
         handed: Handed,
     ) -> Self {
-        // A replay chunk without receipts still tells the store how far the log is delivered.
-        if ids.is_empty() && matches!(handed, Handed::Live(_)) {
-            return Owed(None, recipient);
-        }
+        // Sent even without ids: a replay chunk's receipt still tells the store how far the log
+        // is delivered (a live report is never empty).
         let request = messaging.send(Delivered {
             recipient,
             ids,

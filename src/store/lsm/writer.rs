@@ -864,10 +864,15 @@ pub(super) mod tests {
         }
     }
 
+    /// The index entry of message `id`, which must exist.
+    fn entry(t: &Tables, id: Uuid) -> MessageIndex {
+        t.message_index(id).unwrap().unwrap()
+    }
+
     /// A message's state, as its index entry and its recipient's watermark give it, and as a
     /// read of its record gives it.
     fn state_of(t: &Tables, id: Uuid) -> i32 {
-        let index = t.message_index(id).unwrap().unwrap();
+        let index = entry(t, id);
         let state = index.state_at(t.delivered_through(index.recipient).unwrap());
         assert_eq!(t.message_at(&index.key()).unwrap().state, state);
         state
@@ -1081,7 +1086,6 @@ pub(super) mod tests {
     fn a_replay_receipt_moves_the_watermark_instead_of_the_entries() {
         let (dir, t, mut st, d, a, b) = two_accounts(1000);
         let ids: Vec<Uuid> = (0..6).map(|_| send(&t, &mut st, &d, a, b)).collect();
-        let entry = |t: &Tables, id: Uuid| t.message_index(id).unwrap().unwrap();
         let seq = |id: Uuid| entry(&t, id).received;
         let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
         let replay = |st: &mut State, ids: &[Uuid], after: u64, through: u64| {
@@ -1163,7 +1167,6 @@ pub(super) mod tests {
     fn a_live_receipt_with_its_stretch_moves_the_watermark() {
         let (dir, t, mut st, d, a, b) = two_accounts(1000);
         let b_row = st.row(b).unwrap();
-        let entry = |t: &Tables, id: Uuid| t.message_index(id).unwrap().unwrap();
         let seq = |id: Uuid| entry(&t, id).received;
         let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
         // b's log opens with its own send: nothing to deliver to b below the head.
@@ -1227,7 +1230,7 @@ pub(super) mod tests {
     fn a_failed_run_puts_its_watermarks_back() {
         let (_dir, t, mut st, d, a, b) = two_accounts(1000);
         let ids: Vec<Uuid> = (0..2).map(|_| send(&t, &mut st, &d, a, b)).collect();
-        let through = t.message_index(ids[1]).unwrap().unwrap().received;
+        let through = entry(&t, ids[1]).received;
         // a's log holds only its own sends: its watermark follows its head in memory.
         let head_a = st.accounts[&a].head;
         assert_eq!(st.accounts[&a].delivered, head_a);
@@ -1341,7 +1344,7 @@ pub(super) mod tests {
         assert_eq!(delivered(&t, &mut st, &d, b, &ids), 0);
         for id in &ids {
             assert_eq!(state_of(&t, *id), MessageState::Delivered as i32);
-            let index = t.message_index(*id).unwrap().unwrap();
+            let index = entry(&t, *id);
             assert_eq!((index.recipient, index.sender), (st.row(b).unwrap(), a));
         }
         // READ by walking the conversation back from the second message: the first two, not
@@ -1362,7 +1365,7 @@ pub(super) mod tests {
         assert_eq!(state_of(&t, ids[2]), MessageState::Delivered as i32);
         assert_eq!(state_of(&t, back), MessageState::Sent as i32);
         // The record itself still says how the message was sent.
-        let index = t.message_index(ids[0]).unwrap().unwrap();
+        let index = entry(&t, ids[0]);
         let v = t.messages.get(index.key()).unwrap().unwrap();
         assert_eq!(decode_message(&v).unwrap().state, MessageState::Sent as i32);
         // The next row after a reopen follows the newest.
@@ -1439,7 +1442,7 @@ pub(super) mod tests {
         assert_eq!(log[1], before);
 
         // A record gone is an error naming its row, not an event without its message.
-        let index = t.message_index(ids[2]).unwrap().unwrap();
+        let index = entry(&t, ids[2]);
         t.messages.remove(index.key()).unwrap();
         let err = t.read_log(b_row, 0, 10).unwrap_err().to_string();
         assert!(err.contains(&format!("row {}", index.row)), "{err}");
