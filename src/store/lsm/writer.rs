@@ -44,6 +44,8 @@ struct Account {
     /// logged after it hold no MessageReceived (`Tx::append_encoded`): what it claims is still
     /// true, and a stream that starts at the head can then move it.
     delivered: u64,
+    /// The watermark on disk, where `delivered` starts after a restart.
+    stored: u64,
 }
 
 /// What the writer knows beyond the tables.
@@ -71,10 +73,12 @@ impl State {
                     trim.remove(&t.events, old.key()?);
                 }
             }
+            let delivered = t.delivered_through(row)?;
             let account = Account {
                 row,
                 head,
-                delivered: t.delivered_through(row)?,
+                delivered,
+                stored: delivered,
             };
             accounts.insert(id, account);
         }
@@ -122,9 +126,35 @@ pub(crate) fn run(
         // so that the group's fsync does not wait for it.
         prefill.ahead();
     }
+    if !durable.broken.load(Ordering::Acquire)
+        && let Err(e) = save_watermarks(&t, &mut st)
+    {
+        tracing::warn!(error = %e, "store: could not keep the delivered watermarks");
+    }
     if let Err(e) = t.db.persist(PersistMode::SyncAll) {
         tracing::error!(error = %e, "store: final journal sync failed");
     }
+}
+
+/// Writes each watermark that followed its account's head in memory further than the one on
+/// disk, so that after a restart a stream starting at the head moves it on instead of writing
+/// its receipts' entries one by one (an account's log commonly ends with its own sends). Run
+/// as the writer closes, when every event is committed: the final journal sync makes these
+/// durable after them. After a crash the stored ones stand, which is only slower. How many
+/// were written.
+fn save_watermarks(t: &Tables, st: &mut State) -> CoreResult<usize> {
+    let mut batch = t.db.batch();
+    for a in st.accounts.values().filter(|a| a.delivered > a.stored) {
+        batch.insert(&t.delivered, be(a.row), be(a.delivered as i64));
+    }
+    let n = batch.len();
+    if n > 0 {
+        batch.commit()?;
+        for a in st.accounts.values_mut() {
+            a.stored = a.delivered;
+        }
+    }
+    Ok(n)
 }
 
 /// Writes a group's jobs and hands their journal bytes to the OS; the group then goes to the
@@ -369,6 +399,12 @@ impl Run {
             self.from.fail(st, done, || {
                 CoreError::Unavailable("storage write failed; nothing was stored".into())
             });
+            return;
+        }
+        for account in self.from.marks.keys() {
+            if let Some(a) = st.accounts.get_mut(account) {
+                a.stored = a.delivered;
+            }
         }
     }
 }
@@ -483,6 +519,7 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
                     row: a.row,
                     head: 0,
                     delivered: 0,
+                    stored: 0,
                 },
             );
             Ok(WriteOutput::Account(a))
@@ -1222,6 +1259,46 @@ pub(super) mod tests {
         assert_eq!(State::load(&t, 1000).unwrap().accounts[&b].delivered, mark);
         assert_eq!(state_of(&t, ids[2]), delivered_state);
         assert_eq!(state_of(&t, ids[3]), sent);
+    }
+
+    /// A closing writer keeps each watermark that followed its account's head in memory, so
+    /// that after a restart a stream that started at the head moves it on; one the runs wrote
+    /// already, or held below the head by a message, is not written again.
+    #[test]
+    fn a_closing_writer_keeps_the_watermarks_it_followed() {
+        let (dir, t, mut st, d, a, b) = two_accounts(1000);
+        let b_row = st.row(b).unwrap();
+        // b's log: its own send, then a message to it. A stream opened at b's head (1).
+        send(&t, &mut st, &d, b, a);
+        let id = send(&t, &mut st, &d, a, b);
+        assert_eq!(st.accounts[&b].delivered, 1);
+        assert_eq!(t.delivered_through(b_row).unwrap(), 0);
+        // a's log holds a MessageReceived, undelivered: its watermark stays at 0.
+        assert_eq!(save_watermarks(&t, &mut st).unwrap(), 1);
+        assert_eq!(
+            save_watermarks(&t, &mut st).unwrap(),
+            0,
+            "nothing left to write"
+        );
+        t.db.persist(PersistMode::SyncAll).unwrap();
+        drop(t);
+
+        let t = Tables::open(dir.path()).unwrap();
+        let mut st = State::load(&t, 1000).unwrap();
+        assert_eq!(st.accounts[&b].delivered, 1);
+        assert_eq!(st.accounts[&a].delivered, 0);
+        let through = entry(&t, id).received;
+        let op = receipt(b, &[id], Handed::Live(Some(LogRange { after: 1, through })));
+        run_job(&t, &mut st, op, &d).unwrap();
+        assert_eq!(t.delivered_through(b_row).unwrap(), through);
+        assert_eq!(
+            entry(&t, id).state,
+            MessageState::Sent as i32,
+            "not rewritten"
+        );
+        assert_eq!(state_of(&t, id), MessageState::Delivered as i32);
+        // The receipt's run wrote that watermark: closing again writes nothing for b.
+        assert_eq!(st.accounts[&b].stored, through);
     }
 
     /// A run that fails puts back the watermarks it moved, and the seqs it took with the
