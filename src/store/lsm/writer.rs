@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::prefill::Prefill;
-use super::records::{encode_event, encode_message, encode_message_event};
+use super::records::{decode_event, encode_event, encode_message, encode_message_event};
 use super::{
     MESSAGE_ROW, MessageIndex, NOT_LOGGED, StoredAccount, StoredContact, StoredToken, Tables, be,
     from_json, int_at, key2, to_json,
@@ -46,6 +46,9 @@ struct Account {
     delivered: u64,
     /// The watermark on disk, where `delivered` starts after a restart.
     stored: u64,
+    /// The seq of a MessageReceived above `delivered` found still undelivered by `walk_gap`
+    /// (0: none known): a receipt whose stretch starts past it does not walk again.
+    blocked: u64,
 }
 
 /// What the writer knows beyond the tables.
@@ -79,6 +82,7 @@ impl State {
                 head,
                 delivered,
                 stored: delivered,
+                blocked: 0,
             };
             accounts.insert(id, account);
         }
@@ -486,6 +490,16 @@ impl Tx<'_> {
         self.batch
             .insert(&self.t.message_ids, id.as_bytes(), index.encode());
     }
+
+    /// The MessageReceived at `received` in `recipient`'s log is DELIVERED or READ now: if it
+    /// was what held `walk_gap` back, the next gap may be walked again.
+    fn unblock(&mut self, recipient: AccountId, received: u64) {
+        if let Some(a) = self.st.accounts.get_mut(&recipient)
+            && a.blocked == received
+        {
+            a.blocked = 0;
+        }
+    }
 }
 
 fn no_account() -> CoreError {
@@ -520,6 +534,7 @@ fn apply(tx: &mut Tx, op: WriteOp) -> CoreResult<WriteOutput> {
                     head: 0,
                     delivered: 0,
                     stored: 0,
+                    blocked: 0,
                 },
             );
             Ok(WriteOutput::Account(a))
@@ -754,6 +769,7 @@ fn mark_read(
                 ..index
             },
         );
+        tx.unblock(reader, index.received);
         ids.push(m.message_id);
     }
     ids.sort(); // UUIDv7: time order
@@ -766,6 +782,60 @@ fn mark_read(
         tx.append(sender, new_event(kind))?;
     }
     Ok(WriteOutput::Ids(ids))
+}
+
+/// Events of a log `walk_gap` reads for one receipt: a longer gap is walked over several.
+const GAP_WALK: usize = 256;
+
+/// How far the delivered watermark of the account at `row` may move up from `from` towards
+/// `to` by what its log holds: over events that are no message to it and MessageReceived whose
+/// messages are DELIVERED or READ already (by their entries, or by `made`: this run's). It
+/// stops at a seq the log lacks (retention took it, so what it held is unknown), after
+/// `GAP_WALK` events, or at a message still undelivered, whose seq it gives too. This is what
+/// lets a stream that began above a message delivered since, or a restart after a crash (the
+/// in-memory watermark lost), move the watermark again instead of writing every entry.
+fn walk_gap(
+    t: &Tables,
+    row: i64,
+    from: u64,
+    to: u64,
+    made: &foldhash::HashSet<Uuid>,
+) -> CoreResult<(u64, Option<u64>)> {
+    let delivered = MessageState::Delivered as i32;
+    let mut walked = from;
+    for g in t
+        .events
+        .range(key2(row, from + 1)..=key2(row, to))
+        .take(GAP_WALK)
+    {
+        let (key, value) = g.into_inner()?;
+        let seq = int_at(&key, 8)? as u64;
+        if seq != walked + 1 {
+            break;
+        }
+        let stored = decode_event(&value)?;
+        if let Some(Kind::MessageReceived(r)) = &stored.event.kind {
+            let (id, index) = match (&r.message, stored.message_at) {
+                (Some(m), _) => {
+                    let id = Uuid::parse_str(&m.message_id).map_err(CoreError::internal)?;
+                    (id, t.message_index(id)?)
+                }
+                (None, Some(at)) => match t.messages.get(at)? {
+                    Some(record) => {
+                        let (_, id, index) = t.record_and_index(&record)?;
+                        (id, Some(index))
+                    }
+                    None => break,
+                },
+                (None, None) => break,
+            };
+            if !made.contains(&id) && index.is_none_or(|i| i.state < delivered) {
+                return Ok((walked, Some(seq)));
+            }
+        }
+        walked = seq;
+    }
+    Ok((walked, None))
 }
 
 /// Makes messages to `recipient` DELIVERED where they are still SENT (a READ message stays
@@ -784,12 +854,28 @@ fn mark_delivered(
     handed: Handed,
 ) -> CoreResult<WriteOutput> {
     let covers = handed.covers();
-    let (recipient_row, watermark) = match tx.st.accounts.get(&recipient) {
-        Some(a) => (a.row, a.delivered),
+    let (recipient_row, mut watermark, blocked) = match tx.st.accounts.get(&recipient) {
+        Some(a) => (a.row, a.delivered, a.blocked),
         None => return Err(no_account()),
     };
     if covers.is_some_and(|c| c.through <= watermark) {
         return Ok(WriteOutput::Ids(Vec::new()));
+    }
+    // A stretch that starts past the watermark: what lies between may be delivered already
+    // (by entries, or it is no message to this account), which the log tells.
+    if let Some(c) = covers
+        && c.after > watermark
+        && !(watermark < blocked && blocked <= c.after)
+    {
+        let (walked, stopped) = walk_gap(tx.t, recipient_row, watermark, c.after, tx.delivered)?;
+        if let Some(a) = tx.st.accounts.get_mut(&recipient) {
+            a.blocked = stopped.unwrap_or(0);
+            if walked > watermark {
+                tx.marks.entry(recipient).or_insert(a.delivered);
+                a.delivered = walked;
+                watermark = walked;
+            }
+        }
     }
     // The watermark after this receipt: a chunk that starts past it leaves a gap, so it moves
     // nothing and its messages are written DELIVERED one by one.
@@ -822,6 +908,7 @@ fn mark_delivered(
                 ..index
             };
             tx.put_index(uuid, &state);
+            tx.unblock(recipient, index.received);
         }
         by_sender.entry(index.sender).or_default().push(id);
         tx.delivered.insert(uuid);
@@ -1299,6 +1386,96 @@ pub(super) mod tests {
         assert_eq!(state_of(&t, id), MessageState::Delivered as i32);
         // The receipt's run wrote that watermark: closing again writes nothing for b.
         assert_eq!(st.accounts[&b].stored, through);
+    }
+
+    /// A live stretch that starts past the watermark walks the log between: a message still
+    /// undelivered there holds the watermark (and is not walked to again until it is
+    /// delivered); once it is, the walk moves the watermark over it, over messages delivered
+    /// entry by entry and over the account's own events, and the stretch moves it on.
+    #[test]
+    fn a_stretch_past_the_watermark_walks_the_gap() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let b_row = st.row(b).unwrap();
+        let seq = |id: Uuid| entry(&t, id).received;
+        let live = |ids: &[Uuid], after: u64, through: u64| {
+            receipt(b, ids, Handed::Live(Some(LogRange { after, through })))
+        };
+        let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
+        let ids: Vec<Uuid> = (0..3).map(|_| send(&t, &mut st, &d, a, b)).collect();
+        send(&t, &mut st, &d, b, a);
+        // A stream that began above ids[0], undelivered.
+        run_job(&t, &mut st, live(&ids[1..2], seq(ids[0]), seq(ids[1])), &d).unwrap();
+        assert_eq!(st.accounts[&b].blocked, seq(ids[0]));
+        assert_eq!(t.delivered_through(b_row).unwrap(), 0);
+        assert_eq!(entry(&t, ids[1]).state, delivered_state);
+        run_job(&t, &mut st, live(&ids[2..3], seq(ids[1]), seq(ids[2])), &d).unwrap();
+        assert_eq!(st.accounts[&b].blocked, seq(ids[0]), "not walked again");
+        assert_eq!(t.delivered_through(b_row).unwrap(), 0);
+        // ids[0] delivered by its entry: the next stretch walks the whole gap.
+        assert_eq!(delivered(&t, &mut st, &d, b, &ids[..1]), 1);
+        assert_eq!(st.accounts[&b].blocked, 0);
+        let head = st.accounts[&b].head;
+        let next = send(&t, &mut st, &d, a, b);
+        run_job(&t, &mut st, live(&[next], head, seq(next)), &d).unwrap();
+        assert_eq!(t.delivered_through(b_row).unwrap(), seq(next));
+        assert_eq!(st.accounts[&b].delivered, seq(next));
+        assert_eq!(entry(&t, next).state, sent, "moved over, not rewritten");
+        for id in ids.iter().chain([&next]) {
+            assert_eq!(state_of(&t, *id), delivered_state);
+        }
+    }
+
+    /// The walk reads at most `GAP_WALK` events per receipt, moving the watermark as far as it
+    /// got, and never over a seq that retention took (what it held is unknown).
+    #[test]
+    fn the_gap_walk_is_bounded_and_stops_at_a_trimmed_log() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let b_row = st.row(b).unwrap();
+        let first = send(&t, &mut st, &d, a, b);
+        for _ in 0..GAP_WALK + 40 {
+            send(&t, &mut st, &d, b, a);
+        }
+        assert_eq!(delivered(&t, &mut st, &d, b, &[first]), 1);
+        let head = st.accounts[&b].head;
+        let next = send(&t, &mut st, &d, a, b);
+        let through = entry(&t, next).received;
+        let op = |id| {
+            receipt(
+                b,
+                &[id],
+                Handed::Live(Some(LogRange {
+                    after: head,
+                    through,
+                })),
+            )
+        };
+        run_job(&t, &mut st, op(next), &d).unwrap();
+        assert_eq!(t.delivered_through(b_row).unwrap(), GAP_WALK as u64);
+        assert_eq!(entry(&t, next).state, MessageState::Delivered as i32);
+        // The second receipt of the same stretch walks the rest (its message is done already).
+        run_job(&t, &mut st, op(next), &d).unwrap();
+        assert_eq!(t.delivered_through(b_row).unwrap(), through);
+
+        let (_dir, t, mut st, d, a, b) = two_accounts(5);
+        let first = send(&t, &mut st, &d, a, b);
+        for _ in 0..10 {
+            send(&t, &mut st, &d, b, a);
+        }
+        assert_eq!(delivered(&t, &mut st, &d, b, &[first]), 1);
+        let head = st.accounts[&b].head;
+        let next = send(&t, &mut st, &d, a, b);
+        let through = entry(&t, next).received;
+        let op = receipt(
+            b,
+            &[next],
+            Handed::Live(Some(LogRange {
+                after: head,
+                through,
+            })),
+        );
+        run_job(&t, &mut st, op, &d).unwrap();
+        assert_eq!(t.delivered_through(st.row(b).unwrap()).unwrap(), 0);
+        assert_eq!(entry(&t, next).state, MessageState::Delivered as i32);
     }
 
     /// A run that fails puts back the watermarks it moved, and the seqs it took with the
