@@ -54,19 +54,22 @@ async fn a_lowered_retention_trims_the_log_at_restart() {
     }
 }
 
+/// The ids of the next MessageStateChanged on a sender's stream: a receipt.
+async fn next_receipt(events: &mut Events) -> Vec<String> {
+    loop {
+        if let Some(phantom::pb::event::Kind::MessageStateChanged(c)) = events.durable().await.kind
+        {
+            return c.message_ids;
+        }
+    }
+}
+
 /// What a live stream and a replay recorded as delivered stays so across a restart: replaying
 /// the whole log again tells the sender nothing new, and the next message's receipt is the
 /// next one told.
 #[tokio::test]
 async fn delivered_messages_stay_delivered_across_a_restart() {
     use phantom::pb::event::Kind;
-    async fn next_receipt(events: &mut Events) -> Vec<String> {
-        loop {
-            if let Some(Kind::MessageStateChanged(c)) = events.durable().await.kind {
-                return c.message_ids;
-            }
-        }
-    }
     async fn replay_until(t: &TestServer, who: &Account, text: &str) {
         let mut r = Events::open(&mut t.user(who), Some(0)).await;
         loop {
@@ -107,6 +110,66 @@ async fn delivered_messages_stay_delivered_across_a_restart() {
             next_receipt(&mut alice).await,
             vec![m2.message_id.clone()],
             "{engine:?}: only the new message"
+        );
+    }
+}
+
+/// The texts and states of the conversation between `a` and `b`, newest first.
+async fn states(t: &TestServer, a: &Account, b: &Account) -> Vec<(String, i32)> {
+    let history = t.conversation(a, b).await;
+    history.into_iter().map(|m| (m.text, m.state)).collect()
+}
+
+/// A message no stream handed out stays SENT while live streams that began above it deliver
+/// the messages after it, before and after a restart; once it is read, the next live message
+/// is delivered too, and every state reads as it should (the `lsm` engine then walks its
+/// watermark over them: ARCHITECTURE.md, "Delivered watermark").
+#[tokio::test]
+async fn a_message_never_handed_out_stays_sent_while_later_ones_are_delivered() {
+    use phantom::pb::MessageState::{Delivered, Read, Sent};
+    for engine in [Engine::Lsm, Engine::Sqlite] {
+        let mut t = TestServer::start_with(|c| c.storage.engine = engine).await;
+        let (a, b) = (t.account("alice").await, t.account("bob").await);
+        let old = t.send(&a, &b, "old").await;
+        let mut alice = Events::live(&mut t.user(&a)).await;
+        let bob = Events::live(&mut t.user(&b)).await;
+        let m1 = t.send(&a, &b, "one").await;
+        assert_eq!(next_receipt(&mut alice).await, vec![m1.message_id]);
+        drop(bob);
+        t.restart().await;
+        let mut alice = Events::live(&mut t.user(&a)).await;
+        let _bob = Events::live(&mut t.user(&b)).await;
+        let m2 = t.send(&a, &b, "two").await;
+        assert_eq!(next_receipt(&mut alice).await, vec![m2.message_id]);
+        let sent = |s: phantom::pb::MessageState| s as i32;
+        assert_eq!(
+            states(&t, &a, &b).await,
+            vec![
+                ("two".into(), sent(Delivered)),
+                ("one".into(), sent(Delivered)),
+                ("old".into(), sent(Sent)),
+            ],
+            "{engine:?}"
+        );
+        mark_read(&mut t.user(&b), &a.id, &old.message_id)
+            .await
+            .unwrap();
+        let m3 = t.send(&a, &b, "three").await;
+        loop {
+            let ids = next_receipt(&mut alice).await;
+            if ids.contains(&m3.message_id) {
+                break;
+            }
+        }
+        assert_eq!(
+            states(&t, &a, &b).await,
+            vec![
+                ("three".into(), sent(Delivered)),
+                ("two".into(), sent(Delivered)),
+                ("one".into(), sent(Delivered)),
+                ("old".into(), sent(Read)),
+            ],
+            "{engine:?}"
         );
     }
 }
