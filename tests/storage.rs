@@ -114,10 +114,24 @@ async fn delivered_messages_stay_delivered_across_a_restart() {
     }
 }
 
-/// The texts and states of the conversation between `a` and `b`, newest first.
-async fn states(t: &TestServer, a: &Account, b: &Account) -> Vec<(String, i32)> {
-    let history = t.conversation(a, b).await;
-    history.into_iter().map(|m| (m.text, m.state)).collect()
+/// Asserts the texts and states of the conversation between `a` and `b`, newest first.
+async fn assert_states(
+    t: &TestServer,
+    (a, b): (&Account, &Account),
+    want: &[(&str, phantom::pb::MessageState)],
+    engine: Engine,
+) {
+    let got: Vec<(String, i32)> = t
+        .conversation(a, b)
+        .await
+        .into_iter()
+        .map(|m| (m.text, m.state))
+        .collect();
+    let want: Vec<(String, i32)> = want
+        .iter()
+        .map(|(t, s)| (t.to_string(), *s as i32))
+        .collect();
+    assert_eq!(got, want, "{engine:?}");
 }
 
 /// A message no stream handed out stays SENT while live streams that began above it deliver
@@ -141,16 +155,9 @@ async fn a_message_never_handed_out_stays_sent_while_later_ones_are_delivered() 
         let _bob = Events::live(&mut t.user(&b)).await;
         let m2 = t.send(&a, &b, "two").await;
         assert_eq!(next_receipt(&mut alice).await, vec![m2.message_id]);
-        let sent = |s: phantom::pb::MessageState| s as i32;
-        assert_eq!(
-            states(&t, &a, &b).await,
-            vec![
-                ("two".into(), sent(Delivered)),
-                ("one".into(), sent(Delivered)),
-                ("old".into(), sent(Sent)),
-            ],
-            "{engine:?}"
-        );
+        let both = (&a, &b);
+        let want = [("two", Delivered), ("one", Delivered), ("old", Sent)];
+        assert_states(&t, both, &want, engine).await;
         mark_read(&mut t.user(&b), &a.id, &old.message_id)
             .await
             .unwrap();
@@ -161,15 +168,12 @@ async fn a_message_never_handed_out_stays_sent_while_later_ones_are_delivered() 
                 break;
             }
         }
-        assert_eq!(
-            states(&t, &a, &b).await,
-            vec![
-                ("three".into(), sent(Delivered)),
-                ("two".into(), sent(Delivered)),
-                ("one".into(), sent(Delivered)),
-                ("old".into(), sent(Read)),
-            ],
-            "{engine:?}"
-        );
+        let want = [
+            ("three", Delivered),
+            ("two", Delivered),
+            ("one", Delivered),
+            ("old", Read),
+        ];
+        assert_states(&t, both, &want, engine).await;
     }
 }
