@@ -46,8 +46,9 @@ struct Account {
     delivered: u64,
     /// The watermark on disk, where `delivered` starts after a restart.
     stored: u64,
-    /// The seq of a MessageReceived above `delivered` found still undelivered by `walk_gap`
-    /// (0: none known): a receipt whose stretch starts past it does not walk again.
+    /// A seq above `delivered` that `walk_gap` could not pass (0: none known), such as a
+    /// MessageReceived still undelivered: while it lies between the watermark and where a
+    /// receipt's stretch starts, the receipt does not walk.
     blocked: u64,
 }
 
@@ -144,8 +145,8 @@ pub(crate) fn run(
 /// disk, so that after a restart a stream starting at the head moves it on instead of writing
 /// its receipts' entries one by one (an account's log commonly ends with its own sends). Run
 /// as the writer closes, when every event is committed: the final journal sync makes these
-/// durable after them. After a crash the stored ones stand, which is only slower. How many
-/// were written.
+/// durable after them. After a crash the stored ones stand until a receipt's `walk_gap` moves
+/// them. How many were written.
 fn save_watermarks(t: &Tables, st: &mut State) -> CoreResult<usize> {
     let mut batch = t.db.batch();
     for a in st.accounts.values().filter(|a| a.delivered > a.stored) {
@@ -793,8 +794,9 @@ const GAP_WALK: usize = 64;
 /// How far the delivered watermark of the account at `row` may move up from `from` towards
 /// `to` by what its log holds: over events that are no message to it and MessageReceived whose
 /// messages are DELIVERED or READ already (by their entries, or by `made`: this run's). It
-/// stops at a seq the log lacks (retention took it, so what it held is unknown), after
-/// `GAP_WALK` events, or at a message still undelivered, whose seq it gives too. This is what
+/// stops after `GAP_WALK` events, or at a seq it cannot pass, which it gives too: a message
+/// still undelivered (or whose record is missing), or the first seq after a stretch the log
+/// lacks (retention took it, so what it held is unknown). This is what
 /// lets a stream that began above a message delivered since, or a restart after a crash (the
 /// in-memory watermark lost), move the watermark again instead of writing every entry.
 fn walk_gap(
@@ -814,7 +816,7 @@ fn walk_gap(
         let (key, value) = g.into_inner()?;
         let seq = int_at(&key, 8)? as u64;
         if seq != walked + 1 {
-            break;
+            return Ok((walked, Some(seq)));
         }
         let stored = decode_event(&value)?;
         if let Some(Kind::MessageReceived(r)) = &stored.event.kind {
@@ -828,9 +830,9 @@ fn walk_gap(
                         let (_, id, index) = t.record_and_index(&record)?;
                         (id, Some(index))
                     }
-                    None => break,
+                    None => return Ok((walked, Some(seq))),
                 },
-                (None, None) => break,
+                (None, None) => return Ok((walked, Some(seq))),
             };
             if !made.contains(&id) && index.is_none_or(|i| i.state < delivered) {
                 return Ok((walked, Some(seq)));
@@ -981,6 +983,12 @@ pub(super) mod tests {
             ids: ids.iter().map(Uuid::to_string).collect(),
             handed,
         }
+    }
+
+    /// A receipt of `ids` to `to`, handed out live from the stretch after `after` through
+    /// `through` of its log.
+    fn live_stretch(to: AccountId, ids: &[Uuid], after: u64, through: u64) -> WriteOp {
+        receipt(to, ids, Handed::Live(Some(LogRange { after, through })))
     }
 
     fn delivered(t: &Tables, st: &mut State, d: &Durable, to: AccountId, ids: &[Uuid]) -> usize {
@@ -1302,14 +1310,11 @@ pub(super) mod tests {
         assert_eq!(t.delivered_through(b_row).unwrap(), 0);
         let ids: Vec<Uuid> = (0..6).map(|_| send(&t, &mut st, &d, a, b)).collect();
         assert_eq!(st.accounts[&b].delivered, 1, "a MessageReceived stops it");
-        let live = |ids: &[Uuid], after: u64, through: u64| {
-            receipt(b, ids, Handed::Live(Some(LogRange { after, through })))
-        };
         let head_a = t.head(st.row(a).unwrap()).unwrap();
         // A stream opened at b's head (1): two receipts in one run.
         let ops = vec![
-            live(&ids[..2], 1, seq(ids[1])),
-            live(&ids[2..3], seq(ids[1]), seq(ids[2])),
+            live_stretch(b, &ids[..2], 1, seq(ids[1])),
+            live_stretch(b, &ids[2..3], seq(ids[1]), seq(ids[2])),
         ];
         let (results, _) = group(&t, &mut st, &d, ops);
         for (r, n) in results.iter().zip([2, 1]) {
@@ -1330,7 +1335,7 @@ pub(super) mod tests {
             &t,
             &mut st,
             &d,
-            vec![live(&ids[4..], seq(ids[3]), seq(ids[5]))],
+            vec![live_stretch(b, &ids[4..], seq(ids[3]), seq(ids[5]))],
         );
         assert!(matches!(&results[0], Ok(WriteOutput::Ids(changed)) if changed.len() == 2));
         assert_eq!(t.delivered_through(b_row).unwrap(), seq(ids[2]));
@@ -1339,7 +1344,12 @@ pub(super) mod tests {
         }
         assert_eq!(state_of(&t, ids[3]), sent);
         // A receipt whose stretch the watermark passed already changes nothing.
-        let (results, _) = group(&t, &mut st, &d, vec![live(&ids[..1], 1, seq(ids[0]))]);
+        let (results, _) = group(
+            &t,
+            &mut st,
+            &d,
+            vec![live_stretch(b, &ids[..1], 1, seq(ids[0]))],
+        );
         assert!(matches!(&results[0], Ok(WriteOutput::Ids(changed)) if changed.is_empty()));
 
         let mark = seq(ids[2]);
@@ -1378,7 +1388,7 @@ pub(super) mod tests {
         assert_eq!(st.accounts[&b].delivered, 1);
         assert_eq!(st.accounts[&a].delivered, 0);
         let through = entry(&t, id).received;
-        let op = receipt(b, &[id], Handed::Live(Some(LogRange { after: 1, through })));
+        let op = live_stretch(b, &[id], 1, through);
         run_job(&t, &mut st, op, &d).unwrap();
         assert_eq!(t.delivered_through(b_row).unwrap(), through);
         assert_eq!(
@@ -1400,18 +1410,27 @@ pub(super) mod tests {
         let (_dir, t, mut st, d, a, b) = two_accounts(1000);
         let b_row = st.row(b).unwrap();
         let seq = |id: Uuid| entry(&t, id).received;
-        let live = |ids: &[Uuid], after: u64, through: u64| {
-            receipt(b, ids, Handed::Live(Some(LogRange { after, through })))
-        };
         let (sent, delivered_state) = (MessageState::Sent as i32, MessageState::Delivered as i32);
         let ids: Vec<Uuid> = (0..3).map(|_| send(&t, &mut st, &d, a, b)).collect();
         send(&t, &mut st, &d, b, a);
         // A stream that began above ids[0], undelivered.
-        run_job(&t, &mut st, live(&ids[1..2], seq(ids[0]), seq(ids[1])), &d).unwrap();
+        run_job(
+            &t,
+            &mut st,
+            live_stretch(b, &ids[1..2], seq(ids[0]), seq(ids[1])),
+            &d,
+        )
+        .unwrap();
         assert_eq!(st.accounts[&b].blocked, seq(ids[0]));
         assert_eq!(t.delivered_through(b_row).unwrap(), 0);
         assert_eq!(entry(&t, ids[1]).state, delivered_state);
-        run_job(&t, &mut st, live(&ids[2..3], seq(ids[1]), seq(ids[2])), &d).unwrap();
+        run_job(
+            &t,
+            &mut st,
+            live_stretch(b, &ids[2..3], seq(ids[1]), seq(ids[2])),
+            &d,
+        )
+        .unwrap();
         assert_eq!(st.accounts[&b].blocked, seq(ids[0]), "not walked again");
         assert_eq!(t.delivered_through(b_row).unwrap(), 0);
         // ids[0] delivered by its entry: the next stretch walks the whole gap.
@@ -1419,7 +1438,7 @@ pub(super) mod tests {
         assert_eq!(st.accounts[&b].blocked, 0);
         let head = st.accounts[&b].head;
         let next = send(&t, &mut st, &d, a, b);
-        run_job(&t, &mut st, live(&[next], head, seq(next)), &d).unwrap();
+        run_job(&t, &mut st, live_stretch(b, &[next], head, seq(next)), &d).unwrap();
         assert_eq!(t.delivered_through(b_row).unwrap(), seq(next));
         assert_eq!(st.accounts[&b].delivered, seq(next));
         assert_eq!(entry(&t, next).state, sent, "moved over, not rewritten");
@@ -1442,16 +1461,7 @@ pub(super) mod tests {
         let head = st.accounts[&b].head;
         let next = send(&t, &mut st, &d, a, b);
         let through = entry(&t, next).received;
-        let op = |id| {
-            receipt(
-                b,
-                &[id],
-                Handed::Live(Some(LogRange {
-                    after: head,
-                    through,
-                })),
-            )
-        };
+        let op = |id| live_stretch(b, &[id], head, through);
         run_job(&t, &mut st, op(next), &d).unwrap();
         assert_eq!(t.delivered_through(b_row).unwrap(), GAP_WALK as u64);
         assert_eq!(entry(&t, next).state, MessageState::Delivered as i32);
@@ -1468,17 +1478,13 @@ pub(super) mod tests {
         let head = st.accounts[&b].head;
         let next = send(&t, &mut st, &d, a, b);
         let through = entry(&t, next).received;
-        let op = receipt(
-            b,
-            &[next],
-            Handed::Live(Some(LogRange {
-                after: head,
-                through,
-            })),
-        );
+        let op = live_stretch(b, &[next], head, through);
         run_job(&t, &mut st, op, &d).unwrap();
         assert_eq!(t.delivered_through(st.row(b).unwrap()).unwrap(), 0);
         assert_eq!(entry(&t, next).state, MessageState::Delivered as i32);
+        // The first seq retention kept is what the walk could not pass.
+        let oldest = t.oldest(st.row(b).unwrap()).unwrap();
+        assert_eq!(st.accounts[&b].blocked, oldest);
     }
 
     /// A run that fails puts back the watermarks it moved, and the seqs it took with the
@@ -1498,7 +1504,7 @@ pub(super) mod tests {
         };
         let mut run = Run::start(&t, RunKind::LiveReceipts, &done);
         let (reply, _waiting) = oneshot::channel();
-        let op = receipt(b, &ids, Handed::Live(Some(LogRange { after: 0, through })));
+        let op = live_stretch(b, &ids, 0, through);
         assert!(run.add(&t, &mut st, &d, reply, op, &mut done));
         assert_eq!(st.accounts[&b].delivered, through);
         // The sender's MessageStateChanged, which its watermark followed.
