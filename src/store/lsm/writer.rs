@@ -492,6 +492,17 @@ impl Tx<'_> {
             .insert(&self.t.message_ids, id.as_bytes(), index.encode());
     }
 
+    /// Moves `account`'s delivered watermark up to `to` (never down), noting where the run found
+    /// it so that the run writes it once and a failed run puts it back (`RunStart::marks`).
+    fn move_watermark(&mut self, account: AccountId, to: u64) {
+        if let Some(a) = self.st.accounts.get_mut(&account)
+            && to > a.delivered
+        {
+            self.marks.entry(account).or_insert(a.delivered);
+            a.delivered = to;
+        }
+    }
+
     /// The MessageReceived at `received` in `recipient`'s log is DELIVERED or READ now: if it
     /// was what held `walk_gap` back, the next gap may be walked again.
     fn unblock(&mut self, recipient: AccountId, received: u64) {
@@ -875,12 +886,9 @@ fn mark_delivered(
         let (walked, stopped) = walk_gap(tx.t, recipient_row, watermark, c.after, tx.delivered)?;
         if let Some(a) = tx.st.accounts.get_mut(&recipient) {
             a.blocked = stopped.unwrap_or(0);
-            if walked > watermark {
-                tx.marks.entry(recipient).or_insert(a.delivered);
-                a.delivered = walked;
-                watermark = walked;
-            }
         }
+        tx.move_watermark(recipient, walked);
+        watermark = watermark.max(walked);
     }
     // The watermark after this receipt: a chunk that starts past it leaves a gap, so it moves
     // nothing and its messages are written DELIVERED one by one.
@@ -919,11 +927,8 @@ fn mark_delivered(
         tx.delivered.insert(uuid);
     }
     let changed = log_delivered(&r, by_sender, |sender, event| tx.append(sender, event))?;
-    if let Some(mark) = moved_to
-        && let Some(a) = tx.st.accounts.get_mut(&recipient)
-    {
-        tx.marks.entry(recipient).or_insert(a.delivered);
-        a.delivered = a.delivered.max(mark);
+    if let Some(mark) = moved_to {
+        tx.move_watermark(recipient, mark);
     }
     Ok(WriteOutput::Ids(changed))
 }
