@@ -219,12 +219,19 @@ impl Default for LimitsConfig {
 pub struct EventsConfig {
     /// Durable events kept per account; older ones are pruned.
     pub retention_per_account: u64,
+    /// A live stream reports the messages it handed out as DELIVERED at most once per this
+    /// many milliseconds; a quiet stream's first report goes at once. 0: after every batch.
+    pub receipt_interval_ms: u64,
 }
+
+/// The largest `events.receipt_interval_ms`: a sender waits at most this long for DELIVERED.
+pub const MAX_RECEIPT_INTERVAL_MS: u64 = 60_000;
 
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             retention_per_account: 100_000,
+            receipt_interval_ms: 10,
         }
     }
 }
@@ -341,6 +348,12 @@ impl Config {
                     .into(),
             );
         }
+        if self.events.receipt_interval_ms > MAX_RECEIPT_INTERVAL_MS {
+            return Err(format!(
+                "events.receipt_interval_ms must be at most {MAX_RECEIPT_INTERVAL_MS}, got {}",
+                self.events.receipt_interval_ms
+            ));
+        }
         if self.server.socket_mode > 0o777 {
             return Err(format!(
                 "server.socket_mode must be permission bits (at most 0o777), got {:#o}",
@@ -406,5 +419,7 @@ mod tests {
         assert!(Config::parse("[server]\nsocket_mode = 0o1777").is_err());
         assert!(Config::parse("[metrics]\nlisten = \"nine\"").is_err());
         assert!(Config::parse("[limits]\nsend_rate_per_sec = 0").is_err());
+        assert!(Config::parse("[events]\nreceipt_interval_ms = 60001").is_err());
+        assert!(Config::parse("[events]\nreceipt_interval_ms = 0").is_ok());
     }
 }

@@ -326,6 +326,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         messaging: messaging.clone(),
         store: store.clone(),
         buffer: cfg.limits.subscriber_buffer,
+        receipt_interval: std::time::Duration::from_millis(cfg.events.receipt_interval_ms),
         stats: stats.clone(),
         tracker: tokio_util::task::TaskTracker::new(),
     };

@@ -71,6 +71,50 @@ async fn live_handoff_makes_a_message_delivered_and_tells_the_sender() {
 }
 
 #[tokio::test]
+async fn a_busy_stream_reports_its_receipts_together_and_at_once_when_it_ends() {
+    // An interval no test outlasts: after its first report, the stream holds every receipt
+    // until it ends.
+    let t = TestServer::start_with(|c| c.events.receipt_interval_ms = 60_000).await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    let mut alice = Events::live(&mut t.user(&a)).await;
+    let mut bob = Events::live(&mut t.user(&b)).await;
+
+    // A quiet stream's first receipt goes at once.
+    let first = t.send(&a, &b, "first").await;
+    assert_eq!(received(&mut bob).await.message_id, first.message_id);
+    let c = state_change(&mut alice).await;
+    assert_eq!(c.message_ids, vec![first.message_id.clone()]);
+
+    // Within the interval the next ones are held: still SENT though handed out.
+    let mut burst = Vec::new();
+    for i in 0..4 {
+        let m = t.send(&a, &b, &format!("burst {i}")).await;
+        assert_eq!(received(&mut bob).await.message_id, m.message_id);
+        burst.push(m.message_id);
+    }
+    for id in &burst {
+        assert_eq!(state_of(&t, &a, &b, id).await, MessageState::Sent, "{id}");
+    }
+
+    // The stream ends: what it held is reported then, as one change.
+    drop(bob);
+    let c = state_change(&mut alice).await;
+    assert_eq!(c.state, MessageState::Delivered as i32);
+    assert_eq!(c.contact_id, b.id);
+    assert_eq!(
+        c.message_ids, burst,
+        "one change for the whole burst, in order"
+    );
+    for id in &burst {
+        assert_eq!(
+            state_of(&t, &a, &b, id).await,
+            MessageState::Delivered,
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     let (t, a, b, mut alice) = sender_watching().await;
     let old = t.send(&a, &b, "while you were away").await;
