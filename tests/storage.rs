@@ -177,3 +177,49 @@ async fn a_message_never_handed_out_stays_sent_while_later_ones_are_delivered() 
         assert_states(&t, both, &want, engine).await;
     }
 }
+
+/// Receipts a busy stream still holds when the server shuts down are recorded before the store
+/// closes: the message is DELIVERED after the restart, and the sender's log tells it once.
+#[tokio::test]
+async fn receipts_a_stream_holds_at_shutdown_are_recorded() {
+    use phantom::pb::{MessageState, event::Kind};
+    for engine in [Engine::Lsm, Engine::Sqlite] {
+        // An interval no test outlasts: after its first report the stream holds every receipt.
+        let mut t = TestServer::start_with(|c| {
+            c.storage.engine = engine;
+            c.events.receipt_interval_ms = 60_000;
+        })
+        .await;
+        let (a, b) = (t.account("alice").await, t.account("bob").await);
+        let mut alice = Events::live(&mut t.user(&a)).await;
+        let mut bob = Events::live(&mut t.user(&b)).await;
+        for text in ["first", "held"] {
+            let m = t.send(&a, &b, text).await;
+            loop {
+                if let Some(Kind::MessageReceived(r)) = bob.durable().await.kind {
+                    assert_eq!(r.message.map(|m| m.message_id), Some(m.message_id));
+                    break;
+                }
+            }
+        }
+        let first = next_receipt(&mut alice).await;
+        let pair = (&a, &b);
+        use MessageState::{Delivered, Sent};
+        assert_states(&t, pair, &[("held", Sent), ("first", Delivered)], engine).await;
+
+        t.restart().await;
+        assert_states(
+            &t,
+            pair,
+            &[("held", Delivered), ("first", Delivered)],
+            engine,
+        )
+        .await;
+        // The sender's log: one change per receipt, the held one after the first.
+        let mut log = Events::open(&mut t.user(&a), Some(0)).await;
+        log.started().await;
+        assert_eq!(next_receipt(&mut log).await, first, "{engine:?}");
+        let held = t.conversation(&a, &b).await[0].message_id.clone();
+        assert_eq!(next_receipt(&mut log).await, vec![held], "{engine:?}");
+    }
+}
