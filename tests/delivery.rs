@@ -29,15 +29,6 @@ async fn state_change(events: &mut Events) -> pb::MessageStateChanged {
     }
 }
 
-/// The next `MessageReceived` on a stream.
-async fn received(events: &mut Events) -> pb::Message {
-    loop {
-        if let Some(Kind::MessageReceived(r)) = events.durable().await.kind {
-            return r.message.expect("message");
-        }
-    }
-}
-
 /// A server with alice and bob, and alice's feed open.
 async fn sender_watching() -> (TestServer, Account, Account, Events) {
     let t = TestServer::start().await;
@@ -53,7 +44,7 @@ async fn live_handoff_makes_a_message_delivered_and_tells_the_sender() {
 
     let m = t.send(&a, &b, "are you there?").await;
     assert_eq!(m.state, MessageState::Sent as i32, "the reply is SENT");
-    assert_eq!(received(&mut bob).await.message_id, m.message_id);
+    assert_eq!(bob.received().await.message_id, m.message_id);
 
     let c = state_change(&mut alice).await;
     assert_eq!(c.state, MessageState::Delivered as i32);
@@ -81,7 +72,7 @@ async fn a_busy_stream_reports_its_receipts_together_and_at_once_when_it_ends() 
 
     // A quiet stream's first receipt goes at once.
     let first = t.send(&a, &b, "first").await;
-    assert_eq!(received(&mut bob).await.message_id, first.message_id);
+    assert_eq!(bob.received().await.message_id, first.message_id);
     let c = state_change(&mut alice).await;
     assert_eq!(c.message_ids, vec![first.message_id.clone()]);
 
@@ -89,7 +80,7 @@ async fn a_busy_stream_reports_its_receipts_together_and_at_once_when_it_ends() 
     let mut burst = Vec::new();
     for i in 0..4 {
         let m = t.send(&a, &b, &format!("burst {i}")).await;
-        assert_eq!(received(&mut bob).await.message_id, m.message_id);
+        assert_eq!(bob.received().await.message_id, m.message_id);
         burst.push(m.message_id);
     }
     for id in &burst {
@@ -122,7 +113,7 @@ async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     // A stream without after_seq starts at the head: the old message is not handed out.
     let mut bob = Events::live(&mut t.user(&b)).await;
     let new = t.send(&a, &b, "now").await;
-    assert_eq!(received(&mut bob).await.message_id, new.message_id);
+    assert_eq!(bob.received().await.message_id, new.message_id);
     let c = state_change(&mut alice).await;
     assert_eq!(
         c.message_ids,
@@ -137,7 +128,7 @@ async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     // Replaying the log hands the old one out: now it is delivered.
     let mut replay = Events::open(&mut t.user(&b), Some(0)).await;
     assert!(replay.started().await.resumed);
-    assert_eq!(received(&mut replay).await.message_id, old.message_id);
+    assert_eq!(replay.received().await.message_id, old.message_id);
     let c = state_change(&mut alice).await;
     assert_eq!(c.message_ids, vec![old.message_id.clone()]);
     assert_eq!(c.state, MessageState::Delivered as i32);
@@ -146,7 +137,7 @@ async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
         MessageState::Delivered
     );
     // Handing it out again changes nothing: no second receipt.
-    assert_eq!(received(&mut replay).await.message_id, new.message_id);
+    assert_eq!(replay.received().await.message_id, new.message_id);
     let again = t.send(&a, &b, "third").await;
     let c = state_change(&mut alice).await;
     assert_eq!(
@@ -172,9 +163,9 @@ async fn read_before_delivery_skips_delivered_and_states_never_go_back() {
     // Now his stream replays it: READ already implies DELIVERED, so nothing moves.
     let mut bob = Events::open(&mut t.user(&b), Some(0)).await;
     bob.started().await;
-    assert_eq!(received(&mut bob).await.message_id, m.message_id);
+    assert_eq!(bob.received().await.message_id, m.message_id);
     let next = t.send(&a, &b, "and this").await;
-    assert_eq!(received(&mut bob).await.message_id, next.message_id);
+    assert_eq!(bob.received().await.message_id, next.message_id);
     let c = state_change(&mut alice).await;
     assert_eq!(
         (c.state, c.message_ids),
@@ -308,7 +299,7 @@ async fn a_stalled_stream_gets_only_the_newest_presence_and_typing_per_contact()
 
     // The stream is still live for durable events.
     let m = t.send(&a, &b, "still there?").await;
-    assert_eq!(received(&mut bob).await.message_id, m.message_id);
+    assert_eq!(bob.received().await.message_id, m.message_id);
 }
 
 /// Parses the N of "after_seq = N" from a status message.
@@ -437,7 +428,7 @@ async fn overlapping_replays_deliver_each_message_once() {
         let m2 = t.send(&a, &b, "two").await;
         let replay = async |after: u64, last: &pb::Message| {
             let mut r = Events::open(&mut t.user(&b), Some(after)).await;
-            while received(&mut r).await.message_id != last.message_id {}
+            while r.received().await.message_id != last.message_id {}
         };
         // From inside the log: only m2 is handed out.
         replay(1, &m2).await;
@@ -462,7 +453,7 @@ async fn overlapping_replays_deliver_each_message_once() {
         replay(0, &m3).await;
         let mut bob = Events::live(&mut t.user(&b)).await;
         let m4 = t.send(&a, &b, "four").await;
-        assert_eq!(received(&mut bob).await.message_id, m4.message_id);
+        assert_eq!(bob.received().await.message_id, m4.message_id);
         assert_eq!(
             state_change(&mut alice).await.message_ids,
             vec![m4.message_id.clone()],
@@ -502,7 +493,7 @@ async fn batched_hand_offs_deliver_and_schedule_the_actors_and_the_writer_as_bat
     let (a, b) = (t.account("alice").await, t.account("bob").await);
     let mut bob = Events::live(&mut t.user(&b)).await;
     let m = t.send(&a, &b, "batched").await;
-    assert_eq!(received(&mut bob).await.message_id, m.message_id);
+    assert_eq!(bob.received().await.message_id, m.message_id);
     for name in ["phantom-actors", "phantom-store-w"] {
         let policies = policies_of(name);
         assert!(

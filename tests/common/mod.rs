@@ -276,6 +276,15 @@ impl Events {
         }
     }
 
+    /// The message of the next `MessageReceived` (skipping every other event).
+    pub async fn received(&mut self) -> pb::Message {
+        loop {
+            if let Some(pb::event::Kind::MessageReceived(r)) = self.durable().await.kind {
+                return r.message.expect("message");
+            }
+        }
+    }
+
     /// Waits for an ephemeral status change of `contact` to `status`.
     pub async fn status_of(
         &mut self,
