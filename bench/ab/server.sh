@@ -6,11 +6,16 @@
 # HAND_OFFS=batched sets `server.hand_offs`. BATCH_THREADS="NAME ..." moves the server's threads
 # of those names (as in /proc, cut to 15 characters) to SCHED_BATCH with the default slice once it
 # is up (`chrt -b`, as `hand_offs = "batched"` does for two of them), to measure one at a time.
+# RECEIPT_INTERVAL_MS=N sets `events.receipt_interval_ms` (0: a live stream reports after every
+# batch, as before the fortieth session).
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
 server_config "$dir" 0 0 $admin
 if [ -n "${HAND_OFFS:-}" ]; then
   sed -i "/^\[server\]/a hand_offs = \"$HAND_OFFS\"" "$dir/server.toml"
+fi
+if [ -n "${RECEIPT_INTERVAL_MS:-}" ]; then
+  printf '[events]\nreceipt_interval_ms = %s\n' "$RECEIPT_INTERVAL_MS" >>"$dir/server.toml"
 fi
 "${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
