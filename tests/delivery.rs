@@ -20,15 +20,6 @@ async fn state_of(t: &TestServer, who: &Account, with: &Account, id: &str) -> Me
     MessageState::try_from(m.state).expect("known state")
 }
 
-/// The next `MessageStateChanged` on a stream.
-async fn state_change(events: &mut Events) -> pb::MessageStateChanged {
-    loop {
-        if let Some(Kind::MessageStateChanged(c)) = events.durable().await.kind {
-            return c;
-        }
-    }
-}
-
 /// A server with alice and bob, and alice's feed open.
 async fn sender_watching() -> (TestServer, Account, Account, Events) {
     let t = TestServer::start().await;
@@ -46,7 +37,7 @@ async fn live_handoff_makes_a_message_delivered_and_tells_the_sender() {
     assert_eq!(m.state, MessageState::Sent as i32, "the reply is SENT");
     assert_eq!(bob.received().await.message_id, m.message_id);
 
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(c.state, MessageState::Delivered as i32);
     assert_eq!(c.message_ids, vec![m.message_id.clone()]);
     assert_eq!(c.contact_id, b.id, "names the recipient");
@@ -73,7 +64,7 @@ async fn a_busy_stream_reports_its_receipts_together_and_at_once_when_it_ends() 
     // A quiet stream's first receipt goes at once.
     let first = t.send(&a, &b, "first").await;
     assert_eq!(bob.received().await.message_id, first.message_id);
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(c.message_ids, vec![first.message_id.clone()]);
 
     // Within the interval the next ones are held: still SENT though handed out.
@@ -89,7 +80,7 @@ async fn a_busy_stream_reports_its_receipts_together_and_at_once_when_it_ends() 
 
     // The stream ends: what it held is reported then, as one change.
     drop(bob);
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(c.state, MessageState::Delivered as i32);
     assert_eq!(c.contact_id, b.id);
     assert_eq!(
@@ -114,7 +105,7 @@ async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     let mut bob = Events::live(&mut t.user(&b)).await;
     let new = t.send(&a, &b, "now").await;
     assert_eq!(bob.received().await.message_id, new.message_id);
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(
         c.message_ids,
         vec![new.message_id.clone()],
@@ -129,7 +120,7 @@ async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     let mut replay = Events::open(&mut t.user(&b), Some(0)).await;
     assert!(replay.started().await.resumed);
     assert_eq!(replay.received().await.message_id, old.message_id);
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(c.message_ids, vec![old.message_id.clone()]);
     assert_eq!(c.state, MessageState::Delivered as i32);
     assert_eq!(
@@ -139,7 +130,7 @@ async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     // Handing it out again changes nothing: no second receipt.
     assert_eq!(replay.received().await.message_id, new.message_id);
     let again = t.send(&a, &b, "third").await;
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(
         c.message_ids,
         vec![again.message_id],
@@ -156,7 +147,7 @@ async fn read_before_delivery_skips_delivered_and_states_never_go_back() {
     mark_read(&mut t.user(&b), &a.id, &m.message_id)
         .await
         .expect("mark read");
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(c.state, MessageState::Read as i32);
     assert_eq!(c.message_ids, vec![m.message_id.clone()]);
 
@@ -166,7 +157,7 @@ async fn read_before_delivery_skips_delivered_and_states_never_go_back() {
     assert_eq!(bob.received().await.message_id, m.message_id);
     let next = t.send(&a, &b, "and this").await;
     assert_eq!(bob.received().await.message_id, next.message_id);
-    let c = state_change(&mut alice).await;
+    let c = alice.state_change().await;
     assert_eq!(
         (c.state, c.message_ids),
         (MessageState::Delivered as i32, vec![next.message_id]),
@@ -433,20 +424,20 @@ async fn overlapping_replays_deliver_each_message_once() {
         // From inside the log: only m2 is handed out.
         replay(1, &m2).await;
         assert_eq!(
-            state_change(&mut alice).await.message_ids,
+            alice.state_change().await.message_ids,
             vec![m2.message_id.clone()]
         );
         // From the start: m1 is new, m2 is not told again.
         replay(0, &m2).await;
         assert_eq!(
-            state_change(&mut alice).await.message_ids,
+            alice.state_change().await.message_ids,
             vec![m1.message_id.clone()]
         );
         // Past what was covered: only the new one.
         let m3 = t.send(&a, &b, "three").await;
         replay(0, &m3).await;
         assert_eq!(
-            state_change(&mut alice).await.message_ids,
+            alice.state_change().await.message_ids,
             vec![m3.message_id.clone()]
         );
         // Over a log delivered whole: nothing; the next receipt alice gets is m4's.
@@ -455,7 +446,7 @@ async fn overlapping_replays_deliver_each_message_once() {
         let m4 = t.send(&a, &b, "four").await;
         assert_eq!(bob.received().await.message_id, m4.message_id);
         assert_eq!(
-            state_change(&mut alice).await.message_ids,
+            alice.state_change().await.message_ids,
             vec![m4.message_id.clone()],
             "{engine:?}"
         );

@@ -54,31 +54,14 @@ async fn a_lowered_retention_trims_the_log_at_restart() {
     }
 }
 
-/// The ids of the next MessageStateChanged on a sender's stream: a receipt.
-async fn next_receipt(events: &mut Events) -> Vec<String> {
-    loop {
-        if let Some(phantom::pb::event::Kind::MessageStateChanged(c)) = events.durable().await.kind
-        {
-            return c.message_ids;
-        }
-    }
-}
-
 /// What a live stream and a replay recorded as delivered stays so across a restart: replaying
 /// the whole log again tells the sender nothing new, and the next message's receipt is the
 /// next one told.
 #[tokio::test]
 async fn delivered_messages_stay_delivered_across_a_restart() {
-    use phantom::pb::event::Kind;
     async fn replay_until(t: &TestServer, who: &Account, text: &str) {
         let mut r = Events::open(&mut t.user(who), Some(0)).await;
-        loop {
-            if let Some(Kind::MessageReceived(m)) = r.durable().await.kind
-                && m.message.is_some_and(|m| m.text == text)
-            {
-                return;
-            }
-        }
+        while r.received().await.text != text {}
     }
     for engine in [Engine::Lsm, Engine::Sqlite] {
         let mut t = TestServer::start_with(|c| c.storage.engine = engine).await;
@@ -86,12 +69,15 @@ async fn delivered_messages_stay_delivered_across_a_restart() {
         let m1 = t.send(&a, &b, "one").await;
         let mut alice = Events::live(&mut t.user(&a)).await;
         replay_until(&t, &b, "one").await;
-        assert_eq!(next_receipt(&mut alice).await, vec![m1.message_id.clone()]);
+        assert_eq!(
+            alice.state_change().await.message_ids,
+            vec![m1.message_id.clone()]
+        );
         // Handed out live, by a stream that starts at bob's head.
         let _bob = Events::live(&mut t.user(&b)).await;
         let live = t.send(&a, &b, "live").await;
         assert_eq!(
-            next_receipt(&mut alice).await,
+            alice.state_change().await.message_ids,
             vec![live.message_id.clone()]
         );
         t.restart().await;
@@ -107,7 +93,7 @@ async fn delivered_messages_stay_delivered_across_a_restart() {
         let m2 = t.send(&a, &b, "two").await;
         replay_until(&t, &b, "two").await;
         assert_eq!(
-            next_receipt(&mut alice).await,
+            alice.state_change().await.message_ids,
             vec![m2.message_id.clone()],
             "{engine:?}: only the new message"
         );
@@ -148,13 +134,13 @@ async fn a_message_never_handed_out_stays_sent_while_later_ones_are_delivered() 
         let mut alice = Events::live(&mut t.user(&a)).await;
         let bob = Events::live(&mut t.user(&b)).await;
         let m1 = t.send(&a, &b, "one").await;
-        assert_eq!(next_receipt(&mut alice).await, vec![m1.message_id]);
+        assert_eq!(alice.state_change().await.message_ids, vec![m1.message_id]);
         drop(bob);
         t.restart().await;
         let mut alice = Events::live(&mut t.user(&a)).await;
         let _bob = Events::live(&mut t.user(&b)).await;
         let m2 = t.send(&a, &b, "two").await;
-        assert_eq!(next_receipt(&mut alice).await, vec![m2.message_id]);
+        assert_eq!(alice.state_change().await.message_ids, vec![m2.message_id]);
         let both = (&a, &b);
         let want = [("two", Delivered), ("one", Delivered), ("old", Sent)];
         assert_states(&t, both, &want, engine).await;
@@ -163,7 +149,7 @@ async fn a_message_never_handed_out_stays_sent_while_later_ones_are_delivered() 
             .unwrap();
         let m3 = t.send(&a, &b, "three").await;
         loop {
-            let ids = next_receipt(&mut alice).await;
+            let ids = alice.state_change().await.message_ids;
             if ids.contains(&m3.message_id) {
                 break;
             }
@@ -193,11 +179,13 @@ async fn receipts_a_stream_holds_at_shutdown_are_recorded() {
         let (a, b) = (t.account("alice").await, t.account("bob").await);
         let mut alice = Events::live(&mut t.user(&a)).await;
         let mut bob = Events::live(&mut t.user(&b)).await;
+        let mut sent = Vec::new();
         for text in ["first", "held"] {
             let m = t.send(&a, &b, text).await;
             assert_eq!(bob.received().await.message_id, m.message_id);
+            sent.push(m.message_id);
         }
-        let first = next_receipt(&mut alice).await;
+        let first = alice.state_change().await.message_ids;
         let pair = (&a, &b);
         use MessageState::{Delivered, Sent};
         assert_states(&t, pair, &[("held", Sent), ("first", Delivered)], engine).await;
@@ -213,8 +201,11 @@ async fn receipts_a_stream_holds_at_shutdown_are_recorded() {
         // The sender's log: one change per receipt, the held one after the first.
         let mut log = Events::open(&mut t.user(&a), Some(0)).await;
         log.started().await;
-        assert_eq!(next_receipt(&mut log).await, first, "{engine:?}");
-        let held = t.conversation(&a, &b).await[0].message_id.clone();
-        assert_eq!(next_receipt(&mut log).await, vec![held], "{engine:?}");
+        assert_eq!(log.state_change().await.message_ids, first, "{engine:?}");
+        assert_eq!(
+            log.state_change().await.message_ids,
+            vec![sent[1].clone()],
+            "{engine:?}"
+        );
     }
 }

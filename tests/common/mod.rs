@@ -276,6 +276,15 @@ impl Events {
         }
     }
 
+    /// The next `MessageStateChanged` (skipping every other event): a sender's receipt.
+    pub async fn state_change(&mut self) -> pb::MessageStateChanged {
+        loop {
+            if let Some(pb::event::Kind::MessageStateChanged(c)) = self.durable().await.kind {
+                return c;
+            }
+        }
+    }
+
     /// The message of the next `MessageReceived` (skipping every other event).
     pub async fn received(&mut self) -> pb::Message {
         loop {
