@@ -14,7 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::actors::ActorRuntime;
 use crate::actors::accounts::AccountsActor;
-use crate::actors::bus::{CloseStreams, EventBusActor, Publish, SetPresenceListener};
+use crate::actors::bus::{CloseStreams, EventBusActor, LiveAccounts, Publish, SetPresenceListener};
 use crate::actors::contact_pages::ContactPages;
 use crate::actors::contacts::ContactsActor;
 use crate::actors::messaging::MessagingActor;
@@ -272,11 +272,19 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let store_stats = StoreStats::default();
     let metrics = Metrics::new(&stats, &store_stats)?;
     let bus_stats = stats.clone();
-    let bus: Addr<EventBusActor> =
-        EventBusActor::start_in_arbiter(&runtime.arbiter, move |_| EventBusActor::new(bus_stats));
+    let live = LiveAccounts::default();
+    let bus_live = live.clone();
+    let bus: Addr<EventBusActor> = EventBusActor::start_in_arbiter(&runtime.arbiter, move |_| {
+        EventBusActor::new(bus_stats, bus_live)
+    });
     let sink_bus = bus.clone();
     // The bus only routes in memory, so it keeps up with the writer.
-    let sink: EventSink = Box::new(move |events| sink_bus.do_send(Publish(events)));
+    let sink: EventSink = Box::new(move |mut events| {
+        live.keep_live(&mut events);
+        if !events.is_empty() {
+            sink_bus.do_send(Publish(events));
+        }
+    });
     let store = open_store(
         &cfg.storage,
         sink,

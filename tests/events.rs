@@ -154,6 +154,36 @@ async fn resume_replays_after_seq_then_goes_live() {
     assert_eq!(live.durable().await.seq, 8);
 }
 
+/// Events of an account with no stream open are dropped where they are committed, without a
+/// hop to the bus; they are still in the log for its next stream, and that stream gets live
+/// events again.
+#[tokio::test]
+async fn an_account_between_streams_gets_the_gap_replayed_and_live_events_again() {
+    let t = TestServer::start().await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    t.befriend(&b, &a).await; // bob sees alice's presence
+    let mut bob = t.user(&b);
+    let mut watch = Events::live(&mut bob).await;
+    let mut alice = t.user(&a);
+    let first = Events::live(&mut alice).await;
+    watch.status_of(&a.id, pb::PresenceStatus::Online).await;
+    drop(first);
+    // Offline for bob: the bus has dropped alice's last stream.
+    watch.status_of(&a.id, pb::PresenceStatus::Offline).await;
+    let missed = t.send(&b, &a, "while away").await;
+
+    let mut next = Events::open(&mut alice, Some(0)).await;
+    next.started().await;
+    assert_eq!(next.received().await.message_id, missed.message_id);
+    let live = t.send(&b, &a, "back").await;
+    assert_eq!(next.received().await.message_id, live.message_id);
+    // And a stream opened live, with no replay to cover for it, gets the next one too.
+    let mut fresh = Events::live(&mut alice).await;
+    let after = t.send(&b, &a, "again").await;
+    assert_eq!(fresh.received().await.message_id, after.message_id);
+    assert_eq!(next.received().await.message_id, after.message_id);
+}
+
 #[tokio::test]
 async fn retention_prunes_and_a_stale_resume_is_not_resumed() {
     let t = TestServer::start_with(|c| c.events.retention_per_account = 3).await;

@@ -1,9 +1,9 @@
 //! `EventBusActor`: live routing only. It holds the open streams per account, hands committed
 //! events to them in seq order, and counts streams per account, which is presence.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -37,22 +37,52 @@ pub struct PresenceChanged {
     pub online: bool,
 }
 
+/// The accounts with at least one live stream, as the bus last left them: published so that
+/// committed events no stream waits for are dropped where they are made, instead of waking the
+/// bus's thread for nothing (a server-to-server sender with no streams open pays no hop).
+///
+/// Dropping there is as safe as the bus dropping them: the store makes a batch durable before
+/// it asks, and a stream is in here before it reads where the durable log ends, so an event
+/// either is published after its stream registered or is durable before its replay begins.
+#[derive(Clone, Default)]
+pub struct LiveAccounts(Arc<RwLock<HashSet<AccountId>>>);
+
+impl LiveAccounts {
+    /// Keeps the events of accounts that have a live stream.
+    pub fn keep_live(&self, events: &mut Vec<CommittedEvent>) {
+        // A poisoned lock only means a writer panicked mid-insert: the set is still a set.
+        let live = self.0.read().unwrap_or_else(|e| e.into_inner());
+        events.retain(|e| live.contains(&e.account_id));
+    }
+
+    fn set(&self, account: AccountId, online: bool) {
+        let mut live = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if online {
+            live.insert(account);
+        } else {
+            live.remove(&account);
+        }
+    }
+}
+
 /// The router of live events.
 pub struct EventBusActor {
     streams: HashMap<AccountId, HashMap<u64, Link>>,
     presence: Option<Recipient<PresenceChanged>>,
     next_id: u64,
     stats: Arc<DeliveryStats>,
+    live: LiveAccounts,
 }
 
 impl EventBusActor {
-    /// An empty bus counting into `stats`.
-    pub fn new(stats: Arc<DeliveryStats>) -> Self {
+    /// An empty bus counting into `stats`, keeping `live` up to date.
+    pub fn new(stats: Arc<DeliveryStats>, live: LiveAccounts) -> Self {
         EventBusActor {
             streams: HashMap::new(),
             presence: None,
             next_id: 1,
             stats,
+            live,
         }
     }
 
@@ -100,7 +130,9 @@ impl EventBusActor {
         }
     }
 
+    /// An account got its first stream or lost its last.
     fn notify(&self, account: AccountId, online: bool) {
+        self.live.set(account, online);
         if online {
             self.stats.online_accounts.inc();
         } else {
@@ -261,3 +293,43 @@ impl Handler<CloseStreams> for EventBusActor {
 #[derive(Message, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Close(pub CloseReason);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::events::new_event;
+
+    fn committed(account: AccountId, seq: u64) -> CommittedEvent {
+        let mut event = new_event(pb::event::Kind::TypingChanged(pb::TypingChanged::default()));
+        event.seq = seq;
+        CommittedEvent {
+            account_id: account,
+            event,
+        }
+    }
+
+    #[test]
+    fn only_events_of_accounts_with_a_live_stream_are_kept() {
+        let live = LiveAccounts::default();
+        let bus = EventBusActor::new(Arc::new(DeliveryStats::default()), live.clone());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let batch = || vec![committed(a, 1), committed(b, 1), committed(a, 2)];
+        let kept = |mut events: Vec<CommittedEvent>| {
+            live.keep_live(&mut events);
+            events
+                .iter()
+                .map(|e| (e.account_id, e.event.seq))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            kept(batch()).is_empty(),
+            "no stream: nothing goes to the bus"
+        );
+        bus.notify(a, true);
+        assert_eq!(kept(batch()), [(a, 1), (a, 2)], "in order, alice's only");
+        bus.notify(b, true);
+        assert_eq!(kept(batch()).len(), 3);
+        bus.notify(a, false);
+        assert_eq!(kept(batch()), [(b, 1)]);
+    }
+}
