@@ -219,8 +219,9 @@ impl Default for LimitsConfig {
 pub struct EventsConfig {
     /// Durable events kept per account; older ones are pruned.
     pub retention_per_account: u64,
-    /// A live stream reports the messages it handed out as DELIVERED at most once per this
-    /// many milliseconds; a quiet stream's first report goes at once. 0: after every batch.
+    /// A busy live stream holds the messages it handed out for at most this many milliseconds
+    /// before it reports them DELIVERED; a quiet stream's first report goes at once. 0: after
+    /// every batch.
     pub receipt_interval_ms: u64,
 }
 

@@ -335,6 +335,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
         store: store.clone(),
         buffer: cfg.limits.subscriber_buffer,
         receipt_interval: std::time::Duration::from_millis(cfg.events.receipt_interval_ms),
+        receipt_tick: Default::default(),
         stats: stats.clone(),
         tracker: tokio_util::task::TaskTracker::new(),
     };

@@ -97,6 +97,36 @@ async fn a_busy_stream_reports_its_receipts_together_and_at_once_when_it_ends() 
 }
 
 #[tokio::test]
+async fn busy_streams_report_their_held_receipts_at_the_shared_tick_while_open() {
+    let t = TestServer::start_with(|c| c.events.receipt_interval_ms = 50).await;
+    let a = t.account("alice").await;
+    let (b, c) = (t.account("bob").await, t.account("carol").await);
+    let mut alice = Events::live(&mut t.user(&a)).await;
+    let mut bob = Events::live(&mut t.user(&b)).await;
+    let mut carol = Events::live(&mut t.user(&c)).await;
+
+    // Each stream's first receipt may go at once; the second, right behind it, waits for the
+    // tick the two streams share (or goes at once, if the interval has passed meanwhile).
+    let mut sent = HashSet::new();
+    for (to, stream) in [(&b, &mut bob), (&c, &mut carol)] {
+        for text in ["one", "two"] {
+            let m = t.send(&a, to, text).await;
+            assert_eq!(stream.received().await.message_id, m.message_id);
+            sent.insert(m.message_id);
+        }
+    }
+    // Both streams stay open: every receipt reaches alice all the same.
+    let mut told = HashSet::new();
+    while told.len() < sent.len() {
+        let change = alice.state_change().await;
+        assert_eq!(change.state, MessageState::Delivered as i32);
+        told.extend(change.message_ids);
+    }
+    assert_eq!(told, sent);
+    drop((bob, carol));
+}
+
+#[tokio::test]
 async fn a_fresh_stream_does_not_deliver_history_but_a_replay_does() {
     let (t, a, b, mut alice) = sender_watching().await;
     let old = t.send(&a, &b, "while you were away").await;

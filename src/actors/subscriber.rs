@@ -11,10 +11,11 @@
 //! `MessageReceived` to the output makes the message DELIVERED.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use actix::WeakAddr;
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
@@ -60,6 +61,46 @@ pub struct Subscription {
     pub closed: oneshot::Receiver<CloseReason>,
 }
 
+/// Streams holding receipts for the next shared tick. One timer serves every busy stream, so
+/// that their deferred reports wake the actors' thread once per interval, not once per stream
+/// (BENCHMARKS.md, forty-first session). The first stream to wait starts the tick, when its
+/// own interval runs out; those that join meanwhile report with it, a little early.
+#[derive(Clone, Default)]
+pub struct ReceiptTick(Arc<Mutex<Vec<WeakAddr<SubscriberActor>>>>);
+
+impl ReceiptTick {
+    /// Has `stream` report at the tick, which starts `after` from now if none is running. Called
+    /// on the subscribers' arbiter, where the tick then runs.
+    fn wait(&self, stream: WeakAddr<SubscriberActor>, after: Duration) {
+        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.push(stream);
+        if waiting.len() > 1 {
+            return;
+        }
+        let tick = self.clone();
+        actix::spawn(async move {
+            tokio::time::sleep(after).await;
+            let due = std::mem::take(&mut *tick.0.lock().unwrap_or_else(|e| e.into_inner()));
+            // A stream gone since reported what it held when it stopped.
+            for stream in due.iter().filter_map(WeakAddr::upgrade) {
+                stream.do_send(ReportDue);
+            }
+        });
+    }
+}
+
+/// From the receipt tick: report what the stream holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReportDue;
+
+impl Handler<ReportDue> for SubscriberActor {
+    type Result = ();
+    fn handle(&mut self, _: ReportDue, _: &mut Context<Self>) {
+        self.report();
+    }
+}
+
 /// Everything needed to open subscriptions.
 #[derive(Clone)]
 pub struct Subscriptions {
@@ -73,8 +114,10 @@ pub struct Subscriptions {
     pub store: Arc<dyn Store>,
     /// Queue bound per stream.
     pub buffer: usize,
-    /// A live stream reports receipts at most once per this long (`events.receipt_interval_ms`).
+    /// How long a busy live stream holds its receipts at most (`events.receipt_interval_ms`).
     pub receipt_interval: Duration,
+    /// The timer busy streams share for their deferred reports.
+    pub receipt_tick: ReceiptTick,
     /// Counters.
     pub stats: Arc<DeliveryStats>,
     /// Counts live streams and receipts being recorded, so that shutdown can wait for them
@@ -277,8 +320,8 @@ impl SubscriberActor {
     }
 
     /// Notes a message handed to the recipient. A stream that has not reported within the
-    /// receipt interval reports once this turn is over; a busier one waits for the interval to
-    /// pass, so that a burst's receipts share one store write and one `MessageStateChanged` per
+    /// receipt interval reports once this turn is over; a busier one waits for the receipt
+    /// tick, so that a burst's receipts share one store write and one `MessageStateChanged` per
     /// sender instead of one each (BENCHMARKS.md, fortieth session). A full batch goes at once.
     fn receipt(&mut self, id: String, ctx: &mut Context<Self>) {
         self.receipts.push(id);
@@ -295,7 +338,7 @@ impl SubscriberActor {
         if wait.is_zero() {
             ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, _| act.report()));
         } else {
-            ctx.run_later(wait, |act, _| act.report());
+            self.env.receipt_tick.wait(ctx.address().downgrade(), wait);
         }
     }
 
