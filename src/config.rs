@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub socket_mode: u32,
     /// How the actors' thread and the store's writer are scheduled when a send wakes them.
     pub hand_offs: HandOffs,
+    /// Which threads run the network, the handlers and the actors.
+    pub runtime: RuntimeKind,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             allow_insecure: false,
             socket_mode: 0o600,
             hand_offs: HandOffs::Prompt,
+            runtime: RuntimeKind::MultiThread,
         }
     }
 }
@@ -98,6 +101,22 @@ pub enum HandOffs {
     /// per second; on some hosts later deliveries (BENCHMARKS.md, thirty-fourth to
     /// thirty-sixth sessions).
     Batched,
+}
+
+/// Which threads run the network, the gRPC handlers and the actors (`crate::runtime`). The
+/// store's writer and syncer have threads of their own either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A tokio worker per core for the network and handlers; the actors on a thread of their
+    /// own. The most calls per second; the default.
+    #[default]
+    MultiThread,
+    /// One thread for the network, the handlers and the actors: no hand-off between them is a
+    /// wake-up of another thread, so a delivered message costs less CPU, and a busy server
+    /// answers fewer calls per second (BENCHMARKS.md, forty-second session). For a server
+    /// kept local for one GUI, or one core.
+    SingleThread,
 }
 
 /// Which storage engine keeps the data.
@@ -401,6 +420,15 @@ mod tests {
         let cfg = Config::parse(include_str!("../config.toml")).unwrap();
         assert_eq!(cfg.server.listen, "127.0.0.1:50051");
         assert_eq!(cfg.limits.max_text_bytes, 16 * 1024);
+    }
+
+    #[test]
+    fn the_runtime_is_named_in_snake_case_and_checked() {
+        let cfg = Config::parse("[server]\nruntime = \"single_thread\"\n").unwrap();
+        assert_eq!(cfg.server.runtime, RuntimeKind::SingleThread);
+        assert_eq!(Config::default().server.runtime, RuntimeKind::MultiThread);
+        let e = Config::parse("[server]\nruntime = \"one\"\n").unwrap_err();
+        assert!(e.contains("server.runtime"), "{e}");
     }
 
     #[test]

@@ -77,34 +77,33 @@ fn main() -> ExitCode {
         eprintln!("phantom-grpc-api: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+    match phantom::runtime::block_on(cfg.server.runtime, serve(cfg)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("phantom-grpc-api: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the server, then serves until SIGINT or SIGTERM.
+async fn serve(cfg: Config) -> ExitCode {
+    let server = match phantom::server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("phantom-grpc-api: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let server = match phantom::server::start(cfg).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("phantom-grpc-api: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // A line scripts and tests can wait for.
-        println!("phantom-grpc-api listening on {}", server.local_addr);
-        if let Some(m) = server.metrics_addr {
-            println!("metrics on http://{m}/metrics");
-        }
-        wait_for_signal(&server).await;
-        tracing::info!("shutting down");
-        server.shutdown().await;
-        ExitCode::SUCCESS
-    })
+    // A line scripts and tests can wait for.
+    println!("phantom-grpc-api listening on {}", server.local_addr);
+    if let Some(m) = server.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    wait_for_signal(&server).await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 /// Waits for SIGINT or SIGTERM; meanwhile SIGHUP reloads the TLS files.

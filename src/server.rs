@@ -267,7 +267,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let (listen, tls) = preflight(&cfg)?;
     let admin_digest = tokens::digest(&admin_token(&cfg)?);
 
-    let mut runtime = ActorRuntime::start(cfg.server.hand_offs).map_err(|e| e.to_string())?;
+    let mut runtime =
+        ActorRuntime::start(cfg.server.hand_offs, cfg.server.runtime).map_err(|e| e.to_string())?;
     let stats = Arc::new(DeliveryStats::default());
     let store_stats = StoreStats::default();
     let metrics = Metrics::new(&stats, &store_stats)?;

@@ -2,9 +2,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use common::*;
 use phantom::config::Engine;
 use phantom::pb;
@@ -303,45 +300,6 @@ async fn verify(
     }
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the real binary and returns it with the address it printed.
-fn spawn_server(dir: &std::path::Path, engine: &str) -> (Proc, String) {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nengine = \"{engine}\"\ndata_dir = \"{}\"\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"warn\"\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("PHANTOM_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn server");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("phantom-grpc-api listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (Proc(child), addr)
-}
-
 #[tokio::test]
 async fn everything_acknowledged_survives_sigkill() {
     for engine in ["lsm", "sqlite"] {
@@ -351,7 +309,7 @@ async fn everything_acknowledged_survives_sigkill() {
 
 async fn acknowledged_survives_sigkill(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (proc1, addr) = spawn_server(dir.path(), engine);
+    let (proc1, addr) = spawn_server(dir.path(), "", engine);
     let channel = phantom::client::connect(&addr).await.unwrap();
     let mut admin = PhantomAdminClient::with_interceptor(channel.clone(), Bearer::new(ADMIN));
     let mut make = async |h: &str| {
@@ -414,7 +372,7 @@ async fn acknowledged_survives_sigkill(engine: &str) {
     // SIGKILL right after the last reply: no graceful anything.
     drop(proc1);
 
-    let (_proc2, addr) = spawn_server(dir.path(), engine);
+    let (_proc2, addr) = spawn_server(dir.path(), "", engine);
     let channel = phantom::client::connect(&addr).await.unwrap();
     // alice's log: ContactAdded, MessageSent, MessageStateChanged.
     verify_after_kill(&channel, &a, &b, &m.message_id).await;
@@ -456,7 +414,7 @@ async fn verify_after_kill(
 #[test]
 fn the_server_runs_without_transparent_huge_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let (proc, _addr) = spawn_server(dir.path(), "lsm");
+    let (proc, _addr) = spawn_server(dir.path(), "", "lsm");
     let status = std::fs::read_to_string(format!("/proc/{}/status", proc.0.id())).unwrap();
     // The field exists since Linux 5.0; an older kernel has nothing to check.
     if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {

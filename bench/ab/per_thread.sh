@@ -5,9 +5,10 @@
 # --rounds 1 --duration 8`), and prints, per thread name, the voluntary and involuntary context
 # switches and the CPU (/proc/PID/task/*/status and stat, over the tool's whole run) per
 # SendMessage the server answered OK (`ok_sends`), then the tool's rows. A/B: the same tool,
-# SERVER (or HAND_OFFS, BATCH_THREADS or RECEIPT_INTERVAL_MS, `server.sh`) changed.
+# SERVER (or HAND_OFFS, BATCH_THREADS, RECEIPT_INTERVAL_MS or RUNTIME, `server.sh`) changed.
 #
 # usage: [SERVER=BINARY] [HAND_OFFS=batched] [BATCH_THREADS="NAME ..."] [RECEIPT_INTERVAL_MS=N] \
+#   [RUNTIME=single_thread] \
 #   bench/ab/per_thread.sh BINDIR PHANTOM_BENCH_ARGS...
 set -uo pipefail
 bin=$(realpath "$1"); shift

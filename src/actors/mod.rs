@@ -11,7 +11,7 @@ pub mod subscriber;
 
 use actix::{ArbiterHandle, System};
 
-use crate::config::HandOffs;
+use crate::config::{HandOffs, RuntimeKind};
 use crate::core::CoreError;
 
 /// The actix runtime the actors live on.
@@ -23,8 +23,22 @@ pub struct ActorRuntime {
 }
 
 impl ActorRuntime {
-    /// Starts an actix `System` on a thread of its own, scheduled as `hand_offs` says.
-    pub fn start(hand_offs: HandOffs) -> Result<Self, CoreError> {
+    /// Starts an actix `System` on a thread of its own, scheduled as `hand_offs` says; with
+    /// `SingleThread`, uses the `System` the caller runs in (`runtime::block_on`) instead.
+    pub fn start(hand_offs: HandOffs, kind: RuntimeKind) -> Result<Self, CoreError> {
+        if kind == RuntimeKind::SingleThread {
+            let system = System::try_current().ok_or_else(|| {
+                CoreError::internal(
+                    "server.runtime = \"single_thread\" needs the server started on \
+                     phantom::runtime::block_on",
+                )
+            })?;
+            return Ok(ActorRuntime {
+                arbiter: actix::Arbiter::current(),
+                system,
+                thread: None,
+            });
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = crate::sched::spawn_hand_off("phantom-actors", hand_offs, move || {
             let sys = actix::System::new();
@@ -42,10 +56,11 @@ impl ActorRuntime {
         })
     }
 
-    /// Stops every actor and waits for the thread.
+    /// Stops every actor and waits for the thread. A `System` this runtime did not start
+    /// ends with its caller's `block_on`.
     pub fn stop(&mut self) {
-        self.system.stop();
         if let Some(t) = self.thread.take() {
+            self.system.stop();
             let _ = t.join();
         }
     }

@@ -94,6 +94,18 @@ impl TestServer {
         }
     }
 
+    /// Drives a server running elsewhere (`spawn_server` on `dir`) at `addr`; `server` is
+    /// `None`, so `stop` and `restart` do nothing to it.
+    pub async fn attach(dir: tempfile::TempDir, addr: &str) -> Self {
+        let channel = phantom::client::connect(addr).await.expect("connect");
+        TestServer {
+            server: None,
+            config: test_config(dir.path()),
+            dir,
+            channel,
+        }
+    }
+
     /// Stops gracefully and starts again on the same data dir (on a new port).
     pub async fn restart(&mut self) {
         if let Some(s) = self.server.take() {
@@ -357,4 +369,47 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, field
 
 pub fn kind(ev: &pb::Event) -> &pb::event::Kind {
     ev.kind.as_ref().expect("event kind")
+}
+
+/// The real binary, killed when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real binary on `dir` with the given storage engine and extra `[server]` keys
+/// (TOML lines); returns it with the address it printed.
+pub fn spawn_server(dir: &std::path::Path, server_keys: &str, engine: &str) -> (Proc, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\nengine = \"{engine}\"\ndata_dir = \"{}\"\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"warn\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("PHANTOM_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("phantom-grpc-api listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (Proc(child), addr)
 }
