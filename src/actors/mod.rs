@@ -18,8 +18,8 @@ use crate::core::CoreError;
 pub struct ActorRuntime {
     /// Where actors are started.
     pub arbiter: ArbiterHandle,
-    system: System,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The `System` this runtime started and its thread; `None` on the caller's `System`.
+    own: Option<(System, std::thread::JoinHandle<()>)>,
 }
 
 impl ActorRuntime {
@@ -27,16 +27,16 @@ impl ActorRuntime {
     /// `SingleThread`, uses the `System` the caller runs in (`runtime::block_on`) instead.
     pub fn start(hand_offs: HandOffs, kind: RuntimeKind) -> Result<Self, CoreError> {
         if kind == RuntimeKind::SingleThread {
-            let system = System::try_current().ok_or_else(|| {
-                CoreError::internal(
+            // `Arbiter::current` panics outside a `System`.
+            if System::try_current().is_none() {
+                return Err(CoreError::internal(
                     "server.runtime = \"single_thread\" needs the server started on \
                      phantom::runtime::block_on",
-                )
-            })?;
+                ));
+            }
             return Ok(ActorRuntime {
                 arbiter: actix::Arbiter::current(),
-                system,
-                thread: None,
+                own: None,
             });
         }
         let (tx, rx) = std::sync::mpsc::channel();
@@ -51,17 +51,16 @@ impl ActorRuntime {
         let (system, arbiter) = rx.recv().map_err(CoreError::internal)?;
         Ok(ActorRuntime {
             arbiter,
-            system,
-            thread: Some(thread),
+            own: Some((system, thread)),
         })
     }
 
     /// Stops every actor and waits for the thread. A `System` this runtime did not start
     /// ends with its caller's `block_on`.
     pub fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.system.stop();
-            let _ = t.join();
+        if let Some((system, thread)) = self.own.take() {
+            system.stop();
+            let _ = thread.join();
         }
     }
 }
