@@ -492,15 +492,11 @@ async fn overlapping_replays_deliver_each_message_once() {
 
 /// The scheduling policy of every thread of this process named `name`.
 fn policies_of(name: &str) -> Vec<i32> {
-    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
-    tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
-        })
-        .filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+    threads_of("self")
+        .into_iter()
+        .filter(|(_, n)| n == name)
         // SAFETY: plain system call on a thread id of this process.
-        .map(|tid| unsafe { libc::sched_getscheduler(tid) })
+        .map(|(tid, _)| unsafe { libc::sched_getscheduler(tid) })
         .collect()
 }
 

@@ -4,16 +4,6 @@ mod common;
 use common::*;
 use phantom::pb;
 
-/// The names of a process's threads, as the kernel has them (cut to 15 characters).
-#[cfg(target_os = "linux")]
-fn thread_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task dir")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect()
-}
-
 /// The real binary with `runtime = "single_thread"` runs no tokio worker and no actors'
 /// thread, yet a message reaches its recipient's stream, the receipt reaches the sender's, and
 /// SIGTERM still stops it cleanly.
@@ -22,7 +12,10 @@ fn thread_names(pid: u32) -> Vec<String> {
 async fn a_single_thread_server_delivers_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut proc, addr) = spawn_server(dir.path(), "runtime = \"single_thread\"", "lsm");
-    let threads = thread_names(proc.0.id());
+    let threads: Vec<String> = threads_of(&proc.0.id().to_string())
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     assert!(
         threads.iter().any(|n| n == "phantom-store-w"),
         "the store's writer keeps its thread: {threads:?}"
@@ -49,12 +42,7 @@ async fn a_single_thread_server_delivers_and_stops_cleanly() {
     assert_eq!(receipt.message_ids, vec![sent.message_id]);
     assert_eq!(receipt.state, pb::MessageState::Delivered as i32);
 
-    let pid = proc.0.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    proc.signal("TERM");
     // The streams end as the server drains, then it exits with success.
     assert!(matches!(recipient.next().await, Err(_) | Ok(None)));
     let status = tokio::task::spawn_blocking(move || proc.0.wait())

@@ -242,16 +242,6 @@ async fn phantomctl_speaks_tls_and_mtls() {
     assert!(!no_cert.status.success(), "no client certificate: refused");
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_binary_reloads_certificates_on_sighup() {
     use std::io::{BufRead, BufReader};
@@ -269,7 +259,7 @@ async fn the_binary_reloads_certificates_on_sighup() {
             key
         ),
     );
-    let mut child = Child(
+    let mut child = Proc(
         std::process::Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
             .arg("--config")
             .arg(&config)
@@ -280,14 +270,7 @@ async fn the_binary_reloads_certificates_on_sighup() {
             .spawn()
             .expect("spawn server"),
     );
-    let mut out = BufReader::new(child.0.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("first line");
-    let addr = line
-        .trim()
-        .strip_prefix("phantom-grpc-api listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr = listening_addr(child.0.stdout.take().expect("stdout"));
     let dial = |ca: &Ca| {
         let d = tempfile::tempdir().expect("temp dir");
         let files = TlsFiles {
@@ -306,11 +289,7 @@ async fn the_binary_reloads_certificates_on_sighup() {
     call(open.clone()).await.expect("works");
 
     server_files(dir.path(), &new_ca, false);
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(hup.success());
+    child.signal("HUP");
     // The server logs the reload: that is the event to wait for.
     let stderr = child.0.stderr.take().expect("stderr");
     let reloaded = tokio::task::spawn_blocking(move || {

@@ -374,6 +374,17 @@ pub fn kind(ev: &pb::Event) -> &pb::event::Kind {
 /// The real binary, killed when dropped.
 pub struct Proc(pub std::process::Child);
 
+impl Proc {
+    /// Sends `signal` ("TERM", "HUP", ...) to the process and checks it was sent.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal}");
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -381,10 +392,37 @@ impl Drop for Proc {
     }
 }
 
+/// Reads the binary's first line from its stdout, the address it listens on.
+pub fn listening_addr(stdout: impl std::io::Read) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line");
+    line.trim()
+        .strip_prefix("phantom-grpc-api listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string()
+}
+
+/// The threads of process `pid` ("self" for this one): their ids and names, as the kernel has
+/// them (cut to 15 characters).
+#[cfg(target_os = "linux")]
+pub fn threads_of(pid: &str) -> Vec<(libc::pid_t, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            Some((tid, name.trim_end().to_string()))
+        })
+        .collect()
+}
+
 /// Starts the real binary on `dir` with the given storage engine and extra `[server]` keys
 /// (TOML lines); returns it with the address it printed.
 pub fn spawn_server(dir: &std::path::Path, server_keys: &str, engine: &str) -> (Proc, String) {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let config = dir.join("config.toml");
     std::fs::write(
@@ -403,13 +441,6 @@ pub fn spawn_server(dir: &std::path::Path, server_keys: &str, engine: &str) -> (
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn server");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("phantom-grpc-api listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr = listening_addr(child.stdout.take().expect("stdout"));
     (Proc(child), addr)
 }
