@@ -228,22 +228,56 @@ fn answer(replies: Replies, result: Result<(), String>) {
     }
 }
 
-/// Serves echo on `listen` until killed; prints the bound address first. `coalesced` hands
-/// each connection to tonic through the server's own wrapper (`phantom::net::Coalesced`);
-/// `durable` makes each reply wait until its body is fdatasync'd in a file in that directory.
+/// Serves echo on `listen` (`host:port` or `unix:/path`) until killed; prints the bound
+/// address first. `coalesced` hands each connection to tonic through the server's own wrapper
+/// (`phantom::net::coalesced`); `durable` makes each reply wait until its body is fdatasync'd
+/// in a file in that directory.
 pub async fn serve(listen: &str, coalesced: bool, durable: Option<&Path>) -> Result<(), String> {
-    let (durable, synced) = durable.map(durable_log).transpose()?.unzip();
+    let server = router(durable)?;
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| format!("cannot bind {listen}: {e}"))?;
+        println!("echo listening on {listen}");
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        return serve_on(server, incoming, coalesced).await;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot bind {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("echo listening on {addr}");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder().add_service(EchoServer::new(Service {
-        durable,
-        synced,
-        calls: AtomicU64::new(0),
-    }));
+    serve_on(server, incoming, coalesced).await
+}
+
+/// The echo service, durable with a log in `durable`.
+fn router(durable: Option<&Path>) -> Result<tonic::transport::server::Router, String> {
+    let (durable, synced) = durable.map(durable_log).transpose()?.unzip();
+    Ok(
+        tonic::transport::Server::builder().add_service(EchoServer::new(Service {
+            durable,
+            synced,
+            calls: AtomicU64::new(0),
+        })),
+    )
+}
+
+/// Serves `incoming`'s connections, bare or through the server's wrapper.
+async fn serve_on<S, IO, E>(
+    server: tonic::transport::server::Router,
+    incoming: S,
+    coalesced: bool,
+) -> Result<(), String>
+where
+    S: tokio_stream::Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let served = if coalesced {
         server
             .serve_with_incoming(incoming.map(phantom::net::coalesced))
@@ -284,6 +318,27 @@ mod tests {
         assert_eq!(so_far.buckets[0].le_seconds, bounds[0]);
         let all = so_far.buckets.last().map(|b| (b.le_seconds, b.count));
         assert_eq!(all, Some((f64::INFINITY, 3)));
+    }
+
+    #[tokio::test]
+    async fn the_echo_answers_over_a_unix_socket_bare_or_coalesced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for coalesced in [false, true] {
+            let path = dir.path().join(format!("echo-{coalesced}.sock"));
+            let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let served = tokio::spawn(serve_on(router(None).expect("router"), incoming, coalesced));
+            let conn = phantom::client::connect(&format!("unix:{}", path.display()))
+                .await
+                .expect("connected");
+            let body = b"over a unix socket".to_vec();
+            let echoed = pb::echo_client::EchoClient::new(conn)
+                .unary(pb::EchoMessage { body: body.clone() })
+                .await
+                .expect("echoed");
+            assert_eq!(echoed.into_inner().body, body, "coalesced: {coalesced}");
+            served.abort();
+        }
     }
 
     #[tokio::test]

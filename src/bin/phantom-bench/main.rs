@@ -69,6 +69,19 @@ struct Args {
     /// Storage engine of the server this tool starts (`storage.engine`: lsm or sqlite).
     #[arg(long, default_value = "lsm")]
     engine: String,
+    /// The server this tool starts, and the echo ceiling, listen on Unix sockets (in their
+    /// temp dirs) instead of 127.0.0.1, as a server kept local for a GUI does. h2load has no
+    /// Unix sockets, so not with --h2load.
+    #[arg(long)]
+    unix: bool,
+    /// `server.runtime` of the server this tool starts (multi_thread or single_thread; default:
+    /// the server's).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// `server.hand_offs` of the server this tool starts (prompt or batched; default: the
+    /// server's).
+    #[arg(long)]
+    hand_offs: Option<String>,
     /// HTTP/2 connections for unary load.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -195,19 +208,18 @@ async fn run(mut args: Args) -> Result<(), String> {
         std::fs::write(path, "").map_err(|e| format!("--e2e-trace {}: {e}", path.display()))?;
     }
 
+    check_combination(&args)?;
     if args.h2load {
         external::check_installed().await?;
     }
     // The echo server stays up (idle) for the runs paired with it.
-    let echo_proc = procs::echo(args.echo_coalesced, false)?;
+    let echo_proc = procs::echo(args.echo_coalesced, false, args.unix)?;
     let ceiling_op = scenarios::echo(&echo_proc, &k).await?;
     let (echo_op, echo_meter) = (ceiling_op.op.clone(), ceiling_op.meter);
     let echo_fixed = ceiling_op.fixed.clone();
     let mut rows = vec![ceiling_op.run(&k).await];
-    if args.echo_coalesced {
-        // Said in the row itself, so that a table or JSON read later tells which ceiling it was.
-        rows[0].note = "served through the server's connection wrapper (--echo-coalesced)".into();
-    }
+    // Said in the row itself, so that a table or JSON read later tells how the run was made.
+    rows[0].note = setup_note(&args);
     let ceiling = rows[0].per_sec.unwrap_or(0.0);
     let ceiling_p99 = rows[0].p99_ms.unwrap_or(0.0);
     // A latency scenario's ratio: its p99 over the echo's.
@@ -283,7 +295,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             }
             "e2e-floor" => {
                 // Its own process and log, as echo-durable; the rates e2e ran at.
-                let served = procs::echo(args.echo_coalesced, true)?;
+                let served = procs::echo(args.echo_coalesced, true, args.unix)?;
                 let floor = scenarios::e2e_floor(&served, &k).await?;
                 sweep(&k, send_rate, &p99_ratio, &mut extra, async |_, rate| {
                     let run = scenarios::e2e_floor_at(&floor, &k, rate);
@@ -293,7 +305,7 @@ async fn run(mut args: Args) -> Result<(), String> {
             }
             "echo-durable" => {
                 // Its own process, and its log, for this row only.
-                let served = procs::echo(args.echo_coalesced, true)?;
+                let served = procs::echo(args.echo_coalesced, true, args.unix)?;
                 let p = scenarios::echo_durable(&served, &k).await?;
                 let fixed = p.fixed.clone();
                 let paired = p.run_paired((&echo_op, echo_meter), &k, args.rounds);
@@ -375,11 +387,60 @@ fn e2e_rates(k: &Knobs, send_rate: Option<f64>) -> impl Iterator<Item = f64> + '
         .map(move |&r| if r == 0.0 { half } else { r })
 }
 
+/// Refuses options that cannot go together, before anything starts.
+fn check_combination(args: &Args) -> Result<(), String> {
+    if args.unix && args.h2load {
+        return Err(
+            "--h2load drives TCP only (h2load has no Unix sockets): drop --unix or --h2load".into(),
+        );
+    }
+    if args.target.is_some() {
+        let mine = [
+            ("--unix", args.unix),
+            ("--runtime", args.runtime.is_some()),
+            ("--hand-offs", args.hand_offs.is_some()),
+        ];
+        if let Some((flag, _)) = mine.iter().find(|(_, given)| *given) {
+            return Err(format!(
+                "{flag} sets up the server this tool starts, not --target's (a Unix socket \
+                 target is --target unix:/path)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The ceiling row's note: how this run was set up, where it differs from the defaults.
+fn setup_note(args: &Args) -> String {
+    let mut said = Vec::new();
+    if args.echo_coalesced {
+        said.push("served through the server's connection wrapper (--echo-coalesced)".to_string());
+    }
+    if args.unix {
+        said.push("the echo and the server on Unix sockets (--unix)".into());
+    }
+    if args.target.is_none() {
+        if let Some(r) = &args.runtime {
+            said.push(format!("server.runtime = {r}"));
+        }
+        if let Some(h) = &args.hand_offs {
+            said.push(format!("server.hand_offs = {h}"));
+        }
+    }
+    said.join("; ")
+}
+
 /// Starts a server here (the binary beside this tool, a temp data dir) with `conns`
 /// connections to it; it stops when the returned `Served` drops.
 async fn start_server(args: &Args, conns: usize) -> Result<(procs::Served, Target), String> {
     let bin = procs::server_binary(args.server_bin.clone())?;
-    let served = procs::phantom(&bin, &args.engine)?;
+    let settings = procs::Settings {
+        engine: args.engine.clone(),
+        unix: args.unix,
+        runtime: args.runtime.clone(),
+        hand_offs: args.hand_offs.clone(),
+    };
+    let served = procs::phantom(&bin, &settings)?;
     let t = Target::connect(
         &served.addr,
         procs::ADMIN,
@@ -443,4 +504,51 @@ fn report(rows: &[Row], json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(argv: &[&str]) -> Result<(), String> {
+        let args =
+            Args::try_parse_from(std::iter::once("phantom-bench").chain(argv.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        check_combination(&args)
+    }
+
+    #[test]
+    fn options_for_the_servers_this_tool_starts_are_refused_with_a_target() {
+        assert!(
+            checked(&[
+                "--unix",
+                "--runtime",
+                "single_thread",
+                "--hand-offs",
+                "batched"
+            ])
+            .is_ok()
+        );
+        for flag in [
+            &["--unix"][..],
+            &["--runtime", "single_thread"],
+            &["--hand-offs", "batched"],
+        ] {
+            let argv = [&["--target", "127.0.0.1:1"][..], flag].concat();
+            let e = checked(&argv).expect_err("refused");
+            assert!(e.starts_with(flag[0]), "{e}");
+        }
+        let e = checked(&["--unix", "--h2load"]).expect_err("refused");
+        assert!(e.contains("--h2load") && e.contains("--unix"), "{e}");
+    }
+
+    #[test]
+    fn the_ceiling_row_says_how_the_run_was_set_up() {
+        let args = Args::parse_from(["phantom-bench", "--unix", "--runtime", "single_thread"]);
+        assert_eq!(
+            setup_note(&args),
+            "the echo and the server on Unix sockets (--unix); server.runtime = single_thread"
+        );
+        assert_eq!(setup_note(&Args::parse_from(["phantom-bench"])), "");
+    }
 }

@@ -83,25 +83,56 @@ pub fn server_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
     }
 }
 
-/// Starts the Phantom server on a temp data dir, with limits that do not throttle a load test.
-pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
+/// How the tool starts the Phantom server: `engine` (`storage.engine`), and what it leaves at
+/// the server's default unless given.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `storage.engine`.
+    pub engine: String,
+    /// Listen on a Unix socket in the server's temp dir instead of 127.0.0.1.
+    pub unix: bool,
+    /// `server.runtime`, if given.
+    pub runtime: Option<String>,
+    /// `server.hand_offs`, if given.
+    pub hand_offs: Option<String>,
+}
+
+impl Settings {
+    /// The config file of a server whose data and socket are in `dir`, with limits that do
+    /// not throttle a load test.
+    fn config(&self, dir: &Path) -> String {
+        let listen = if self.unix {
+            format!("unix:{}", dir.join("phantom.sock").display())
+        } else {
+            "127.0.0.1:0".into()
+        };
+        let mut server = format!("[server]\nlisten = {listen:?}\n");
+        if let Some(r) = &self.runtime {
+            server += &format!("runtime = {r:?}\n");
+        }
+        if let Some(h) = &self.hand_offs {
+            server += &format!("hand_offs = {h:?}\n");
+        }
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\
-             [storage]\nengine = {engine:?}\ndata_dir = {:?}\n\
+            "{server}\
+             [storage]\nengine = {:?}\ndata_dir = {:?}\n\
              [auth]\nadmin_token = \"{ADMIN}\"\n\
              [limits]\nsend_rate_per_sec = 1000000000\nsend_burst = 1000000000\n\
              max_event_streams_per_account = 1000000\nmax_streams_per_connection = 100000\n\
              [events]\nretention_per_account = 1000000\n\
              [log]\nlevel = \"warn\"\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path().join("data")
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+            self.engine,
+            dir.join("data")
+        )
+    }
+}
+
+/// Starts the Phantom server on a temp data dir as `settings` say.
+pub fn phantom(binary: &Path, settings: &Settings) -> Result<Served, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("bench.toml");
+    std::fs::write(&config, settings.config(dir.path())).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(binary);
     cmd.arg("--config")
         .arg(&config)
@@ -114,22 +145,32 @@ pub fn phantom(binary: &Path, engine: &str) -> Result<Served, String> {
 }
 
 /// Starts the echo ceiling (this binary), on bare tonic or through `net::Coalesced`;
-/// `durable`: the durable echo, its log in a temp dir removed with it.
-pub fn echo(coalesced: bool, durable: bool) -> Result<Served, String> {
+/// `durable`: the durable echo, its log in a temp dir removed with it; `unix`: on a Unix
+/// socket in that dir instead of 127.0.0.1.
+pub fn echo(coalesced: bool, durable: bool, unix: bool) -> Result<Served, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(me);
-    cmd.args(["--serve-echo", "127.0.0.1:0"]);
-    if coalesced {
-        cmd.arg("--echo-coalesced");
-    }
     // On the temp dir's file system, as the server's data dir is.
-    let dir = if durable {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        cmd.arg("--echo-durable").arg(dir.path());
-        Some(dir)
+    let dir = if durable || unix {
+        Some(tempfile::tempdir().map_err(|e| e.to_string())?)
     } else {
         None
     };
+    match (&dir, unix) {
+        (Some(d), true) => {
+            cmd.arg("--serve-echo")
+                .arg(format!("unix:{}", d.path().join("echo.sock").display()));
+        }
+        _ => {
+            cmd.args(["--serve-echo", "127.0.0.1:0"]);
+        }
+    }
+    if coalesced {
+        cmd.arg("--echo-coalesced");
+    }
+    if let (Some(d), true) = (&dir, durable) {
+        cmd.arg("--echo-durable").arg(d.path());
+    }
     start(cmd, &[("echo listening on ", "")], dir)
 }
 
@@ -137,4 +178,40 @@ pub fn echo(coalesced: bool, durable: bool) -> Result<Served, String> {
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
     Some(process.status().ok()?.vmrss? * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phantom::config::{Config, Engine, HandOffs, RuntimeKind};
+
+    #[test]
+    fn the_server_config_says_what_the_settings_say() {
+        let dir = Path::new("/tmp/bench-dir");
+        let given = Settings {
+            engine: "sqlite".into(),
+            unix: true,
+            runtime: Some("single_thread".into()),
+            hand_offs: Some("batched".into()),
+        };
+        // Read as the server reads it.
+        let cfg = Config::parse(&given.config(dir)).expect("a config the server takes");
+        assert_eq!(cfg.server.listen, "unix:/tmp/bench-dir/phantom.sock");
+        assert_eq!(cfg.server.runtime, RuntimeKind::SingleThread);
+        assert_eq!(cfg.server.hand_offs, HandOffs::Batched);
+        assert_eq!(cfg.storage.engine, Engine::Sqlite);
+        assert_eq!(cfg.storage.data_dir, dir.join("data"));
+        assert_eq!(cfg.auth.admin_token, ADMIN);
+
+        // Unset, the server's own defaults stand, on loopback TCP.
+        let plain = Settings {
+            engine: "lsm".into(),
+            ..Settings::default()
+        };
+        let cfg = Config::parse(&plain.config(dir)).expect("a config the server takes");
+        assert_eq!(cfg.server.listen, "127.0.0.1:0");
+        let defaults = Config::default().server;
+        assert_eq!(cfg.server.runtime, defaults.runtime);
+        assert_eq!(cfg.server.hand_offs, defaults.hand_offs);
+    }
 }
