@@ -46,6 +46,16 @@ use crate::sched;
 /// keyspace), far less than the 16 MiB margin below fjall's own trigger.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
+/// How often the keyspaces are looked at once no memtable has changed for `STILL_AFTER` looks:
+/// an idle server then wakes this thread 5 times a second instead of 50 (a laptop's or a
+/// phone's CPU sleeps deeper between wake-ups). A burst after that grows a keyspace by well
+/// under 13 MiB before the next look (at the rate above), still inside the 16 MiB margin; from
+/// that look on, the keyspaces are looked at every `LOOK_EVERY` again.
+const STILL_LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// Looks that saw no memtable change before `STILL_LOOK_EVERY` applies.
+const STILL_AFTER: u32 = 10;
+
 /// The memtable size at which this thread rotates: 16 MiB below fjall's default
 /// `max_memtable_size` (64 MiB), which every keyspace of ours has (fjall keeps a keyspace's
 /// options from its creation), so fjall's own trigger never fires.
@@ -100,6 +110,7 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     // fjall's worker names itself once it runs, so it is looked for until found, for a second
     // at most (were fjall to name it differently, it would be looked for forever).
     let mut looks_for_worker = 50;
+    let mut stillness = Stillness::default();
     loop {
         if looks_for_worker > 0 {
             looks_for_worker -= 1;
@@ -116,10 +127,43 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
             keyspaces.iter().map(|ks| ks.tree.active_memtable()),
             &mut held,
         );
-        match stopped.recv_timeout(LOOK_EVERY) {
+        let memtables = keyspaces.iter().map(|ks| {
+            let m = ks.tree.active_memtable();
+            (m.id(), m.size())
+        });
+        // Looking for fjall's worker counts as a change: it is looked for every `LOOK_EVERY`.
+        let wait = stillness.next_look(memtables.collect(), looks_for_worker > 0);
+        match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             // The store is closing: what is held goes with this thread.
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Whether the keyspaces are being written, from what each look saw of their memtables.
+#[derive(Default)]
+struct Stillness {
+    /// Each keyspace's active memtable (id, size) at the last look.
+    seen: Vec<(u64, u64)>,
+    /// Looks in a row that saw them unchanged.
+    still_looks: u32,
+}
+
+impl Stillness {
+    /// How long until the next look, given what this look saw (`changed`: count it as a
+    /// change whatever it saw).
+    fn next_look(&mut self, memtables: Vec<(u64, u64)>, changed: bool) -> Duration {
+        self.still_looks = if memtables == self.seen && !changed {
+            self.still_looks.saturating_add(1)
+        } else {
+            0
+        };
+        self.seen = memtables;
+        if self.still_looks >= STILL_AFTER {
+            STILL_LOOK_EVERY
+        } else {
+            LOOK_EVERY
         }
     }
 }
@@ -237,6 +281,30 @@ mod tests {
         }
         assert_eq!(big.tree.table_count(), 1, "flushed to one table");
         assert_eq!(big.get("a").expect("get").map(|v| v.len()), Some(4096));
+    }
+
+    #[test]
+    fn looks_slow_down_once_nothing_is_written_and_speed_up_at_the_first_write() {
+        let mut s = Stillness::default();
+        let quiet = vec![(1, 100), (2, 50)];
+        // The first look has nothing to compare with; then unchanged looks keep the busy pace
+        // until STILL_AFTER of them in a row.
+        for look in 0..STILL_AFTER {
+            assert_eq!(s.next_look(quiet.clone(), false), LOOK_EVERY, "look {look}");
+        }
+        assert_eq!(s.next_look(quiet.clone(), false), STILL_LOOK_EVERY);
+        assert_eq!(s.next_look(quiet.clone(), false), STILL_LOOK_EVERY);
+        // A write (a size grew), a rotation (a new id), or a forced change: busy again at once.
+        for changed in [vec![(1, 101), (2, 50)], vec![(1, 100), (3, 0)]] {
+            for _ in 0..=STILL_AFTER {
+                s.next_look(quiet.clone(), false);
+            }
+            assert_eq!(s.next_look(changed, false), LOOK_EVERY);
+            assert_eq!(s.next_look(quiet.clone(), false), LOOK_EVERY);
+        }
+        for _ in 0..=STILL_AFTER {
+            assert_eq!(s.next_look(quiet.clone(), true), LOOK_EVERY);
+        }
     }
 
     #[test]
