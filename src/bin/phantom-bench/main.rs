@@ -389,10 +389,19 @@ fn e2e_rates(k: &Knobs, send_rate: Option<f64>) -> impl Iterator<Item = f64> + '
 
 /// Refuses options that cannot go together, before anything starts.
 fn check_combination(args: &Args) -> Result<(), String> {
-    if args.unix && args.h2load {
-        return Err(
-            "--h2load drives TCP only (h2load has no Unix sockets): drop --unix or --h2load".into(),
-        );
+    let unix_target = args
+        .target
+        .as_deref()
+        .is_some_and(|t| t.starts_with("unix:"));
+    if (args.unix || unix_target) && args.h2load {
+        let which = if args.unix {
+            "--unix"
+        } else {
+            "a unix: --target"
+        };
+        return Err(format!(
+            "--h2load drives TCP only (h2load has no Unix sockets): drop {which} or --h2load"
+        ));
     }
     if args.target.is_some() {
         let mine = [
@@ -540,6 +549,19 @@ mod tests {
         }
         let e = checked(&["--unix", "--h2load"]).expect_err("refused");
         assert!(e.contains("--h2load") && e.contains("--unix"), "{e}");
+        let e = checked(&[
+            "--target",
+            "unix:/run/p.sock",
+            "--admin-token",
+            "t",
+            "--h2load",
+        ])
+        .expect_err("refused");
+        assert!(
+            e.contains("--h2load") && e.contains("unix: --target"),
+            "{e}"
+        );
+        assert!(checked(&["--target", "unix:/run/p.sock", "--admin-token", "t"]).is_ok());
     }
 
     #[test]
