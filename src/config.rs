@@ -113,9 +113,10 @@ pub enum RuntimeKind {
     #[default]
     MultiThread,
     /// One thread for the network, the handlers and the actors: no hand-off between them is a
-    /// wake-up of another thread, so a delivered message costs less CPU, and a busy server
-    /// answers fewer calls per second (BENCHMARKS.md, forty-second session). For a server
-    /// kept local for one GUI, or one core.
+    /// wake-up of another thread, so from a few thousand messages a second up a delivered
+    /// message costs about a fifth less CPU (at a UI's pace little: there the store's fsyncs
+    /// dominate), and a busy server answers fewer calls per second (BENCHMARKS.md,
+    /// forty-second and forty-third sessions). For one core.
     SingleThread,
 }
 

@@ -428,13 +428,12 @@ fn setup_note(args: &Args) -> String {
     if args.unix {
         said.push("the echo and the server on Unix sockets (--unix)".into());
     }
-    if args.target.is_none() {
-        if let Some(r) = &args.runtime {
-            said.push(format!("server.runtime = {r}"));
-        }
-        if let Some(h) = &args.hand_offs {
-            said.push(format!("server.hand_offs = {h}"));
-        }
+    // With --target these two are refused (`check_combination`).
+    if let Some(r) = &args.runtime {
+        said.push(format!("server.runtime = {r}"));
+    }
+    if let Some(h) = &args.hand_offs {
+        said.push(format!("server.hand_offs = {h}"));
     }
     said.join("; ")
 }

@@ -156,19 +156,15 @@ pub fn echo(coalesced: bool, durable: bool, unix: bool) -> Result<Served, String
     } else {
         None
     };
-    match (&dir, unix) {
-        (Some(d), true) => {
-            cmd.arg("--serve-echo")
-                .arg(format!("unix:{}", d.path().join("echo.sock").display()));
-        }
-        _ => {
-            cmd.args(["--serve-echo", "127.0.0.1:0"]);
-        }
-    }
+    let listen = match &dir {
+        Some(d) if unix => format!("unix:{}", d.path().join("echo.sock").display()),
+        _ => "127.0.0.1:0".into(),
+    };
+    cmd.arg("--serve-echo").arg(listen);
     if coalesced {
         cmd.arg("--echo-coalesced");
     }
-    if let (Some(d), true) = (&dir, durable) {
+    if durable && let Some(d) = &dir {
         cmd.arg("--echo-durable").arg(d.path());
     }
     start(cmd, &[("echo listening on ", "")], dir)

@@ -123,16 +123,14 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
             }
         }
         rotate_full(keyspaces, ROTATE_AT, &mut failures);
-        look(
-            keyspaces.iter().map(|ks| ks.tree.active_memtable()),
-            &mut held,
-        );
-        let memtables = keyspaces.iter().map(|ks| {
-            let m = ks.tree.active_memtable();
-            (m.id(), m.size())
-        });
+        let active: Vec<_> = keyspaces
+            .iter()
+            .map(|ks| ks.tree.active_memtable())
+            .collect();
+        let memtables = active.iter().map(|m| (m.id(), m.size())).collect();
+        look(active.into_iter(), &mut held);
         // Looking for fjall's worker counts as a change: it is looked for every `LOOK_EVERY`.
-        let wait = stillness.next_look(memtables.collect(), looks_for_worker > 0);
+        let wait = stillness.next_look(memtables, looks_for_worker > 0);
         match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             // The store is closing: what is held goes with this thread.
