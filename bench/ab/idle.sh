@@ -15,13 +15,6 @@ if [ "${STREAM:-}" = 1 ]; then
   ep=$!
   trap 'kill $ep $sp 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 fi
-# Per thread name: voluntary switches, CPU ticks.
-threads() {
-  for t in /proc/$sp/task/*; do
-    echo "$(tr ' ' '_' <"$t/comm")" \
-      "$(awk '/^voluntary_ctxt/ {print $2}' "$t/status")" "$(awk '{print $14+$15}' "$t/stat")"
-  done | awk '{v[$1]+=$2; c[$1]+=$3} END {for (k in v) print k, v[k], c[k]}' | sort
-}
 secs=${SECONDS_IDLE:-20}
 sleep 3
 threads >"$dir/before"; sleep "$secs"; threads >"$dir/after"
@@ -30,6 +23,7 @@ if [ "${STREAM:-}" = 1 ] && ! grep -q subscription_started "$dir/events"; then
   exit 1
 fi
 join "$dir/before" "$dir/after" | awk -v s="$secs" -v tck="$(getconf CLK_TCK)" '
-  { v = $4 - $2; c = $5 - $3; V += v; C += c
+  # `threads` columns: name, voluntary, involuntary, user, system; then the same after.
+  { v = $6 - $2; c = $8 + $9 - $4 - $5; V += v; C += c
     if (v > 0 || c > 0) printf "%-18s %.1f wake-ups/s  cpu %.2f ms/s\n", $1, v / s, c * 1000 / tck / s }
   END { printf "%-18s %.1f wake-ups/s  cpu %.2f ms/s\n", "all", V / s, C * 1000 / tck / s }'

@@ -14,14 +14,6 @@
 set -uo pipefail
 bin=$(realpath "$1"); shift
 . "$(dirname "$0")/server.sh"
-# Per thread name: voluntary switches, involuntary switches, user and system CPU ticks.
-threads() {
-  for t in /proc/$sp/task/*; do
-    echo "$(tr ' ' '_' <"$t/comm")" \
-      "$(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "$t/status")" \
-      "$(awk '{print $14, $15}' "$t/stat")"
-  done | awk '{v[$1]+=$2; n[$1]+=$3; u[$1]+=$4; s[$1]+=$5} END {for (k in v) print k, v[k], n[k], u[k], s[k]}' | sort
-}
 threads >"$dir/before"; s0=$(ok_sends $mport)
 "$bin/phantom-bench" --target 127.0.0.1:$port --admin-token $admin --server-pid $sp \
   --target-metrics 127.0.0.1:$mport "$@" >"$dir/rows" 2>/dev/null

@@ -2,7 +2,8 @@
 # data dir (127.0.0.1, gRPC on `$port` and metrics on `$mport`, both picked by the kernel: port 0;
 # load-test limits off, log level warn) and
 # defines `ctl` (phantomctl as the admin), `cpu` (the server's CPU ticks in all, and its
-# store writer thread's) and `send_h2load`. Killed, and the dir removed, when the script exits.
+# store writer thread's), `threads` (switches and CPU per thread name) and `send_h2load`.
+# Killed, and the dir removed, when the script exits.
 # HAND_OFFS=batched sets `server.hand_offs`. BATCH_THREADS="NAME ..." moves the server's threads
 # of those names (as in /proc, cut to 15 characters) to SCHED_BATCH with the default slice once it
 # is up (`chrt -b`, as `hand_offs = "batched"` does for two of them), to measure one at a time.
@@ -39,6 +40,16 @@ cpu() {
   echo "$(awk '{print $14+$15}' /proc/$sp/stat) $w"
 }
 tck=$(getconf CLK_TCK)
+# Per thread name (spaces as _), summed over the threads of that name: voluntary and
+# involuntary context switches, user and system CPU ticks; sorted, for `join`.
+threads() {
+  local t
+  for t in /proc/$sp/task/*; do
+    echo "$(tr ' ' '_' <"$t/comm")" \
+      "$(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "$t/status")" \
+      "$(awk '{print $14, $15}' "$t/stat")"
+  done | awk '{v[$1]+=$2; n[$1]+=$3; u[$1]+=$4; s[$1]+=$5} END {for (k in v) print k, v[k], n[k], u[k], s[k]}' | sort
+}
 # h2load SendMessage on this server, 16 in flight per connection, from the pair that
 # `sender_and_body NAME "$dir"` made.
 send_h2load() {

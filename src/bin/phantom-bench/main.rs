@@ -175,6 +175,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         args.replay_events = args.replay_events.min(2_000);
         args.rounds = args.rounds.min(2);
     }
+    check_combination(&args)?;
     let wanted: Vec<&str> = if args.scenarios == "all" {
         ALL.to_vec()
     } else {
@@ -208,7 +209,6 @@ async fn run(mut args: Args) -> Result<(), String> {
         std::fs::write(path, "").map_err(|e| format!("--e2e-trace {}: {e}", path.display()))?;
     }
 
-    check_combination(&args)?;
     if args.h2load {
         external::check_installed().await?;
     }
