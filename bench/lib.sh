@@ -1,8 +1,8 @@
 # Sourced by the benchmark scripts: what they share.
 
 # server_config DIR PORT METRICS_PORT ADMIN: writes DIR/server.toml for a server on
-# 127.0.0.1:PORT with its data in DIR/data, metrics on 127.0.0.1:METRICS_PORT, the limits that
-# would throttle a load test off, and log level warn.
+# 127.0.0.1:PORT with its data in DIR/data, metrics and CPU profiles (phantom-bench --profile)
+# on 127.0.0.1:METRICS_PORT, the limits that would throttle a load test off, and log level warn.
 server_config() {
   cat >"$1/server.toml" <<CFG
 [server]
@@ -18,6 +18,7 @@ max_event_streams_per_account = 1000000
 max_streams_per_connection = 1000000
 [metrics]
 listen = "127.0.0.1:$3"
+profiling = true
 [log]
 level = "warn"
 CFG

@@ -52,6 +52,9 @@ impl TlsConfig {
 pub struct MetricsConfig {
     /// `host:port` serving `GET /metrics`; empty: off.
     pub listen: String,
+    /// Also serve CPU profiles of the process there (`GET /debug/pprof/profile?seconds=N`,
+    /// `crate::profile`). Off by default: anyone who reaches the listener could take one.
+    pub profiling: bool,
 }
 
 /// `[server]`: where and how to listen.
@@ -396,6 +399,9 @@ impl Config {
                 self.metrics.listen
             ));
         }
+        if self.metrics.profiling && self.metrics.listen.is_empty() {
+            return Err("metrics.profiling needs metrics.listen, where profiles are served".into());
+        }
         if self.auth.mode == AuthMode::None {
             crate::core::validate::handle("auth.local_account", &self.auth.local_account)
                 .map_err(|e| e.to_string())?;
@@ -448,6 +454,8 @@ mod tests {
         assert!(Config::parse("[tls]\nclient_ca = \"ca.pem\"").is_err());
         assert!(Config::parse("[server]\nsocket_mode = 0o1777").is_err());
         assert!(Config::parse("[metrics]\nlisten = \"nine\"").is_err());
+        assert!(Config::parse("[metrics]\nprofiling = true").is_err());
+        assert!(Config::parse("[metrics]\nlisten = \"127.0.0.1:0\"\nprofiling = true").is_ok());
         assert!(Config::parse("[limits]\nsend_rate_per_sec = 0").is_err());
         assert!(Config::parse("[events]\nreceipt_interval_ms = 60001").is_err());
         assert!(Config::parse("[events]\nreceipt_interval_ms = 0").is_ok());

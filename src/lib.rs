@@ -7,6 +7,7 @@ pub mod core;
 pub mod grpc;
 pub mod metrics;
 pub mod net;
+pub mod profile;
 pub mod runtime;
 pub mod sched;
 pub mod server;

@@ -1,5 +1,5 @@
 //! Prometheus metrics (the `prometheus` crate) and their HTTP endpoint, `GET /metrics` on
-//! `[metrics] listen`.
+//! `[metrics] listen`; with `[metrics] profiling`, also `GET /debug/pprof/profile` (`profile`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -119,10 +119,12 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listen` until `stop` is cancelled; returns the bound address.
+/// Serves `GET /metrics` on `listen` until `stop` is cancelled, and CPU profiles if `profiling`;
+/// returns the bound address.
 pub async fn serve(
     listen: &str,
     metrics: Metrics,
+    profiling: bool,
     stop: CancellationToken,
 ) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(listen)
@@ -138,9 +140,20 @@ pub async fn serve(
             let metrics = metrics.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
+                let conn_stop = stop.clone();
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
+                    let (metrics, stop) = (metrics.clone(), conn_stop.clone());
+                    async move {
+                        Ok::<_, Infallible>(
+                            if req.method() == hyper::Method::GET
+                                && req.uri().path() == PROFILE_PATH
+                            {
+                                profile(req.uri().query(), profiling, &stop).await
+                            } else {
+                                answer(&req, &metrics)
+                            },
+                        )
+                    }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
                 tokio::select! {
@@ -153,15 +166,47 @@ pub async fn serve(
     Ok(local)
 }
 
+/// Where CPU profiles are served (`profile`), the path Go's net/http/pprof uses.
+pub const PROFILE_PATH: &str = "/debug/pprof/profile";
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// A CPU profile of the process, as collapsed stacks (`crate::profile`).
+async fn profile(
+    query: Option<&str>,
+    profiling: bool,
+    stop: &CancellationToken,
+) -> Response<Full<Bytes>> {
+    use crate::profile::{ProfileError, requested, take};
+    let text = |status, body: String| reply(status, "text/plain", body.into_bytes());
+    if !profiling {
+        return text(
+            StatusCode::NOT_FOUND,
+            "profiling is off: set [metrics] profiling = true\n".into(),
+        );
+    }
+    match async { take(requested(query)?, stop).await }.await {
+        Ok(stacks) => text(StatusCode::OK, stacks),
+        Err(ProfileError::BadRequest(m)) => text(StatusCode::BAD_REQUEST, m + "\n"),
+        Err(ProfileError::Busy) => text(
+            StatusCode::CONFLICT,
+            "a profile is being taken already; one at a time\n".into(),
+        ),
+        Err(ProfileError::Failed(m)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("profiling failed: {m}\n"),
+        ),
+    }
+}
+
 fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let reply = |status, content_type, body: Vec<u8>| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        r
-    };
     match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
             reply(StatusCode::OK, prometheus::TEXT_FORMAT, metrics.render())

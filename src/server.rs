@@ -454,7 +454,10 @@ pub async fn start(cfg: Config) -> Result<RunningServer, String> {
     let stop_metrics = tokio_util::sync::CancellationToken::new();
     let metrics_addr = match cfg.metrics.listen.as_str() {
         "" => None,
-        addr => Some(crate::metrics::serve(addr, metrics, stop_metrics.clone()).await?),
+        addr => Some(
+            crate::metrics::serve(addr, metrics, cfg.metrics.profiling, stop_metrics.clone())
+                .await?,
+        ),
     };
     tracing::info!(listen = %local_addr, data_dir = %cfg.storage.data_dir.display(), "phantom-grpc-api serving");
 

@@ -144,3 +144,64 @@ async fn metrics_are_off_by_default() {
     let t = TestServer::start().await;
     assert!(t.server.as_ref().expect("running").metrics_addr.is_none());
 }
+
+#[tokio::test]
+async fn profiles_are_collapsed_stacks_one_at_a_time_and_off_by_default() {
+    let t = TestServer::start_with(|c| {
+        c.metrics.listen = "127.0.0.1:0".into();
+        c.metrics.profiling = true;
+    })
+    .await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    // Two profiles asked for at once: one is taken while sends keep the server busy, the
+    // other refused. Sends run until both have answered.
+    let both = futures::future::join(
+        get(&t, "/debug/pprof/profile?seconds=1.5"),
+        get(&t, "/debug/pprof/profile?seconds=1.5"),
+    );
+    tokio::pin!(both);
+    let mut sent = 0;
+    let ((s1, b1), (s2, b2)) = loop {
+        tokio::select! {
+            answers = &mut both => break answers,
+            _ = t.send(&a, &b, "busy") => sent += 1,
+        }
+    };
+    assert!(sent > 0);
+    let (taken, refused) = if s1.contains("200") {
+        (b1, (s2, b2))
+    } else {
+        (b2, (s1, b1))
+    };
+    assert!(refused.0.contains("409"), "{refused:?}");
+    assert!(refused.1.contains("one at a time"), "{refused:?}");
+    let mut samples = 0;
+    for line in taken.lines() {
+        let (stack, count) = line.rsplit_once(' ').expect("stack and count");
+        samples += count.parse::<u64>().expect("a count");
+        assert!(!stack.is_empty() && !stack.contains(' '), "{line}");
+        // The innermost frame is the program's, not the sampler's.
+        let innermost = stack.rsplit(';').next().unwrap_or_default();
+        assert!(
+            !innermost.starts_with("backtrace::") && !innermost.contains("pprof::"),
+            "{line}"
+        );
+    }
+    assert!(samples > 0, "{taken}");
+    // The server's own code is on the sampled stacks.
+    assert!(taken.contains("phantom::"), "{taken}");
+
+    let (status, body) = get(&t, "/debug/pprof/profile?seconds=0").await;
+    assert!(status.contains("400"), "{status}");
+    assert!(body.contains("seconds"), "{body}");
+    let (status, body) = get(&t, "/debug/pprof/profile?secs=1").await;
+    assert!(
+        status.contains("400") && body.contains("secs"),
+        "{status} {body}"
+    );
+
+    let off = TestServer::start_with(|c| c.metrics.listen = "127.0.0.1:0".into()).await;
+    let (status, body) = get(&off, "/debug/pprof/profile?seconds=1").await;
+    assert!(status.contains("404"), "{status}");
+    assert!(body.contains("[metrics] profiling"), "{body}");
+}

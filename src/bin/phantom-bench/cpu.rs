@@ -10,6 +10,8 @@ pub struct Meter {
     pub server: Option<u32>,
     /// The load's client.
     pub client: Client,
+    /// The server under test, whose windows `--profile` profiles (`profile`).
+    pub profiled: bool,
 }
 
 /// Which process is the load's client.
@@ -194,6 +196,7 @@ mod tests {
         let me = Meter {
             server: Some(std::process::id()),
             client: Client::This,
+            profiled: false,
         };
         let r = me.read().expect("/proc on Linux");
         assert!(r.machine > 0 && r.idle <= r.machine && r.server_us.is_some());
@@ -201,6 +204,7 @@ mod tests {
         let kids = Meter {
             server: None,
             client: Client::Children,
+            profiled: false,
         };
         let before = kids.read();
         assert!(before.is_some(), "getrusage");

@@ -176,20 +176,26 @@ fn millis(s: &str) -> Option<f64> {
 
 /// The server's `/metrics`, parsed.
 async fn scrape(metrics: &str) -> Result<prometheus_parse::Scrape, String> {
-    let mut tcp = tokio::net::TcpStream::connect(metrics)
-        .await
-        .map_err(|e| format!("metrics {metrics}: {e}"))?;
-    // HTTP/1.0: the server closes the connection after the reply, which ends the read.
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .map_err(|e| format!("metrics {metrics}: {e}"))?;
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply)
-        .await
-        .map_err(|e| format!("metrics {metrics}: {e}"))?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let (_, body) = get(metrics, "/metrics").await?;
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .map_err(|e| format!("metrics {metrics}: {e}"))
+}
+
+/// GETs `path` from the server's metrics listener at `metrics`: the status line and the body.
+pub async fn get(metrics: &str, path: &str) -> Result<(String, String), String> {
+    let failed = |e: std::io::Error| format!("metrics {metrics}: {e}");
+    let mut tcp = tokio::net::TcpStream::connect(metrics)
+        .await
+        .map_err(failed)?;
+    // HTTP/1.0: the server closes the connection after the reply, which ends the read.
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .map_err(failed)?;
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.map_err(failed)?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
 }
 
 /// A sample's value, if it is one number (a histogram's `_sum` and `_count` lines are
@@ -437,6 +443,8 @@ pub struct Endpoints<'a> {
     pub pid: Option<u32>,
     /// The echo's process, for its CPU per call in the same rounds.
     pub echo_pid: Option<u32>,
+    /// The server is Phantom's, whose windows `--profile` profiles.
+    pub profiled: bool,
 }
 
 /// Scenario `name` through h2load, the row `name/h2load`: `rounds` windows of `echo`
@@ -470,10 +478,12 @@ pub async fn paired(
     let meter = Meter {
         server: at.pid,
         client: Client::Children,
+        profiled: at.profiled,
     };
     let echo_meter = Meter {
         server: at.echo_pid,
         client: Client::Children,
+        profiled: false,
     };
     let echo_before = echo_counts(at.echo).await?.calls;
     let (mut runs, mut echo_runs) = (Vec::new(), Vec::new());
@@ -483,7 +493,14 @@ pub async fn paired(
         e.add(window(at.echo, echo, &echo_body, k, warm, slice).await?);
         echo_runs.push(echo_meter.since(from));
         let from = meter.read();
-        s.add(window(at.server, f, &body, k, warm, slice).await?);
+        // h2load's warm-up is inside its run: the profile starts with the measured part.
+        let taking = async {
+            tokio::time::sleep(warm).await;
+            crate::profile::start(&meter, slice)
+        };
+        let (measured, taking) = tokio::join!(window(at.server, f, &body, k, warm, slice), taking);
+        taking.finish().await;
+        s.add(measured?);
         runs.push(meter.since(from));
     }
     let spent = cpu::total(runs);

@@ -126,8 +126,10 @@ pub async fn run(
     tokio::time::sleep(warmup).await;
     phase.store(MEASURING, Ordering::Relaxed);
     let (started, cpu_from) = (Instant::now(), meter.read());
+    let taking = crate::profile::start(&meter, window);
     tokio::time::sleep(window).await;
     let cpu = meter.since(cpu_from);
+    taking.finish().await;
     stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let mut m = Measured {
@@ -284,6 +286,7 @@ mod tests {
         let meter = Meter {
             server: None,
             client: Client::This,
+            profiled: false,
         };
         let ms = Duration::from_millis;
         open_loop(1_000.0, ms(20), ms(60), ms(50), op, meter).await

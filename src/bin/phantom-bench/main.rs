@@ -13,6 +13,7 @@ mod echo;
 mod external;
 mod load;
 mod procs;
+mod profile;
 mod scenarios;
 mod targets;
 
@@ -128,6 +129,11 @@ struct Args {
     /// A few seconds per scenario with small sizes: proves the tool works, measures nothing.
     #[arg(long)]
     smoke: bool,
+    /// Profile the server under test over each of its measured windows (its own sampler,
+    /// `[metrics] profiling`; on with the server this tool starts, and --target needs
+    /// --target-metrics and the setting on): collapsed stacks in DIR/SCENARIO.folded, appended
+    #[arg(long)]
+    profile: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -254,10 +260,19 @@ async fn run(mut args: Args) -> Result<(), String> {
         counts: CountsAt::Metrics(target.metrics.as_deref()),
         pid: target.pid,
         echo_pid: Some(echo_proc.pid()),
+        profiled: true,
     };
+    if let Some(dir) = &args.profile {
+        let metrics = target
+            .metrics
+            .as_deref()
+            .ok_or("--profile needs the server's metrics listener (--target-metrics)")?;
+        profile::init(metrics, dir.clone()).await?;
+    }
     let mut send_rate = None;
     for name in &wanted {
         eprintln!("phantom-bench: running {name} ...");
+        profile::label(*name);
         let open_before = scenarios::open_stream_count(&target).await?;
         // Rows after this one: the same scenario driven by h2load, or e2e's further rates.
         let mut extra = Vec::new();
@@ -277,6 +292,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                     send_rate = r.per_sec;
                 }
                 if args.h2load {
+                    profile::label(format!("{name}-h2load"));
                     let h = external::paired(name, &at, &echo_fixed, &fixed, &k, args.rounds);
                     extra.push(h.await?);
                 }
@@ -288,6 +304,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                         // Each rate starts with the streams of the one before gone.
                         scenarios::quiesce(&target, open_before).await?;
                     }
+                    profile::label(format!("e2e-{rate:.0}"));
                     let run = scenarios::e2e(&target, &k, rate);
                     Syncs::around(at.counts, run).await
                 })
@@ -318,6 +335,7 @@ async fn run(mut args: Args) -> Result<(), String> {
                         counts: CountsAt::Echo(&served.addr),
                         pid: Some(served.pid()),
                         echo_pid: Some(echo_proc.pid()),
+                        profiled: false,
                     };
                     let h = external::paired(name, &at, &echo_fixed, &fixed, &k, args.rounds);
                     extra.push(h.await?);
@@ -447,6 +465,7 @@ async fn start_server(args: &Args, conns: usize) -> Result<(procs::Served, Targe
         unix: args.unix,
         runtime: args.runtime.clone(),
         hand_offs: args.hand_offs.clone(),
+        profiling: args.profile.is_some(),
     };
     let served = procs::phantom(&bin, &settings)?;
     let t = Target::connect(

@@ -95,6 +95,8 @@ pub struct Settings {
     pub runtime: Option<String>,
     /// `server.hand_offs`, if given.
     pub hand_offs: Option<String>,
+    /// `metrics.profiling`: serve CPU profiles (`--profile`).
+    pub profiling: bool,
 }
 
 impl Settings {
@@ -121,9 +123,10 @@ impl Settings {
              max_event_streams_per_account = 1000000\nmax_streams_per_connection = 100000\n\
              [events]\nretention_per_account = 1000000\n\
              [log]\nlevel = \"warn\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+             [metrics]\nlisten = \"127.0.0.1:0\"\nprofiling = {}\n",
             self.engine,
-            dir.join("data")
+            dir.join("data"),
+            self.profiling
         )
     }
 }
@@ -189,6 +192,7 @@ mod tests {
             unix: true,
             runtime: Some("single_thread".into()),
             hand_offs: Some("batched".into()),
+            profiling: true,
         };
         // Read as the server reads it.
         let cfg = Config::parse(&given.config(dir)).expect("a config the server takes");
@@ -198,6 +202,7 @@ mod tests {
         assert_eq!(cfg.storage.engine, Engine::Sqlite);
         assert_eq!(cfg.storage.data_dir, dir.join("data"));
         assert_eq!(cfg.auth.admin_token, ADMIN);
+        assert!(cfg.metrics.profiling);
 
         // Unset, the server's own defaults stand, on loopback TCP.
         let plain = Settings {
@@ -209,5 +214,6 @@ mod tests {
         let defaults = Config::default().server;
         assert_eq!(cfg.server.runtime, defaults.runtime);
         assert_eq!(cfg.server.hand_offs, defaults.hand_offs);
+        assert!(!cfg.metrics.profiling);
     }
 }

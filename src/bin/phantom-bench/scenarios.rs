@@ -264,6 +264,7 @@ impl Target {
         Meter {
             server: self.pid,
             client: Client::This,
+            profiled: true,
         }
     }
 
@@ -571,6 +572,7 @@ pub async fn echo(served: &procs::Served, k: &Knobs) -> Result<Prepared, String>
         meter: Meter {
             server: Some(served.pid()),
             client: Client::This,
+            profiled: false,
         },
     })
 }
@@ -699,6 +701,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
     let mut n = 0usize;
     let mut warming = true;
     let mut cpu_from = None;
+    let mut taking = None;
     while let Some(measuring) = pace.next().await {
         let (mut u, to) = senders[n % senders.len()].clone();
         n += 1;
@@ -710,6 +713,7 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
                     r.latencies.reset();
                 }
                 cpu_from = t.meter().read();
+                taking = Some(crate::profile::start(&t.meter(), k.window));
             }
             sent += 1;
         }
@@ -725,6 +729,9 @@ pub async fn e2e(t: &Target, k: &Knobs, rate: f64) -> Result<Row, String> {
         });
     }
     let cpu = t.meter().since(cpu_from);
+    if let Some(taking) = taking {
+        taking.finish().await;
+    }
     // Let the last ones arrive.
     let settle = Instant::now();
     while received.load(Ordering::Relaxed) < n as u64 && settle.elapsed() < Duration::from_secs(5) {
