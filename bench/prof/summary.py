@@ -8,6 +8,7 @@ usage: bench/prof/summary.py FILE.folded [--thread PREFIX] [--total] [--top N]
 """
 import argparse
 import collections
+import signal
 
 
 def stacks(path):
@@ -18,6 +19,8 @@ def stacks(path):
 
 
 def main():
+    # Ended quietly by a reader that stops early (head, grep -q), as other command-line tools.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     p = argparse.ArgumentParser()
     p.add_argument("file")
     p.add_argument("--thread", default="", help="only threads whose name starts so")
