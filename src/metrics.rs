@@ -143,17 +143,7 @@ pub async fn serve(
                 let conn_stop = stop.clone();
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (metrics, stop) = (metrics.clone(), conn_stop.clone());
-                    async move {
-                        Ok::<_, Infallible>(
-                            if req.method() == hyper::Method::GET
-                                && req.uri().path() == PROFILE_PATH
-                            {
-                                profile(req.uri().query(), profiling, &stop).await
-                            } else {
-                                answer(&req, &metrics)
-                            },
-                        )
-                    }
+                    async move { Ok::<_, Infallible>(answer(&req, &metrics, profiling, &stop).await) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
                 tokio::select! {
@@ -206,15 +196,22 @@ async fn profile(
     }
 }
 
-fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// The reply to one request of the listener: metrics, a profile (when `profiling`), or why not.
+async fn answer<B>(
+    req: &Request<B>,
+    metrics: &Metrics,
+    profiling: bool,
+    stop: &CancellationToken,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
             reply(StatusCode::OK, prometheus::TEXT_FORMAT, metrics.render())
         }
+        (&hyper::Method::GET, PROFILE_PATH) => profile(req.uri().query(), profiling, stop).await,
         (&hyper::Method::GET, _) => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            b"only /metrics is served here\n".to_vec(),
+            format!("only /metrics and {PROFILE_PATH} are served here\n").into_bytes(),
         ),
         _ => reply(
             StatusCode::METHOD_NOT_ALLOWED,

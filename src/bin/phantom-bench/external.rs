@@ -499,9 +499,10 @@ pub async fn paired(
             crate::profile::start(&meter, slice)
         };
         let (measured, taking) = tokio::join!(window(at.server, f, &body, k, warm, slice), taking);
+        runs.push(meter.since(from));
+        // After the CPU is read: the server resolving the profile's symbols is not a call's.
         taking.finish().await;
         s.add(measured?);
-        runs.push(meter.since(from));
     }
     let spent = cpu::total(runs);
     let echo_calls = echo_counts(at.echo)

@@ -129,9 +129,10 @@ pub async fn run(
     let taking = crate::profile::start(&meter, window);
     tokio::time::sleep(window).await;
     let cpu = meter.since(cpu_from);
-    taking.finish().await;
     stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
+    // After the window's figures: the calls counted and the CPU read cover the same window.
+    taking.finish().await;
     let mut m = Measured {
         ops: 0,
         errors: 0,
