@@ -263,6 +263,8 @@ async fn run(mut args: Args) -> Result<(), String> {
         profiled: true,
     };
     if let Some(dir) = &args.profile {
+        // Known here: the server this tool starts serves metrics, and a --target without
+        // --target-metrics was refused (`check_combination`).
         let metrics = target
             .metrics
             .as_deref()
@@ -433,6 +435,13 @@ fn check_combination(args: &Args) -> Result<(), String> {
                  target is --target unix:/path)"
             ));
         }
+        if args.profile.is_some() && args.target_metrics.is_none() {
+            return Err(
+                "--profile with --target needs --target-metrics, where the server serves its \
+                 profiles"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }
@@ -580,6 +589,10 @@ mod tests {
             "{e}"
         );
         assert!(checked(&["--target", "unix:/run/p.sock", "--admin-token", "t"]).is_ok());
+        let e = checked(&["--target", "127.0.0.1:1", "--profile", "p"]).expect_err("refused");
+        assert!(e.contains("--target-metrics"), "{e}");
+        let with_metrics = ["--target", "127.0.0.1:1", "--target-metrics", "127.0.0.1:2"];
+        assert!(checked(&[&with_metrics[..], &["--profile", "p"]].concat()).is_ok());
     }
 
     #[test]
