@@ -8,7 +8,8 @@
 # of those names (as in /proc, cut to 15 characters) to SCHED_BATCH with the default slice once it
 # is up (`chrt -b`, as `hand_offs = "batched"` does for two of them), to measure one at a time.
 # RECEIPT_INTERVAL_MS=N sets `events.receipt_interval_ms` (0: a live stream reports after every
-# batch, as before the fortieth session). RUNTIME=single_thread sets `server.runtime`.
+# batch, as before the fortieth session). RETENTION=N sets `events.retention_per_account`.
+# RUNTIME=single_thread sets `server.runtime`.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
 server_config "$dir" 0 0 $admin
@@ -18,8 +19,10 @@ fi
 if [ -n "${RUNTIME:-}" ]; then
   sed -i "/^\[server\]/a runtime = \"$RUNTIME\"" "$dir/server.toml"
 fi
-if [ -n "${RECEIPT_INTERVAL_MS:-}" ]; then
-  printf '[events]\nreceipt_interval_ms = %s\n' "$RECEIPT_INTERVAL_MS" >>"$dir/server.toml"
+if [ -n "${RECEIPT_INTERVAL_MS:-}${RETENTION:-}" ]; then
+  printf '[events]\n' >>"$dir/server.toml"
+  [ -z "${RECEIPT_INTERVAL_MS:-}" ] || echo "receipt_interval_ms = $RECEIPT_INTERVAL_MS" >>"$dir/server.toml"
+  [ -z "${RETENTION:-}" ] || echo "retention_per_account = $RETENTION" >>"$dir/server.toml"
 fi
 "${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!

@@ -45,6 +45,9 @@ pub(crate) struct Committed {
     pub message_row: Option<i64>,
     /// Only receipts (`jobs::can_wait`): may wait up to `RECEIPT_WAIT` for its fsync.
     pub can_wait: bool,
+    /// Run once the batch is durable, before its events and replies go out: what the engine
+    /// may do only then (the LSM engine's retention floors).
+    pub on_durable: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// What readers may see: the newest durable seq of each account that logged since start-up,
@@ -147,6 +150,9 @@ pub(crate) fn run(
         for batch in waiting {
             if synced.is_ok() {
                 durable.advance_to(&batch.events, batch.message_row);
+                if let Some(then) = batch.on_durable {
+                    then();
+                }
                 if !batch.events.is_empty() {
                     sink(batch.events);
                 }
@@ -271,6 +277,7 @@ mod tests {
             events,
             message_row,
             can_wait: false,
+            on_durable: None,
         }
     }
 

@@ -75,6 +75,7 @@ fn commit_batch(
             events,
             message_row,
             can_wait,
+            on_durable: None,
         }),
         Ok(None) | Err(_) => {
             if let Err(e) = outcome {

@@ -37,13 +37,16 @@
 //! replay's, or a live stream's since its last one) writes not even that: it moves its
 //! recipient's `delivered` watermark over that stretch, and a SENT entry whose MessageReceived
 //! is at or below the watermark reads as DELIVERED (`MessageIndex::state_at`). The newest row
-//! is kept in `counters`, written once per batch that sends.
+//! is kept in `counters`, written once per batch that sends. An event that retention pushes out
+//! of its log is hidden from readers at once and dropped by a compaction later, with no
+//! tombstone (`retention`).
 
 mod journal;
 mod memtables;
 mod migrate;
 mod prefill;
 mod records;
+mod retention;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -261,6 +264,8 @@ pub(crate) struct Tables {
     events: Keyspace,
     delivered: Keyspace,
     counters: Keyspace,
+    /// What each account's log shows, and what compactions of `events` may drop.
+    retention: Arc<retention::Retention>,
 }
 
 /// The `counters` key of the newest message row.
@@ -301,10 +306,15 @@ impl Tables {
         // One worker alone is safe only because `memtables` rotates instead of fjall, whose
         // trigger can leave every worker blocked on its own full queue (ARCHITECTURE.md,
         // "fjall's workers and memtable rotation").
+        let retention = retention::Retention::new();
+        let factory = retention.factory();
         let db = Database::builder(dir)
             .cache_size(64 << 20)
             .manual_journal_persist(true)
             .worker_threads(1)
+            .with_compaction_filter_factories(Arc::new(move |name| {
+                (name == retention::EVENTS).then(|| factory.clone())
+            }))
             .open()?;
         let ks = |name: &str| db.keyspace(name, keyspace_options);
         Ok(Tables {
@@ -316,9 +326,10 @@ impl Tables {
             messages: ks("pair_messages")?,
             message_ids: ks("message_ids")?,
             client_ids: ks("client_ids")?,
-            events: ks("events")?,
+            events: ks(retention::EVENTS)?,
             delivered: ks("delivered")?,
             counters: ks("counters")?,
+            retention,
             db,
         })
     }
@@ -405,9 +416,11 @@ impl Tables {
         // Per conversation, the message rows to join and the events they go to; in key order,
         // so that the range reads go forward through `messages`.
         let mut wanted: BTreeMap<i64, Vec<(i64, usize)>> = BTreeMap::new();
+        // What retention took may still be stored until a compaction drops it (`retention`).
+        let from = after.max(self.retention.cutoff(self.head(row)?));
         let range = self
             .events
-            .range(key2(row, after.saturating_add(1))..=key2(row, u64::MAX));
+            .range(key2(row, from.saturating_add(1))..=key2(row, u64::MAX));
         for g in range.take(limit) {
             let stored = records::decode_event(&g.value()?)?;
             if let Some(at) = stored.message_at {
@@ -486,9 +499,12 @@ impl Tables {
         Self::seq_of(self.events.prefix(be(row)).next_back())
     }
 
-    /// Oldest seq in an account's log (0 if it has none).
+    /// Oldest seq an account's log shows (0 if it has none): retention hides what it took
+    /// before a compaction drops it.
     fn oldest(&self, row: i64) -> CoreResult<u64> {
-        Self::seq_of(self.events.prefix(be(row)).next())
+        let first = Self::seq_of(self.events.prefix(be(row)).next())?;
+        let cutoff = self.retention.cutoff(self.head(row)?);
+        Ok(if first > cutoff { first } else { cutoff + 1 })
     }
 
     /// The seq of an `events` entry (0 for none).

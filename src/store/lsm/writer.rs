@@ -58,25 +58,21 @@ pub(crate) struct State {
     next_account: i64,
     next_contact: i64,
     next_message: i64,
-    retention: u64,
 }
 
 impl State {
-    /// Reads the writer's state from the tables, and trims any log longer than `retention`
-    /// (after the setting was lowered).
+    /// Reads the writer's state from the tables; each log shows its newest `retention` events,
+    /// and compactions may drop the rest (every head on disk at open is durable).
     pub fn load(t: &Tables, retention: u64) -> CoreResult<Self> {
         let mut accounts = foldhash::HashMap::default();
-        let mut trim = t.db.batch();
+        let mut heads = Vec::new();
+        t.retention.set_keep(retention);
         for g in t.account_ids.iter() {
             let (k, v) = g.into_inner()?;
             let id = Uuid::from_slice(&k).map_err(CoreError::internal)?;
             let row = int_at(&v, 0)?;
             let head = t.head(row)?;
-            if head > retention {
-                for old in t.events.range(key2(row, 0)..=key2(row, head - retention)) {
-                    trim.remove(&t.events, old.key()?);
-                }
-            }
+            heads.push((row, head));
             let delivered = t.delivered_through(row)?;
             let account = Account {
                 row,
@@ -87,7 +83,8 @@ impl State {
             };
             accounts.insert(id, account);
         }
-        trim.commit()?;
+        t.retention
+            .raise(&t.retention.pushed_out(heads.into_iter()));
         let mut next_contact = 1;
         for g in t.contacts.iter() {
             let c: StoredContact = from_json(&g.value()?)?;
@@ -98,7 +95,6 @@ impl State {
             next_message: t.newest_message_row()? + 1,
             accounts,
             next_contact,
-            retention,
         })
     }
 
@@ -199,16 +195,14 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
         let r = run.get_or_insert_with(|| Run::start(t, kind, &done));
         let whole = r.add(t, st, d, job.reply, job.op, &mut done);
         // A job that failed after writing spoils its run's batch (a send or a receipt cannot:
-        // see `Run`); a run shorter than the retention cannot drop an event it wrote itself
-        // (one batch would then insert and remove the same key: each job logs at most one
-        // event per account).
+        // see `Run`).
         if !whole {
             if let Some(r) = run.take() {
                 r.from.fail(st, &mut done, || {
                     CoreError::Internal("a job of the same batch failed midway".into())
                 });
             }
-        } else if (kind == RunKind::Alone || r.jobs as u64 >= st.retention)
+        } else if kind == RunKind::Alone
             && let Some(r) = run.take()
         {
             r.commit(t, st, d, &mut done);
@@ -234,11 +228,22 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
         }
         return None;
     }
+    // Compactions may drop what this group's events pushed out of their logs once it is
+    // durable, not before: a crash before the fsync takes the pushing events with it.
+    let retention = t.retention.clone();
+    let pushed = retention.pushed_out(
+        events
+            .iter()
+            .filter_map(|e| Some((st.row(e.account_id)?, e.event.seq))),
+    );
+    let on_durable = (!pushed.is_empty())
+        .then(|| Box::new(move || retention.raise(&pushed)) as Box<dyn FnOnce() + Send>);
     Some(Committed {
         replies,
         events,
         message_row,
         can_wait,
+        on_durable,
     })
 }
 
@@ -454,7 +459,6 @@ impl Tx<'_> {
         mut event: pb::Event,
         encode: impl FnOnce(&mut pb::Event) -> Vec<u8>,
     ) -> CoreResult<u64> {
-        let retention = self.st.retention;
         let a = self
             .st
             .accounts
@@ -467,12 +471,9 @@ impl Tx<'_> {
         }
         a.head += 1;
         event.seq = a.head;
+        // What this pushes out of the log is hidden at once and dropped later (`retention`).
         self.batch
             .insert(&self.t.events, key2(a.row, a.head), encode(&mut event));
-        if a.head > retention {
-            self.batch
-                .remove(&self.t.events, key2(a.row, a.head - retention));
-        }
         let seq = event.seq;
         self.events.push(CommittedEvent {
             account_id: account,
@@ -819,9 +820,12 @@ fn walk_gap(
 ) -> CoreResult<(u64, Option<u64>)> {
     let delivered = MessageState::Delivered as i32;
     let mut walked = from;
+    // What retention took may still be stored until a compaction drops it: it is passed over
+    // as if gone (committed heads only, as this run's own events are not in the log yet).
+    let taken = t.retention.cutoff(t.head(row)?);
     for g in t
         .events
-        .range(key2(row, from + 1)..=key2(row, to))
+        .range(key2(row, from.max(taken) + 1)..=key2(row, to))
         .take(GAP_WALK)
     {
         let (key, value) = g.into_inner()?;
@@ -1095,13 +1099,24 @@ pub(super) mod tests {
         results.pop().expect("one answer").map(|out| (out, events))
     }
 
-    /// Runs `ops` as one group, as the writer thread would; the answers it would send.
+    /// Runs `ops` as one group, as the writer thread would, and then what the syncer runs once
+    /// it is durable; the answers it would send.
     fn group(
         t: &Tables,
         st: &mut State,
         d: &Durable,
         ops: Vec<WriteOp>,
     ) -> (Vec<CoreResult<WriteOutput>>, Vec<CommittedEvent>) {
+        let committed = commit(t, st, d, ops);
+        if let Some(then) = committed.on_durable {
+            then();
+        }
+        let results = committed.replies.into_iter().map(|(_, r)| r).collect();
+        (results, committed.events)
+    }
+
+    /// Runs `ops` as one group, as the writer thread would: what it hands to the syncer.
+    fn commit(t: &Tables, st: &mut State, d: &Durable, ops: Vec<WriteOp>) -> Committed {
         let mut waiting = Vec::new();
         let jobs = ops
             .into_iter()
@@ -1112,9 +1127,7 @@ pub(super) mod tests {
                 Job { op, reply }
             })
             .collect();
-        let committed = commit_group(t, st, jobs, d).expect("the group is written");
-        let results = committed.replies.into_iter().map(|(_, r)| r).collect();
-        (results, committed.events)
+        commit_group(t, st, jobs, d).expect("the group is written")
     }
 
     fn sent(r: &CoreResult<WriteOutput>) -> (String, bool) {
@@ -1556,12 +1569,12 @@ pub(super) mod tests {
         assert!(MessageIndex::decode(&new[..40]).is_err());
     }
 
-    /// Retention inside one group of sends: with a retention of 2, five sends leave exactly
-    /// the newest 2 events in the log, before and after the journal is replayed at open (a
-    /// run also ends before it is as long as the retention, so that no batch both writes an
-    /// event and drops it).
+    /// Retention without tombstones: with a retention of 2, five sends in one group leave the
+    /// newest 2 events shown, before and after the journal is replayed at open; what they
+    /// pushed out stays stored, hidden, until a compaction of `events` drops it, and it drops
+    /// only what a durable group pushed out.
     #[test]
-    fn a_run_never_outlives_the_retention() {
+    fn retention_hides_at_once_and_compactions_drop() {
         let (dir, t, mut st, d, a, b) = two_accounts(2);
         let ops = (0..5)
             .map(|_| WriteOp::SendMessage(message(a, b, "")))
@@ -1569,15 +1582,41 @@ pub(super) mod tests {
         let (results, _) = group(&t, &mut st, &d, ops);
         assert!(results.iter().all(|r| r.is_ok()));
         let row = st.row(a).unwrap();
-        let kept = |t: &Tables| -> Vec<u64> {
+        let shown = |t: &Tables| -> Vec<u64> {
+            let log = t.read_log(row, 0, 100).unwrap();
+            log.iter().map(|e| e.seq).collect()
+        };
+        let stored = |t: &Tables| -> Vec<u64> {
             let log = t.events.range(key2(row, 0)..=key2(row, u64::MAX));
             log.map(|g| int_at(&g.key().unwrap(), 8).unwrap() as u64)
                 .collect()
         };
-        assert_eq!(kept(&t), vec![4, 5]);
+        assert_eq!(shown(&t), vec![4, 5]);
+        assert_eq!(t.oldest(row).unwrap(), 4);
+        assert_eq!(stored(&t), vec![1, 2, 3, 4, 5], "no tombstones are written");
         t.db.persist(PersistMode::SyncAll).unwrap();
         drop(t);
-        assert_eq!(kept(&Tables::open(dir.path()).unwrap()), vec![4, 5]);
+        let t = Tables::open(dir.path()).unwrap();
+        let mut st = State::load(&t, 2).unwrap();
+        assert_eq!(shown(&t), vec![4, 5]);
+        // Flushed, then compacted: the filter drops what the durable heads pushed out.
+        t.events.rotate_memtable_and_wait().unwrap();
+        t.events.major_compact().unwrap();
+        assert_eq!(stored(&t), vec![4, 5]);
+        assert_eq!(shown(&t), vec![4, 5]);
+
+        // A group whose floors were never raised (not durable yet): nothing of it is dropped.
+        let ops = (0..3)
+            .map(|_| WriteOp::SendMessage(message(a, b, "")))
+            .collect();
+        let committed = commit(&t, &mut st, &d, ops);
+        assert!(committed.replies.iter().all(|(_, r)| r.is_ok()));
+        assert!(committed.on_durable.is_some());
+        drop(committed);
+        assert_eq!(shown(&t), vec![7, 8]);
+        t.events.rotate_memtable_and_wait().unwrap();
+        t.events.major_compact().unwrap();
+        assert_eq!(stored(&t), vec![4, 5, 6, 7, 8]);
     }
 
     /// A send writes four items (its record under its conversation, its index entry, two

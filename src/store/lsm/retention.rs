@@ -1,0 +1,129 @@
+//! Retention without tombstones: each account's log shows its newest `keep` events (`[events]
+//! retention_per_account`). An older event is not deleted when a new one pushes it out:
+//! readers stop seeing it at once (`cutoff`), and fjall drops it when a compaction of `events`
+//! next rewrites it (`Filter`), once the push that took it is durable (`raise`, from the
+//! syncer). Until 2026-12-07 every event past the retention wrote a tombstone for the one it
+//! pushed out, in the same batch: two more items for each send of an account at its cap, ~3
+//! µs of the server's CPU per send (BENCHMARKS.md, forty-fifth session).
+//!
+//! Dropping only what a durable head pushed out keeps a crash from losing an event that the
+//! log still holds after recovery (the head then being lower). An event key is written once
+//! (account row, seq), so a dropped event leaves no older version behind it to come back;
+//! one that did would be at or below the cutoff, and hidden.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use fjall::compaction::filter::{
+    CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict,
+};
+
+use super::int_at;
+
+/// The `events` keyspace's name, which the compaction filter is installed for.
+pub(super) const EVENTS: &str = "events";
+
+/// How many events each log shows, and what compactions may drop.
+pub(crate) struct Retention {
+    /// Events shown per account; `u64::MAX` (all) until the writer's state is loaded.
+    keep: AtomicU64,
+    /// Per account row, the newest seq that a durable head has pushed out of its log.
+    floors: RwLock<foldhash::HashMap<i64, u64>>,
+}
+
+impl Retention {
+    /// Everything kept until `set_keep`.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Retention {
+            keep: AtomicU64::new(u64::MAX),
+            floors: RwLock::default(),
+        })
+    }
+
+    /// Sets how many events each log shows.
+    pub fn set_keep(&self, keep: u64) {
+        self.keep.store(keep, Ordering::Release);
+    }
+
+    /// The newest seq a log whose newest is `head` no longer shows (0: none).
+    pub fn cutoff(&self, head: u64) -> u64 {
+        head.saturating_sub(self.keep.load(Ordering::Acquire))
+    }
+
+    /// Per account row, what `seqs` (an account's newest events, by row) push out of its log:
+    /// the `(row, cutoff)` of each that pushes anything out.
+    pub fn pushed_out(&self, seqs: impl Iterator<Item = (i64, u64)>) -> Vec<(i64, u64)> {
+        let keep = self.keep.load(Ordering::Acquire);
+        seqs.filter(|&(_, seq)| seq > keep)
+            .map(|(row, seq)| (row, seq - keep))
+            .collect()
+    }
+
+    /// Lets compactions drop each `(row, floor)`'s events up to `floor`: call it only once the
+    /// heads that pushed them out are durable. Floors never go down.
+    pub fn raise(&self, floors: &[(i64, u64)]) {
+        // A poisoned lock only means a panic mid-insert: the map is still a map.
+        let mut map = self.floors.write().unwrap_or_else(|e| e.into_inner());
+        for &(row, floor) in floors {
+            let at = map.entry(row).or_default();
+            *at = (*at).max(floor);
+        }
+    }
+
+    fn floor(&self, row: i64) -> u64 {
+        let map = self.floors.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&row).copied().unwrap_or(0)
+    }
+
+    /// The compaction filter factory of `events`.
+    pub fn factory(self: &Arc<Self>) -> Arc<dyn Factory> {
+        Arc::new(Dropper(self.clone()))
+    }
+}
+
+/// Makes a `Filter` for each compaction of `events`.
+struct Dropper(Arc<Retention>);
+
+impl Factory for Dropper {
+    fn name(&self) -> &str {
+        "phantom-retention"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(Filter {
+            retention: self.0.clone(),
+            last: None,
+        })
+    }
+}
+
+/// Drops the events at or below their account's floor.
+struct Filter {
+    retention: Arc<Retention>,
+    /// The row last looked up and its floor: a compaction goes through keys in order, so one
+    /// account's events come together.
+    last: Option<(i64, u64)>,
+}
+
+impl CompactionFilter for Filter {
+    fn filter_item(&mut self, item: ItemAccessor<'_>, _: &Context) -> CompactionFilterResult {
+        // A key that is no event key is kept: this filter never guesses.
+        let key = item.key();
+        let (Ok(row), Ok(seq)) = (int_at(&key[..], 0), int_at(&key[..], 8)) else {
+            return Ok(Verdict::Keep);
+        };
+        let floor = match self.last {
+            Some((r, floor)) if r == row => floor,
+            _ => {
+                let floor = self.retention.floor(row);
+                self.last = Some((row, floor));
+                floor
+            }
+        };
+        Ok(if (seq as u64) <= floor {
+            Verdict::Destroy
+        } else {
+            Verdict::Keep
+        })
+    }
+}
