@@ -550,7 +550,10 @@ impl LsmStore {
             CoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let tables = Tables::open(&dir)?;
-        let keeper = memtables::Keeper::start(tables.keyspaces())?;
+        let (floors, events) = (tables.retention.clone(), tables.events.clone());
+        let keeper = memtables::Keeper::start(tables.keyspaces(), move || {
+            floors.sweep_if_due(&events);
+        })?;
         migrate::run(&tables)?;
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));

@@ -10,15 +10,25 @@
 //! log still holds after recovery (the head then being lower). An event key is written once
 //! (account row, seq), so a dropped event leaves no older version behind it to come back;
 //! one that did would be at or below the cutoff, and hidden.
+//!
+//! A compaction rewrites only the tables that new keys overlap, and an account's new events
+//! sort after its old ones: a table holding nothing but one account's old events would never
+//! be compacted again. `sweep` drops such tables whole (fjall's `drop_range`, which takes only
+//! the tables inside the range), for each account whose floor rose by `SWEEP_AFTER` since.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use fjall::compaction::filter::{
     CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict,
 };
+use fjall::{AbstractTree, Keyspace};
 
-use super::int_at;
+use super::{int_at, key2};
+
+/// How far an account's floor rises before `sweep` looks for its tables again: a table
+/// wholly below the floor holds at least this many of its events, or is a flush's small one.
+pub(super) const SWEEP_AFTER: u64 = 65_536;
 
 /// The `events` keyspace's name, which the compaction filter is installed for.
 pub(super) const EVENTS: &str = "events";
@@ -27,8 +37,18 @@ pub(super) const EVENTS: &str = "events";
 pub(crate) struct Retention {
     /// Events shown per account; `u64::MAX` (all) until the writer's state is loaded.
     keep: AtomicU64,
-    /// Per account row, the newest seq that a durable head has pushed out of its log.
-    floors: RwLock<foldhash::HashMap<i64, u64>>,
+    /// Per account row, the newest seq that a durable head has pushed out of its log, and the
+    /// floor its last sweep had.
+    floors: RwLock<foldhash::HashMap<i64, Floor>>,
+    /// Some floor rose by `SWEEP_AFTER` since its last sweep.
+    sweep_due: AtomicBool,
+}
+
+/// An account's floor, and the one its last sweep had.
+#[derive(Clone, Copy, Default)]
+struct Floor {
+    raised: u64,
+    swept: u64,
 }
 
 impl Retention {
@@ -37,6 +57,7 @@ impl Retention {
         Arc::new(Retention {
             keep: AtomicU64::new(u64::MAX),
             floors: RwLock::default(),
+            sweep_due: AtomicBool::new(false),
         })
     }
 
@@ -66,13 +87,56 @@ impl Retention {
         let mut map = self.floors.write().unwrap_or_else(|e| e.into_inner());
         for &(row, floor) in floors {
             let at = map.entry(row).or_default();
-            *at = (*at).max(floor);
+            at.raised = at.raised.max(floor);
+            if at.raised - at.swept >= SWEEP_AFTER {
+                self.sweep_due.store(true, Ordering::Release);
+            }
         }
     }
 
     fn floor(&self, row: i64) -> u64 {
         let map = self.floors.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&row).copied().unwrap_or(0)
+        map.get(&row).map_or(0, |f| f.raised)
+    }
+
+    /// `sweep` by `SWEEP_AFTER`, if a floor rose that far since the last call: what the
+    /// keeper's thread runs at each of its looks.
+    pub fn sweep_if_due(&self, events: &Keyspace) {
+        if self.sweep_due.swap(false, Ordering::AcqRel) {
+            self.sweep(events, SWEEP_AFTER);
+        }
+    }
+
+    /// Drops `events`' tables that hold only events at or below their account's floor, for
+    /// each account whose floor rose by `at_least` since its last sweep. A table that a
+    /// compaction holds is left to a later sweep. How many accounts were swept.
+    pub fn sweep(&self, events: &Keyspace, at_least: u64) -> usize {
+        let due: Vec<(i64, u64)> = {
+            let map = self.floors.read().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .filter(|(_, f)| f.raised - f.swept >= at_least.max(1))
+                .map(|(&row, f)| (row, f.raised))
+                .collect()
+        };
+        let mut swept = 0;
+        for (row, floor) in due {
+            let range = key2(row, 0)..=key2(row, floor);
+            match events.tree.drop_range(range) {
+                Ok(()) => {
+                    let mut map = self.floors.write().unwrap_or_else(|e| e.into_inner());
+                    if let Some(f) = map.get_mut(&row) {
+                        f.swept = f.swept.max(floor);
+                    }
+                    swept += 1;
+                }
+                Err(e) => {
+                    // Tried again once another floor comes due; the filter still drops what
+                    // compactions rewrite.
+                    tracing::warn!(error = %e, row, "store: dropping old event tables failed");
+                }
+            }
+        }
+        swept
     }
 
     /// The compaction filter factory of `events`.

@@ -1619,6 +1619,45 @@ pub(super) mod tests {
         assert_eq!(stored(&t), vec![4, 5, 6, 7, 8]);
     }
 
+    /// A table holding only one account's events that retention pushed out is never
+    /// compacted again (new events sort after it): a sweep drops it whole, once its floor
+    /// is durable, and leaves a table with any event still shown.
+    #[test]
+    fn a_sweep_drops_tables_of_pushed_out_events_whole() {
+        let (_dir, t, mut st, d, a, _) = two_accounts(2);
+        let row = st.row(a).unwrap();
+        let stored = |t: &Tables| -> Vec<u64> {
+            let log = t.events.range(key2(row, 0)..=key2(row, u64::MAX));
+            log.map(|g| int_at(&g.key().unwrap(), 8).unwrap() as u64)
+                .collect()
+        };
+        // Messages to oneself: both events of each go to the one log.
+        let to_self = |n| {
+            (0..n)
+                .map(|_| WriteOp::SendMessage(message(a, a, "")))
+                .collect()
+        };
+        group(&t, &mut st, &d, to_self(3));
+        t.events.rotate_memtable_and_wait().unwrap();
+        // Floor 4: the table (seqs 1-6) still holds shown events.
+        assert_eq!(t.retention.sweep(&t.events, 1), 1);
+        assert_eq!(stored(&t), (1..=6).collect::<Vec<_>>());
+        group(&t, &mut st, &d, to_self(2));
+        t.events.rotate_memtable_and_wait().unwrap();
+        // Floor 8: the first table goes, the second (seqs 7-10) stays.
+        assert_eq!(t.retention.sweep(&t.events, 1), 1);
+        assert_eq!(stored(&t), (7..=10).collect::<Vec<_>>());
+        assert_eq!(t.read_log(row, 0, 100).unwrap().len(), 2);
+        // Nothing rose since: nothing to sweep.
+        assert_eq!(t.retention.sweep(&t.events, 1), 0);
+        // Pushed out by a group that is not durable yet: kept.
+        let committed = commit(&t, &mut st, &d, to_self(4));
+        drop(committed);
+        t.events.rotate_memtable_and_wait().unwrap();
+        assert_eq!(t.retention.sweep(&t.events, 1), 0);
+        assert_eq!(stored(&t), (7..=18).collect::<Vec<_>>());
+    }
+
     /// A send writes four items (its record under its conversation, its index entry, two
     /// events) and the newest row once per batch; receipts write the state into the index
     /// entry, and the record keeps the state it was sent with.
