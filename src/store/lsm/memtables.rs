@@ -68,16 +68,12 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    /// Starts keeping the memtables of `keyspaces`; `chore` runs at each look too (cheap when
-    /// it has nothing to do: it runs up to 50 times a second).
-    pub fn start(
-        keyspaces: Vec<Keyspace>,
-        mut chore: impl FnMut() + Send + 'static,
-    ) -> CoreResult<Self> {
+    /// Starts keeping the memtables of `keyspaces`.
+    pub fn start(keyspaces: Vec<Keyspace>) -> CoreResult<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("phantom-lsm-memtables".into())
-            .spawn(move || run(&keyspaces, &mut chore, &stopped))
+            .spawn(move || run(&keyspaces, &stopped))
             .map_err(CoreError::internal)?;
         Ok(Keeper {
             stop: Some(stop),
@@ -108,7 +104,7 @@ const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
 /// fjall's worker threads' name (fjall 3.1.13, `worker_pool.rs`).
 const FJALL_WORKER: &str = "fjall:worker";
 
-fn run(keyspaces: &[Keyspace], chore: &mut dyn FnMut(), stopped: &mpsc::Receiver<()>) {
+fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     let mut held = Vec::new();
     let mut failures: Vec<Failures> = keyspaces.iter().map(|_| Failures::default()).collect();
     // fjall's worker names itself once it runs, so it is looked for until found, for a second
@@ -127,7 +123,6 @@ fn run(keyspaces: &[Keyspace], chore: &mut dyn FnMut(), stopped: &mpsc::Receiver
             }
         }
         rotate_full(keyspaces, ROTATE_AT, &mut failures);
-        chore();
         let active: Vec<_> = keyspaces
             .iter()
             .map(|ks| ks.tree.active_memtable())

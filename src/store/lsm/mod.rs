@@ -533,6 +533,8 @@ pub struct LsmStore {
     syncer: Mutex<Option<JoinHandle<()>>>,
     /// Frees flushed memtables outside fjall's locks (`memtables`).
     keeper: Mutex<memtables::Keeper>,
+    /// Drops whole tables of events that retention pushed out (`retention`).
+    sweeper: Mutex<retention::Sweeper>,
 }
 
 impl LsmStore {
@@ -550,10 +552,8 @@ impl LsmStore {
             CoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let tables = Tables::open(&dir)?;
-        let (floors, events) = (tables.retention.clone(), tables.events.clone());
-        let keeper = memtables::Keeper::start(tables.keyspaces(), move || {
-            floors.sweep_if_due(&events);
-        })?;
+        let keeper = memtables::Keeper::start(tables.keyspaces())?;
+        let sweeper = retention::Sweeper::start(tables.retention.clone(), tables.events.clone())?;
         migrate::run(&tables)?;
         let state = writer::State::load(&tables, retention)?;
         let durable = Arc::new(Durable::new(state.newest_message()));
@@ -575,6 +575,7 @@ impl LsmStore {
             writer: Mutex::new(Some(writer)),
             syncer: Mutex::new(Some(syncer)),
             keeper: Mutex::new(keeper),
+            sweeper: Mutex::new(sweeper),
         })
     }
 
@@ -700,6 +701,9 @@ impl Store for LsmStore {
         syncer::join(&self.writer, &self.syncer);
         if let Ok(mut keeper) = self.keeper.lock() {
             keeper.stop();
+        }
+        if let Ok(mut sweeper) = self.sweeper.lock() {
+            sweeper.stop();
         }
     }
 }

@@ -14,10 +14,14 @@
 //! A compaction rewrites only the tables that new keys overlap, and an account's new events
 //! sort after its old ones: a table holding nothing but one account's old events would never
 //! be compacted again. `sweep` drops such tables whole (fjall's `drop_range`, which takes only
-//! the tables inside the range), for each account whose floor rose by `SWEEP_AFTER` since.
+//! the tables inside the range), for each account whose floor rose by `SWEEP_AFTER` since, on
+//! a thread of its own (`Sweeper`): a drop waits for any compaction of `events` under way, and
+//! no thread that anything else waits for should wait with it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::thread::JoinHandle;
 
 use fjall::compaction::filter::{
     CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict,
@@ -25,6 +29,7 @@ use fjall::compaction::filter::{
 use fjall::{AbstractTree, Keyspace};
 
 use super::{int_at, key2};
+use crate::core::{CoreError, CoreResult};
 
 /// How far an account's floor rises before `sweep` looks for its tables again: a table
 /// wholly below the floor holds at least this many of its events, or is a flush's small one.
@@ -40,8 +45,8 @@ pub(crate) struct Retention {
     /// Per account row, the newest seq that a durable head has pushed out of its log, and the
     /// floor its last sweep had.
     floors: RwLock<foldhash::HashMap<i64, Floor>>,
-    /// Some floor rose by `SWEEP_AFTER` since its last sweep.
-    sweep_due: AtomicBool,
+    /// Wakes the `Sweeper`, once one is started.
+    sweeper: OnceLock<SyncSender<()>>,
 }
 
 /// An account's floor, and the one its last sweep had.
@@ -57,7 +62,7 @@ impl Retention {
         Arc::new(Retention {
             keep: AtomicU64::new(u64::MAX),
             floors: RwLock::default(),
-            sweep_due: AtomicBool::new(false),
+            sweeper: OnceLock::new(),
         })
     }
 
@@ -88,8 +93,11 @@ impl Retention {
         for &(row, floor) in floors {
             let at = map.entry(row).or_default();
             at.raised = at.raised.max(floor);
-            if at.raised - at.swept >= SWEEP_AFTER {
-                self.sweep_due.store(true, Ordering::Release);
+            if at.raised - at.swept >= SWEEP_AFTER
+                && let Some(sweeper) = self.sweeper.get()
+            {
+                // Full: a wake-up is pending already.
+                let _ = sweeper.try_send(());
             }
         }
     }
@@ -97,14 +105,6 @@ impl Retention {
     fn floor(&self, row: i64) -> u64 {
         let map = self.floors.read().unwrap_or_else(|e| e.into_inner());
         map.get(&row).map_or(0, |f| f.raised)
-    }
-
-    /// `sweep` by `SWEEP_AFTER`, if a floor rose that far since the last call: what the
-    /// keeper's thread runs at each of its looks.
-    pub fn sweep_if_due(&self, events: &Keyspace) {
-        if self.sweep_due.swap(false, Ordering::AcqRel) {
-            self.sweep(events, SWEEP_AFTER);
-        }
     }
 
     /// Drops `events`' tables that hold only events at or below their account's floor, for
@@ -142,6 +142,54 @@ impl Retention {
     /// The compaction filter factory of `events`.
     pub fn factory(self: &Arc<Self>) -> Arc<dyn Factory> {
         Arc::new(Dropper(self.clone()))
+    }
+}
+
+/// The thread that sweeps `events` whenever a floor rose by `SWEEP_AFTER`; it sleeps
+/// otherwise. Dropping it (or `stop`) ends the thread.
+pub(crate) struct Sweeper {
+    wake: SyncSender<()>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sweeper {
+    /// Starts sweeping `events` for `retention`'s floors.
+    pub fn start(retention: Arc<Retention>, events: Keyspace) -> CoreResult<Self> {
+        let (wake, woken) = sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let _ = retention.sweeper.set(wake.clone());
+        let thread = std::thread::Builder::new()
+            .name("phantom-lsm-sweeper".into())
+            .spawn(move || {
+                while woken.recv().is_ok() && !stopped.load(Ordering::Acquire) {
+                    retention.sweep(&events, SWEEP_AFTER);
+                }
+            })
+            .map_err(CoreError::internal)?;
+        Ok(Sweeper {
+            wake,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread (after the sweep under way, if any) and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.try_send(());
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("store: event table sweeper thread panicked");
+        }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -189,5 +237,43 @@ impl CompactionFilter for Filter {
         } else {
             Verdict::Keep
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::lsm::{Tables, be};
+
+    /// A floor that rises by `SWEEP_AFTER` wakes the sweeper, which drops the table below it;
+    /// a table of another account stays. Stopping ends the thread.
+    #[test]
+    fn the_sweeper_wakes_when_a_floor_rises_far_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tables::open(dir.path()).unwrap();
+        for (row, seqs) in [(1, 1..=10), (2, 1..=10)] {
+            for seq in seqs {
+                t.events.insert(key2(row, seq), b"event").unwrap();
+            }
+            // One table per account.
+            t.events.rotate_memtable_and_wait().unwrap();
+        }
+        let mut sweeper = Sweeper::start(t.retention.clone(), t.events.clone()).unwrap();
+        t.retention.raise(&[(1, SWEEP_AFTER - 1)]);
+        t.retention.raise(&[(1, SWEEP_AFTER)]);
+        let stored = |row| t.events.prefix(be(row)).count();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stored(1) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the sweeper never dropped the table"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(stored(2), 10);
+        sweeper.stop();
+        assert!(sweeper.thread.is_none());
     }
 }
