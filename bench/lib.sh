@@ -22,6 +22,12 @@ profiling = true
 [log]
 level = "warn"
 CFG
+  # RETENTION=N: `events.retention_per_account`; RECEIPT_INTERVAL_MS=N: `events.receipt_interval_ms`.
+  if [ -n "${RETENTION:-}${RECEIPT_INTERVAL_MS:-}" ]; then
+    echo "[events]" >>"$1/server.toml"
+    [ -z "${RETENTION:-}" ] || echo "retention_per_account = $RETENTION" >>"$1/server.toml"
+    [ -z "${RECEIPT_INTERVAL_MS:-}" ] || echo "receipt_interval_ms = $RECEIPT_INTERVAL_MS" >>"$1/server.toml"
+  fi
 }
 
 # send_body RECIPIENT: a SendMessageRequest to RECIPIENT, gRPC-framed, on stdout (h2load -d).

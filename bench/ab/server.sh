@@ -8,7 +8,8 @@
 # of those names (as in /proc, cut to 15 characters) to SCHED_BATCH with the default slice once it
 # is up (`chrt -b`, as `hand_offs = "batched"` does for two of them), to measure one at a time.
 # RECEIPT_INTERVAL_MS=N sets `events.receipt_interval_ms` (0: a live stream reports after every
-# batch, as before the fortieth session). RETENTION=N sets `events.retention_per_account`.
+# batch, as before the fortieth session) and RETENTION=N `events.retention_per_account`
+# (`server_config`, ../lib.sh).
 # RUNTIME=single_thread sets `server.runtime`.
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 dir=$(mktemp -d); admin=bench-admin-token-0123456789abcdef
@@ -18,11 +19,6 @@ if [ -n "${HAND_OFFS:-}" ]; then
 fi
 if [ -n "${RUNTIME:-}" ]; then
   sed -i "/^\[server\]/a runtime = \"$RUNTIME\"" "$dir/server.toml"
-fi
-if [ -n "${RECEIPT_INTERVAL_MS:-}${RETENTION:-}" ]; then
-  printf '[events]\n' >>"$dir/server.toml"
-  [ -z "${RECEIPT_INTERVAL_MS:-}" ] || echo "receipt_interval_ms = $RECEIPT_INTERVAL_MS" >>"$dir/server.toml"
-  [ -z "${RETENTION:-}" ] || echo "retention_per_account = $RETENTION" >>"$dir/server.toml"
 fi
 "${SERVER:-$bin/phantom-grpc-api}" --config "$dir/server.toml" >"$dir/log" 2>&1 &
 sp=$!
