@@ -26,6 +26,7 @@
 //! | `events` | account row, seq | `pb::Event` (protobuf, ids raw: `records`; a message event refers to its message by its `messages` key) |
 //! | `delivered` | account row | seq: every MessageReceived up to it is DELIVERED (or READ) |
 //! | `counters` | `MESSAGE_ROW` | the newest message row |
+//! | `counters` | `retention`, `retention_pin/` and an account row | the retention last opened with, and where it pinned a log's floor (`retention`) |
 //!
 //! A message's record is keyed by its conversation, so that one range of `messages` is a
 //! conversation in order (ListMessages, MarkRead) and a send writes four items: its record, its
@@ -417,7 +418,7 @@ impl Tables {
         // so that the range reads go forward through `messages`.
         let mut wanted: BTreeMap<i64, Vec<(i64, usize)>> = BTreeMap::new();
         // What retention took may still be stored until a compaction drops it (`retention`).
-        let from = after.max(self.retention.cutoff(self.head(row)?));
+        let from = after.max(self.retention.floor(row));
         let range = self
             .events
             .range(key2(row, from.saturating_add(1))..=key2(row, u64::MAX));
@@ -502,9 +503,11 @@ impl Tables {
     /// Oldest seq an account's log shows (0 if it has none): retention hides what it took
     /// before a compaction drops it.
     fn oldest(&self, row: i64) -> CoreResult<u64> {
-        let first = Self::seq_of(self.events.prefix(be(row)).next())?;
-        let cutoff = self.retention.cutoff(self.head(row)?);
-        Ok(if first > cutoff { first } else { cutoff + 1 })
+        let floor = self.retention.floor(row);
+        let first = self
+            .events
+            .range(key2(row, floor + 1)..=key2(row, u64::MAX));
+        Self::seq_of(first.into_iter().next())
     }
 
     /// The seq of an `events` entry (0 for none).

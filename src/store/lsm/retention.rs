@@ -1,15 +1,20 @@
 //! Retention without tombstones: each account's log shows its newest `keep` events (`[events]
-//! retention_per_account`). An older event is not deleted when a new one pushes it out:
-//! readers stop seeing it at once (`cutoff`), and fjall drops it when a compaction of `events`
-//! next rewrites it (`Filter`), once the push that took it is durable (`raise`, from the
-//! syncer). Until 2026-12-07 every event past the retention wrote a tombstone for the one it
-//! pushed out, in the same batch: two more items for each send of an account at its cap, ~3
-//! µs of the server's CPU per send (BENCHMARKS.md, forty-fifth session).
+//! retention_per_account`). An older event is not deleted when a new one pushes it out: once
+//! the push is durable, the syncer raises the account's floor (`raise`), readers show nothing
+//! at or below it (`floor`), and fjall drops what is below it when a compaction of `events`
+//! next rewrites it (`Filter`). Until 2026-12-07 every event past the retention wrote a
+//! tombstone for the one it pushed out, in the same batch: two more items for each send of an
+//! account at its cap, ~3 µs of the server's CPU per send (BENCHMARKS.md, forty-fifth session).
 //!
-//! Dropping only what a durable head pushed out keeps a crash from losing an event that the
-//! log still holds after recovery (the head then being lower). An event key is written once
-//! (account row, seq), so a dropped event leaves no older version behind it to come back;
-//! one that did would be at or below the cutoff, and hidden.
+//! The floors follow durable heads, as readers do (`Durable`), so a crash cannot lose an event
+//! that the recovered, lower head still shows. An event key is written once (account row,
+//! seq), so a dropped event leaves no older version behind it to come back; one that did would
+//! be at or below the floor, and hidden.
+//!
+//! Compactions drop events in no order, so below its floor a log may have gaps. A retention
+//! raised at restart would lower the floors onto them: `load` then pins each log's floor where
+//! the old retention had it (kept in `counters`), and the log grows back to the new length as
+//! new events come.
 //!
 //! A compaction rewrites only the tables that new keys overlap, and an account's new events
 //! sort after its old ones: a table holding nothing but one account's old events would never
@@ -28,8 +33,18 @@ use fjall::compaction::filter::{
 };
 use fjall::{AbstractTree, Keyspace};
 
-use super::{int_at, key2};
+use super::{Tables, be, int_at, key2};
 use crate::core::{CoreError, CoreResult};
+
+/// The `counters` key of the retention the floors were last set with.
+const KEEP: &[u8] = b"retention";
+
+/// The `counters` key of an account's pinned floor: `PINNED` and its row.
+const PINNED: &[u8] = b"retention_pin/";
+
+fn pinned_key(row: i64) -> Vec<u8> {
+    [PINNED, &be(row)[..]].concat()
+}
 
 /// How far an account's floor rises before `sweep` looks for its tables again: a table
 /// wholly below the floor holds at least this many of its events, or is a flush's small one.
@@ -66,14 +81,37 @@ impl Retention {
         })
     }
 
-    /// Sets how many events each log shows.
-    pub fn set_keep(&self, keep: u64) {
+    /// At open: each log shows its newest `keep` events, its floor set from its head (every
+    /// head on disk is durable then), or where it is pinned. A `keep` larger than the last one
+    /// pins each log's floor where the last one had it (see the module doc).
+    pub fn load(&self, t: &Tables, keep: u64, heads: &[(i64, u64)]) -> CoreResult<()> {
+        let last = match t.counters.get(KEEP)? {
+            Some(v) => Some(int_at(&v, 0)? as u64),
+            None => None,
+        };
+        let mut batch = t.db.batch();
+        let mut floors = Vec::with_capacity(heads.len());
+        for &(row, head) in heads {
+            let mut pinned = match t.counters.get(pinned_key(row))? {
+                Some(v) => int_at(&v, 0)? as u64,
+                None => 0,
+            };
+            if let Some(last) = last.filter(|&last| last < keep) {
+                let floor = head.saturating_sub(last);
+                if floor > pinned {
+                    batch.insert(&t.counters, pinned_key(row), be(floor as i64));
+                    pinned = floor;
+                }
+            }
+            floors.push((row, head.saturating_sub(keep).max(pinned)));
+        }
+        if last != Some(keep) {
+            batch.insert(&t.counters, KEEP, be(keep as i64));
+        }
+        batch.commit()?;
         self.keep.store(keep, Ordering::Release);
-    }
-
-    /// The newest seq a log whose newest is `head` no longer shows (0: none).
-    pub fn cutoff(&self, head: u64) -> u64 {
-        head.saturating_sub(self.keep.load(Ordering::Acquire))
+        self.raise(&floors);
+        Ok(())
     }
 
     /// Per account row, what `seqs` (an account's newest events, by row) push out of its log:
@@ -102,7 +140,8 @@ impl Retention {
         }
     }
 
-    fn floor(&self, row: i64) -> u64 {
+    /// The newest seq the log of the account at `row` no longer shows (0: none).
+    pub fn floor(&self, row: i64) -> u64 {
         let map = self.floors.read().unwrap_or_else(|e| e.into_inner());
         map.get(&row).map_or(0, |f| f.raised)
     }

@@ -66,7 +66,6 @@ impl State {
     pub fn load(t: &Tables, retention: u64) -> CoreResult<Self> {
         let mut accounts = foldhash::HashMap::default();
         let mut heads = Vec::new();
-        t.retention.set_keep(retention);
         for g in t.account_ids.iter() {
             let (k, v) = g.into_inner()?;
             let id = Uuid::from_slice(&k).map_err(CoreError::internal)?;
@@ -83,8 +82,7 @@ impl State {
             };
             accounts.insert(id, account);
         }
-        t.retention
-            .raise(&t.retention.pushed_out(heads.into_iter()));
+        t.retention.load(t, retention, &heads)?;
         let mut next_contact = 1;
         for g in t.contacts.iter() {
             let c: StoredContact = from_json(&g.value()?)?;
@@ -821,8 +819,8 @@ fn walk_gap(
     let delivered = MessageState::Delivered as i32;
     let mut walked = from;
     // What retention took may still be stored until a compaction drops it: it is passed over
-    // as if gone (committed heads only, as this run's own events are not in the log yet).
-    let taken = t.retention.cutoff(t.head(row)?);
+    // as if gone.
+    let taken = t.retention.floor(row);
     for g in t
         .events
         .range(key2(row, from.max(taken) + 1)..=key2(row, to))
@@ -1605,7 +1603,8 @@ pub(super) mod tests {
         assert_eq!(stored(&t), vec![4, 5]);
         assert_eq!(shown(&t), vec![4, 5]);
 
-        // A group whose floors were never raised (not durable yet): nothing of it is dropped.
+        // A group that is not durable yet raises no floor: readers go on showing the newest
+        // durable events (theirs, `Durable`, hide the new ones), and nothing of it is dropped.
         let ops = (0..3)
             .map(|_| WriteOp::SendMessage(message(a, b, "")))
             .collect();
@@ -1613,10 +1612,53 @@ pub(super) mod tests {
         assert!(committed.replies.iter().all(|(_, r)| r.is_ok()));
         assert!(committed.on_durable.is_some());
         drop(committed);
-        assert_eq!(shown(&t), vec![7, 8]);
+        assert_eq!(shown(&t), vec![4, 5, 6, 7, 8]);
         t.events.rotate_memtable_and_wait().unwrap();
         t.events.major_compact().unwrap();
         assert_eq!(stored(&t), vec![4, 5, 6, 7, 8]);
+    }
+
+    /// Compactions drop pushed-out events in no order, so below its floor a log may have gaps:
+    /// a retention raised at restart does not show them, but keeps the floor where the old one
+    /// had it (and where it was pinned, at later restarts) until the log grows past it.
+    #[test]
+    fn a_raised_retention_never_shows_a_gap() {
+        let (dir, t, mut st, d, a, _) = two_accounts(2);
+        let row = st.row(a).unwrap();
+        let to_self = |n| {
+            (0..n)
+                .map(|_| WriteOp::SendMessage(message(a, a, "")))
+                .collect()
+        };
+        group(&t, &mut st, &d, to_self(5));
+        // What a compaction could leave: 1-3 in a table it did not rewrite, 4-6 dropped.
+        for seq in 4..=6 {
+            t.events.remove(key2(row, seq)).unwrap();
+        }
+        let reopen = |t: Tables, keep| {
+            t.db.persist(PersistMode::SyncAll).unwrap();
+            drop(t);
+            let t = Tables::open(dir.path()).unwrap();
+            let st = State::load(&t, keep).unwrap();
+            (t, st)
+        };
+        let shown = |t: &Tables| -> Vec<u64> {
+            let log = t.read_log(row, 0, 100).unwrap();
+            log.iter().map(|e| e.seq).collect()
+        };
+        let (t, mut st) = reopen(t, 10);
+        assert_eq!(shown(&t), vec![9, 10]);
+        assert_eq!(t.oldest(row).unwrap(), 9);
+        group(&t, &mut st, &d, to_self(3));
+        assert_eq!(shown(&t), (9..=16).collect::<Vec<_>>());
+        let (t, mut st) = reopen(t, 10);
+        assert_eq!(shown(&t), (9..=16).collect::<Vec<_>>());
+        // Past the pin, the log is as long as the new retention.
+        group(&t, &mut st, &d, to_self(2));
+        assert_eq!(shown(&t), (11..=20).collect::<Vec<_>>());
+        // A lowered retention needs no pin.
+        let (t, _) = reopen(t, 3);
+        assert_eq!(shown(&t), vec![18, 19, 20]);
     }
 
     /// A table holding only one account's events that retention pushed out is never
