@@ -504,10 +504,10 @@ impl Tables {
     /// before a compaction drops it.
     fn oldest(&self, row: i64) -> CoreResult<u64> {
         let floor = self.retention.floor(row);
-        let first = self
+        let mut shown = self
             .events
             .range(key2(row, floor + 1)..=key2(row, u64::MAX));
-        Self::seq_of(first.into_iter().next())
+        Self::seq_of(shown.next())
     }
 
     /// The seq of an `events` entry (0 for none).

@@ -72,7 +72,7 @@ struct Floor {
 }
 
 impl Retention {
-    /// Everything kept until `set_keep`.
+    /// Everything kept until `load`.
     pub fn new() -> Arc<Self> {
         Arc::new(Retention {
             keep: AtomicU64::new(u64::MAX),
@@ -89,13 +89,17 @@ impl Retention {
             Some(v) => Some(int_at(&v, 0)? as u64),
             None => None,
         };
+        // One range read for every pin (there are none unless the setting was ever raised),
+        // rather than a lookup per account.
+        let mut pins = foldhash::HashMap::default();
+        for g in t.counters.prefix(PINNED) {
+            let (k, v) = g.into_inner()?;
+            pins.insert(int_at(&k, PINNED.len())?, int_at(&v, 0)? as u64);
+        }
         let mut batch = t.db.batch();
         let mut floors = Vec::with_capacity(heads.len());
         for &(row, head) in heads {
-            let mut pinned = match t.counters.get(pinned_key(row))? {
-                Some(v) => int_at(&v, 0)? as u64,
-                None => 0,
-            };
+            let mut pinned = pins.get(&row).copied().unwrap_or(0);
             if let Some(last) = last.filter(|&last| last < keep) {
                 let floor = head.saturating_sub(last);
                 if floor > pinned {
@@ -114,13 +118,10 @@ impl Retention {
         Ok(())
     }
 
-    /// Per account row, what `seqs` (an account's newest events, by row) push out of its log:
-    /// the `(row, cutoff)` of each that pushes anything out.
-    pub fn pushed_out(&self, seqs: impl Iterator<Item = (i64, u64)>) -> Vec<(i64, u64)> {
-        let keep = self.keep.load(Ordering::Acquire);
-        seqs.filter(|&(_, seq)| seq > keep)
-            .map(|(row, seq)| (row, seq - keep))
-            .collect()
+    /// Events shown per account (`u64::MAX` until `load`): an event at seq `keep + n` pushes
+    /// seq `n` out of its log.
+    pub fn keep(&self) -> u64 {
+        self.keep.load(Ordering::Acquire)
     }
 
     /// Lets compactions drop each `(row, floor)`'s events up to `floor`: call it only once the

@@ -229,11 +229,12 @@ fn commit_group(t: &Tables, st: &mut State, group: Vec<Job>, d: &Durable) -> Opt
     // Compactions may drop what this group's events pushed out of their logs once it is
     // durable, not before: a crash before the fsync takes the pushing events with it.
     let retention = t.retention.clone();
-    let pushed = retention.pushed_out(
-        events
-            .iter()
-            .filter_map(|e| Some((st.row(e.account_id)?, e.event.seq))),
-    );
+    let keep = retention.keep();
+    let pushed: Vec<(i64, u64)> = events
+        .iter()
+        .filter(|e| e.event.seq > keep)
+        .filter_map(|e| Some((st.row(e.account_id)?, e.event.seq - keep)))
+        .collect();
     let on_durable = (!pushed.is_empty())
         .then(|| Box::new(move || retention.raise(&pushed)) as Box<dyn FnOnce() + Send>);
     Some(Committed {
