@@ -64,6 +64,16 @@ pub fn spawn_hand_off<T: Send + 'static>(
     spawn_with(name, first, f)
 }
 
+/// Waits for a thread that has been told to end, if it is still held, and logs it as `what`
+/// if it panicked: the closing path goes on either way.
+pub fn join(thread: Option<std::thread::JoinHandle<()>>, what: &str) {
+    if let Some(t) = thread
+        && t.join().is_err()
+    {
+        tracing::error!("{what} thread panicked");
+    }
+}
+
 /// Starts a named thread that runs `first`, then `f`.
 fn spawn_with<T: Send + 'static>(
     name: &str,

@@ -229,11 +229,7 @@ pub(crate) fn hand_over(syncer: &mpsc::SyncSender<Committed>, committed: Option<
 pub(crate) fn join(writer: &Mutex<Option<JoinHandle<()>>>, syncer: &Mutex<Option<JoinHandle<()>>>) {
     for (thread, name) in [(writer, "writer"), (syncer, "syncer")] {
         let handle = thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("store {name} thread panicked");
-        }
+        crate::sched::join(handle, &format!("store {name}"));
     }
 }
 

@@ -84,11 +84,7 @@ impl Keeper {
     /// Ends the thread and waits for it.
     pub fn stop(&mut self) {
         self.stop.take();
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("memtable keeper thread panicked");
-        }
+        crate::sched::join(self.thread.take(), "memtable keeper");
     }
 }
 

@@ -219,11 +219,7 @@ impl Sweeper {
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.wake.try_send(());
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("store: event table sweeper thread panicked");
-        }
+        crate::sched::join(self.thread.take(), "store: event table sweeper");
     }
 }
 
