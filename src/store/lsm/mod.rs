@@ -417,12 +417,7 @@ impl Tables {
         // Per conversation, the message rows to join and the events they go to; in key order,
         // so that the range reads go forward through `messages`.
         let mut wanted: BTreeMap<i64, Vec<(i64, usize)>> = BTreeMap::new();
-        // What retention took may still be stored until a compaction drops it (`retention`).
-        let from = after.max(self.retention.floor(row));
-        let range = self
-            .events
-            .range(key2(row, from.saturating_add(1))..=key2(row, u64::MAX));
-        for g in range.take(limit) {
+        for g in self.shown_events(row, after, u64::MAX).take(limit) {
             let stored = records::decode_event(&g.value()?)?;
             if let Some(at) = stored.message_at {
                 let rows = wanted.entry(int_at(&at, 0)?).or_default();
@@ -500,14 +495,17 @@ impl Tables {
         Self::seq_of(self.events.prefix(be(row)).next_back())
     }
 
-    /// Oldest seq an account's log shows (0 if it has none): retention hides what it took
-    /// before a compaction drops it.
+    /// The events of the account at `row` that its log shows, from after seq `after` up to
+    /// `through`: what retention took may still be stored until a compaction drops it, and is
+    /// passed over (`retention`).
+    fn shown_events(&self, row: i64, after: u64, through: u64) -> fjall::Iter {
+        let from = after.max(self.retention.floor(row)).saturating_add(1);
+        self.events.range(key2(row, from)..=key2(row, through))
+    }
+
+    /// Oldest seq an account's log shows (0 if it has none).
     fn oldest(&self, row: i64) -> CoreResult<u64> {
-        let floor = self.retention.floor(row);
-        let mut shown = self
-            .events
-            .range(key2(row, floor + 1)..=key2(row, u64::MAX));
-        Self::seq_of(shown.next())
+        Self::seq_of(self.shown_events(row, 0, u64::MAX).next())
     }
 
     /// The seq of an `events` entry (0 for none).

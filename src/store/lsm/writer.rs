@@ -819,14 +819,7 @@ fn walk_gap(
 ) -> CoreResult<(u64, Option<u64>)> {
     let delivered = MessageState::Delivered as i32;
     let mut walked = from;
-    // What retention took may still be stored until a compaction drops it: it is passed over
-    // as if gone.
-    let taken = t.retention.floor(row);
-    for g in t
-        .events
-        .range(key2(row, from.max(taken) + 1)..=key2(row, to))
-        .take(GAP_WALK)
-    {
+    for g in t.shown_events(row, from, to).take(GAP_WALK) {
         let (key, value) = g.into_inner()?;
         let seq = int_at(&key, 8)? as u64;
         if seq != walked + 1 {
@@ -1568,6 +1561,19 @@ pub(super) mod tests {
         assert!(MessageIndex::decode(&new[..40]).is_err());
     }
 
+    /// The seqs the log of the account at `row` shows to readers.
+    fn shown(t: &Tables, row: i64) -> Vec<u64> {
+        let log = t.read_log(row, 0, 100).unwrap();
+        log.iter().map(|e| e.seq).collect()
+    }
+
+    /// The seqs stored for the account at `row`, shown or not.
+    fn stored(t: &Tables, row: i64) -> Vec<u64> {
+        let log = t.events.range(key2(row, 0)..=key2(row, u64::MAX));
+        log.map(|g| int_at(&g.key().unwrap(), 8).unwrap() as u64)
+            .collect()
+    }
+
     /// Retention without tombstones: with a retention of 2, five sends in one group leave the
     /// newest 2 events shown, before and after the journal is replayed at open; what they
     /// pushed out stays stored, hidden, until a compaction of `events` drops it, and it drops
@@ -1581,28 +1587,23 @@ pub(super) mod tests {
         let (results, _) = group(&t, &mut st, &d, ops);
         assert!(results.iter().all(|r| r.is_ok()));
         let row = st.row(a).unwrap();
-        let shown = |t: &Tables| -> Vec<u64> {
-            let log = t.read_log(row, 0, 100).unwrap();
-            log.iter().map(|e| e.seq).collect()
-        };
-        let stored = |t: &Tables| -> Vec<u64> {
-            let log = t.events.range(key2(row, 0)..=key2(row, u64::MAX));
-            log.map(|g| int_at(&g.key().unwrap(), 8).unwrap() as u64)
-                .collect()
-        };
-        assert_eq!(shown(&t), vec![4, 5]);
+        assert_eq!(shown(&t, row), vec![4, 5]);
         assert_eq!(t.oldest(row).unwrap(), 4);
-        assert_eq!(stored(&t), vec![1, 2, 3, 4, 5], "no tombstones are written");
+        assert_eq!(
+            stored(&t, row),
+            vec![1, 2, 3, 4, 5],
+            "no tombstones are written"
+        );
         t.db.persist(PersistMode::SyncAll).unwrap();
         drop(t);
         let t = Tables::open(dir.path()).unwrap();
         let mut st = State::load(&t, 2).unwrap();
-        assert_eq!(shown(&t), vec![4, 5]);
+        assert_eq!(shown(&t, row), vec![4, 5]);
         // Flushed, then compacted: the filter drops what the durable heads pushed out.
         t.events.rotate_memtable_and_wait().unwrap();
         t.events.major_compact().unwrap();
-        assert_eq!(stored(&t), vec![4, 5]);
-        assert_eq!(shown(&t), vec![4, 5]);
+        assert_eq!(stored(&t, row), vec![4, 5]);
+        assert_eq!(shown(&t, row), vec![4, 5]);
 
         // A group that is not durable yet raises no floor: readers go on showing the newest
         // durable events (theirs, `Durable`, hide the new ones), and nothing of it is dropped.
@@ -1613,10 +1614,10 @@ pub(super) mod tests {
         assert!(committed.replies.iter().all(|(_, r)| r.is_ok()));
         assert!(committed.on_durable.is_some());
         drop(committed);
-        assert_eq!(shown(&t), vec![4, 5, 6, 7, 8]);
+        assert_eq!(shown(&t, row), vec![4, 5, 6, 7, 8]);
         t.events.rotate_memtable_and_wait().unwrap();
         t.events.major_compact().unwrap();
-        assert_eq!(stored(&t), vec![4, 5, 6, 7, 8]);
+        assert_eq!(stored(&t, row), vec![4, 5, 6, 7, 8]);
     }
 
     /// Compactions drop pushed-out events in no order, so below its floor a log may have gaps:
@@ -1643,23 +1644,19 @@ pub(super) mod tests {
             let st = State::load(&t, keep).unwrap();
             (t, st)
         };
-        let shown = |t: &Tables| -> Vec<u64> {
-            let log = t.read_log(row, 0, 100).unwrap();
-            log.iter().map(|e| e.seq).collect()
-        };
         let (t, mut st) = reopen(t, 10);
-        assert_eq!(shown(&t), vec![9, 10]);
+        assert_eq!(shown(&t, row), vec![9, 10]);
         assert_eq!(t.oldest(row).unwrap(), 9);
         group(&t, &mut st, &d, to_self(3));
-        assert_eq!(shown(&t), (9..=16).collect::<Vec<_>>());
+        assert_eq!(shown(&t, row), (9..=16).collect::<Vec<_>>());
         let (t, mut st) = reopen(t, 10);
-        assert_eq!(shown(&t), (9..=16).collect::<Vec<_>>());
+        assert_eq!(shown(&t, row), (9..=16).collect::<Vec<_>>());
         // Past the pin, the log is as long as the new retention.
         group(&t, &mut st, &d, to_self(2));
-        assert_eq!(shown(&t), (11..=20).collect::<Vec<_>>());
+        assert_eq!(shown(&t, row), (11..=20).collect::<Vec<_>>());
         // A lowered retention needs no pin.
         let (t, _) = reopen(t, 3);
-        assert_eq!(shown(&t), vec![18, 19, 20]);
+        assert_eq!(shown(&t, row), vec![18, 19, 20]);
     }
 
     /// A table holding only one account's events that retention pushed out is never
@@ -1669,11 +1666,6 @@ pub(super) mod tests {
     fn a_sweep_drops_tables_of_pushed_out_events_whole() {
         let (_dir, t, mut st, d, a, _) = two_accounts(2);
         let row = st.row(a).unwrap();
-        let stored = |t: &Tables| -> Vec<u64> {
-            let log = t.events.range(key2(row, 0)..=key2(row, u64::MAX));
-            log.map(|g| int_at(&g.key().unwrap(), 8).unwrap() as u64)
-                .collect()
-        };
         // Messages to oneself: both events of each go to the one log.
         let to_self = |n| {
             (0..n)
@@ -1684,12 +1676,12 @@ pub(super) mod tests {
         t.events.rotate_memtable_and_wait().unwrap();
         // Floor 4: the table (seqs 1-6) still holds shown events.
         assert_eq!(t.retention.sweep(&t.events, 1), 1);
-        assert_eq!(stored(&t), (1..=6).collect::<Vec<_>>());
+        assert_eq!(stored(&t, row), (1..=6).collect::<Vec<_>>());
         group(&t, &mut st, &d, to_self(2));
         t.events.rotate_memtable_and_wait().unwrap();
         // Floor 8: the first table goes, the second (seqs 7-10) stays.
         assert_eq!(t.retention.sweep(&t.events, 1), 1);
-        assert_eq!(stored(&t), (7..=10).collect::<Vec<_>>());
+        assert_eq!(stored(&t, row), (7..=10).collect::<Vec<_>>());
         assert_eq!(t.read_log(row, 0, 100).unwrap().len(), 2);
         // Nothing rose since: nothing to sweep.
         assert_eq!(t.retention.sweep(&t.events, 1), 0);
@@ -1698,7 +1690,7 @@ pub(super) mod tests {
         drop(committed);
         t.events.rotate_memtable_and_wait().unwrap();
         assert_eq!(t.retention.sweep(&t.events, 1), 0);
-        assert_eq!(stored(&t), (7..=18).collect::<Vec<_>>());
+        assert_eq!(stored(&t, row), (7..=18).collect::<Vec<_>>());
     }
 
     /// A send writes four items (its record under its conversation, its index entry, two
