@@ -128,6 +128,45 @@ async fn a_live_stream_sees_exactly_its_accounts_events_in_seq_order_from_one() 
     assert!(matches!(kind(&ev), Kind::MessageReceived(_)));
 }
 
+/// A message's events get their message and id text only for a stream that shows them: the
+/// live MessageSent and MessageReceived are what a replay of each log reads back (ids, times
+/// and all), and both carry the message SendMessage answered with.
+#[tokio::test]
+async fn live_message_events_are_what_the_logs_replay() {
+    let t = TestServer::start().await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    t.befriend(&a, &b).await;
+    let (mut alice, mut bob) = (t.user(&a), t.user(&b));
+    let mut to_alice = Events::live(&mut alice).await;
+    let mut to_bob = Events::live(&mut bob).await;
+    let sent = t.send(&a, &b, "hello").await;
+    let live = [to_alice.durable().await, to_bob.durable().await];
+    let message = |e: &pb::Event| match &e.kind {
+        Some(Kind::MessageSent(x)) => x.message.clone(),
+        Some(Kind::MessageReceived(x)) => x.message.clone(),
+        _ => None,
+    };
+    assert_eq!(name(kind(&live[0])), "MessageSent");
+    assert_eq!(name(kind(&live[1])), "MessageReceived");
+    for ev in &live {
+        assert_eq!(message(ev).as_ref(), Some(&sent));
+        assert_eq!(
+            uuid::Uuid::parse_str(&ev.event_id).unwrap().to_string(),
+            ev.event_id
+        );
+    }
+    assert_ne!(live[0].event_id, live[1].event_id);
+    for (user, ev) in [(&mut alice, &live[0]), (&mut bob, &live[1])] {
+        let mut replay = Events::open(user, Some(ev.seq - 1)).await;
+        replay.started().await;
+        assert_eq!(
+            &replay.durable().await,
+            ev,
+            "the same event, id and time included"
+        );
+    }
+}
+
 #[tokio::test]
 async fn resume_replays_after_seq_then_goes_live() {
     let t = TestServer::start().await;

@@ -238,7 +238,7 @@ impl Handler<Publish> for EventBusActor {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         for c in msg.0 {
-            self.deliver(c.account_id, &SharedEvent::new(c.event));
+            self.deliver(c.account_id, &SharedEvent::new(c.into_event()));
         }
     }
 }
@@ -302,10 +302,7 @@ mod tests {
     fn committed(account: AccountId, seq: u64) -> CommittedEvent {
         let mut event = new_event(pb::event::Kind::TypingChanged(pb::TypingChanged::default()));
         event.seq = seq;
-        CommittedEvent {
-            account_id: account,
-            event,
-        }
+        CommittedEvent::whole(account, event)
     }
 
     #[test]

@@ -17,14 +17,31 @@ pub fn new_event(kind: Kind) -> pb::Event {
 
 /// `new_event`, and its id, for a caller that would otherwise parse it back from the text.
 pub fn new_event_with_id(kind: Kind) -> (pb::Event, Uuid) {
+    let (mut event, id) = new_event_id_apart(kind);
+    event.event_id = uuid_text(id);
+    (event, id)
+}
+
+/// `new_event_with_id` with the id's text left empty: for an event that may never be shown,
+/// whose text `CommittedEvent::into_event` writes if it is.
+pub fn new_event_id_apart(kind: Kind) -> (pb::Event, Uuid) {
     let id = Uuid::new_v4();
     let event = pb::Event {
         seq: 0,
-        event_id: uuid_text(id),
+        event_id: String::new(),
         time: Some(to_timestamp(now_micros())),
         kind: Some(kind),
     };
     (event, id)
+}
+
+/// A MessageSent's or MessageReceived's message field; `None` for any other event.
+pub fn message_slot(e: &mut pb::Event) -> Option<&mut Option<pb::Message>> {
+    match e.kind.as_mut()? {
+        Kind::MessageSent(s) => Some(&mut s.message),
+        Kind::MessageReceived(r) => Some(&mut r.message),
+        _ => None,
+    }
 }
 
 /// Whether an event is kept in the account's log (and so gets a seq).

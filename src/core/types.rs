@@ -78,8 +78,37 @@ pub struct TokenRecord {
 pub struct CommittedEvent {
     /// The account whose log holds it.
     pub account_id: AccountId,
-    /// The event with its seq.
+    /// The event with its seq; one with `message` set has neither its message nor its id's
+    /// text yet.
     pub event: crate::pb::Event,
+    /// A MessageSent's or MessageReceived's message and event id, put into `event` only by
+    /// `into_event`: most committed events reach no live stream and are dropped, and the
+    /// message is shared by a send's two events and its reply, so that a send with no stream
+    /// open copies nothing.
+    pub message: Option<(std::sync::Arc<crate::pb::Message>, Uuid)>,
+}
+
+impl CommittedEvent {
+    /// An event committed whole.
+    pub fn whole(account_id: AccountId, event: crate::pb::Event) -> Self {
+        CommittedEvent {
+            account_id,
+            event,
+            message: None,
+        }
+    }
+
+    /// The event as a stream shows it.
+    pub fn into_event(self) -> crate::pb::Event {
+        let mut event = self.event;
+        if let Some((message, id)) = self.message {
+            event.event_id = uuid_text(id);
+            if let Some(slot) = super::events::message_slot(&mut event) {
+                *slot = Some(std::sync::Arc::unwrap_or_clone(message));
+            }
+        }
+        event
+    }
 }
 
 /// Page request after validation: how many and after which row.

@@ -125,7 +125,8 @@ impl ControllerService {
         };
         let sent = tell(&self.messaging, send, answer).await?;
         Ok(pb::SendMessageResponse {
-            message: Some(sent.message),
+            // Its own unless a live stream still holds one of its events.
+            message: Some(std::sync::Arc::unwrap_or_clone(sent.message)),
             duplicate: sent.duplicate,
         })
     }

@@ -371,7 +371,7 @@ mod tests {
         };
         let text = message.text.clone();
         let sent = SentMessage {
-            message,
+            message: message.into(),
             duplicate: false,
         };
         let _ = job.reply.send(Ok(WriteOutput::Sent(sent)));

@@ -72,8 +72,9 @@ impl Handed {
 /// Outcome of `send_message`.
 #[derive(Debug, Clone)]
 pub struct SentMessage {
-    /// The stored message (the first one, on a duplicate).
-    pub message: pb::Message,
+    /// The stored message (the first one, on a duplicate); shared with its events until they
+    /// are published or dropped (`CommittedEvent::message`).
+    pub message: std::sync::Arc<pb::Message>,
     /// The `client_message_id` had been used before; nothing new was stored.
     pub duplicate: bool,
 }

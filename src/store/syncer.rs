@@ -258,13 +258,13 @@ mod tests {
     use crate::pb;
 
     fn event(account: AccountId, seq: u64) -> CommittedEvent {
-        CommittedEvent {
-            account_id: account,
-            event: pb::Event {
+        CommittedEvent::whole(
+            account,
+            pb::Event {
                 seq,
                 ..Default::default()
             },
-        }
+        )
     }
 
     fn batch(events: Vec<CommittedEvent>, message_row: Option<i64>) -> Committed {

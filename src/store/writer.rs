@@ -206,10 +206,7 @@ fn log_event(
         tx.prepare_cached("DELETE FROM events WHERE account = ?1 AND seq <= ?2")?
             .execute(params![account_row, seq - keep])?;
     }
-    log.events.push(CommittedEvent {
-        account_id: account,
-        event,
-    });
+    log.events.push(CommittedEvent::whole(account, event));
     Ok(())
 }
 
@@ -395,7 +392,7 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
             .optional()?;
         if let Some(message) = earlier {
             return Ok(WriteOutput::Sent(SentMessage {
-                message,
+                message: message.into(),
                 duplicate: true,
             }));
         }
@@ -448,7 +445,7 @@ fn send_message(tx: &Connection, m: pb::Message, events: &mut Log) -> CoreResult
         events,
     )?;
     Ok(WriteOutput::Sent(SentMessage {
-        message: m,
+        message: m.into(),
         duplicate: false,
     }))
 }

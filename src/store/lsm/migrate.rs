@@ -263,7 +263,7 @@ mod tests {
                 ..Default::default()
             };
             match run_job(&t, st, WriteOp::SendMessage(m), &d).unwrap().0 {
-                WriteOutput::Sent(s) => (s.message.message_id, s.duplicate),
+                WriteOutput::Sent(s) => (s.message.message_id.clone(), s.duplicate),
                 _ => panic!("SendMessage answers Sent"),
             }
         };

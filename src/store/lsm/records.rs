@@ -20,8 +20,9 @@
 use prost::Message as _;
 use uuid::Uuid;
 
+use crate::core::events::message_slot;
 use crate::core::{CoreError, CoreResult};
-use crate::pb::{self, event::Kind};
+use crate::pb;
 
 /// A message's three ids, raw: its own, its sender's, its recipient's.
 const IDS: u32 = 1000;
@@ -77,7 +78,8 @@ pub(super) fn encode_event(e: &mut pb::Event) -> Vec<u8> {
 
 /// The stored bytes of `e`, a MessageSent or MessageReceived whose message's record is at
 /// `at` in `messages`: the event without its message, and `at`. `e` is given back as it was;
-/// `id`, if given, is its id already parsed from its text (else parsed here).
+/// `id`, if given, is its id already parsed from its text (else parsed here), or its id when
+/// its text is left empty (`new_event_id_apart`).
 pub(super) fn encode_message_event(e: &mut pb::Event, id: Option<Uuid>, at: &[u8; 16]) -> Vec<u8> {
     let Some(slot) = message_slot(e) else {
         return encode_event(e);
@@ -92,17 +94,19 @@ pub(super) fn encode_message_event(e: &mut pb::Event, id: Option<Uuid>, at: &[u8
 
 /// An event's record: its message's raw ids (`ids`, if they were taken out of it), the
 /// event's own id raw (if its text is canonical; `id`, if given, is that text already
-/// parsed), its message's key (`at`, if it refers to it), then the event's fields, with the
-/// id's text left out meanwhile.
+/// parsed, or the id of an event whose text is empty), its message's key (`at`, if it refers
+/// to it), then the event's fields, with the id's text left out meanwhile.
 fn event_record(
     e: &mut pb::Event,
     id: Option<Uuid>,
     ids: Option<&[u8; 48]>,
     at: Option<&[u8; 16]>,
 ) -> Vec<u8> {
-    debug_assert!(id.is_none_or(|id| Uuid::try_parse(&e.event_id).ok() == Some(id)));
+    debug_assert!(id.is_none_or(|id| {
+        e.event_id.is_empty() || Uuid::try_parse(&e.event_id).ok() == Some(id)
+    }));
     let parsed = match id {
-        Some(id) => canonical_form(&e.event_id).then_some(id),
+        Some(id) => (e.event_id.is_empty() || canonical_form(&e.event_id)).then_some(id),
         None => canonical(&e.event_id),
     };
     let event_id = parsed.map(|id| (id, std::mem::take(&mut e.event_id)));
@@ -211,15 +215,6 @@ fn message_of(e: &mut pb::Event) -> Option<&mut pb::Message> {
     message_slot(e)?.as_mut()
 }
 
-/// A message event's message field.
-fn message_slot(e: &mut pb::Event) -> Option<&mut Option<pb::Message>> {
-    match e.kind.as_mut()? {
-        Kind::MessageSent(s) => Some(&mut s.message),
-        Kind::MessageReceived(r) => Some(&mut r.message),
-        _ => None,
-    }
-}
-
 /// The UUID written as `text`, if `text` is how `uuid_text` writes it back (lowercase,
 /// hyphenated: how the server writes every id), so that a record reads back exactly as given.
 fn canonical(text: &str) -> Option<Uuid> {
@@ -305,6 +300,7 @@ mod tests {
     use super::*;
     use crate::core::events::new_event;
     use crate::core::time::{now_micros, to_timestamp};
+    use crate::pb::event::Kind;
 
     fn message() -> pb::Message {
         pb::Message {

@@ -24,7 +24,7 @@ use super::{
     MESSAGE_ROW, MessageIndex, NOT_LOGGED, StoredAccount, StoredContact, StoredToken, Tables, be,
     from_json, int_at, key2, to_json,
 };
-use crate::core::events::{new_event, new_event_with_id};
+use crate::core::events::{new_event, new_event_id_apart};
 use crate::core::stats::StoreStats;
 use crate::core::time::{now_micros, to_timestamp};
 use crate::core::{AccountId, CommittedEvent, CoreError, CoreResult, MessageState, uuid_text};
@@ -448,16 +448,17 @@ impl Tx<'_> {
     /// Appends an event to an account's log at its next seq, dropping the entry that falls
     /// out of retention. The account was checked by the caller.
     fn append(&mut self, account: AccountId, event: pb::Event) -> CoreResult<()> {
-        self.append_encoded(account, event, encode_event).map(drop)
+        self.append_encoded(CommittedEvent::whole(account, event), encode_event)
+            .map(drop)
     }
 
-    /// `append`, the event's record made by `encode`; the event's seq.
+    /// `append` of `c`, its event's record made by `encode`; the event's seq.
     fn append_encoded(
         &mut self,
-        account: AccountId,
-        mut event: pb::Event,
+        mut c: CommittedEvent,
         encode: impl FnOnce(&mut pb::Event) -> Vec<u8>,
     ) -> CoreResult<u64> {
+        let account = c.account_id;
         let a = self
             .st
             .accounts
@@ -465,19 +466,16 @@ impl Tx<'_> {
             .ok_or_else(|| CoreError::Internal(format!("no account {account} to log for")))?;
         // Nothing undelivered below the head: an event that is no message to this account
         // keeps it so (in memory only, where a stream that starts at the head finds it).
-        if a.delivered == a.head && !matches!(event.kind, Some(Kind::MessageReceived(_))) {
+        if a.delivered == a.head && !matches!(c.event.kind, Some(Kind::MessageReceived(_))) {
             a.delivered += 1;
         }
         a.head += 1;
-        event.seq = a.head;
+        c.event.seq = a.head;
         // What this pushes out of the log is hidden at once and dropped later (`retention`).
         self.batch
-            .insert(&self.t.events, key2(a.row, a.head), encode(&mut event));
-        let seq = event.seq;
-        self.events.push(CommittedEvent {
-            account_id: account,
-            event,
-        });
+            .insert(&self.t.events, key2(a.row, a.head), encode(&mut c.event));
+        let seq = c.event.seq;
+        self.events.push(c);
         Ok(seq)
     }
 
@@ -689,7 +687,7 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         };
         if let Some(message) = earlier {
             return Ok(WriteOutput::Sent(SentMessage {
-                message,
+                message: message.into(),
                 duplicate: true,
             }));
         }
@@ -720,22 +718,22 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         tx.client_keys.insert(key, m.clone());
     }
     tx.message_row = Some(row);
+    // Both events and the reply share the message; the events get it only if a live stream
+    // shows them (`CommittedEvent::into_event`).
+    let m = Arc::new(m);
     // The sender's event first, so that a message to oneself logs MessageSent before
     // MessageReceived.
-    let sent = Kind::MessageSent(pb::MessageSent {
-        message: Some(m.clone()),
-    });
-    let (event, event_id) = new_event_with_id(sent);
-    tx.append_encoded(sender, event, |e| {
-        encode_message_event(e, Some(event_id), &at)
-    })?;
-    let received = Kind::MessageReceived(pb::MessageReceived {
-        message: Some(m.clone()),
-    });
-    let (event, event_id) = new_event_with_id(received);
-    index.received = tx.append_encoded(recipient, event, |e| {
-        encode_message_event(e, Some(event_id), &at)
-    })?;
+    let log = |tx: &mut Tx, account: AccountId, kind: Kind| {
+        let (event, event_id) = new_event_id_apart(kind);
+        let c = CommittedEvent {
+            account_id: account,
+            event,
+            message: Some((m.clone(), event_id)),
+        };
+        tx.append_encoded(c, |e| encode_message_event(e, Some(event_id), &at))
+    };
+    log(tx, sender, Kind::MessageSent(Default::default()))?;
+    index.received = log(tx, recipient, Kind::MessageReceived(Default::default()))?;
     tx.put_index(id, &index);
     Ok(WriteOutput::Sent(SentMessage {
         message: m,
@@ -1065,6 +1063,43 @@ pub(super) mod tests {
         assert!(
             on_disk * 10 < raw * 7,
             "{on_disk} bytes on disk for {raw} raw"
+        );
+    }
+
+    /// A send's two events share its message with its reply, and carry neither the message
+    /// nor their ids' text until a live stream shows them (most reach none): then they are
+    /// what the log reads back.
+    #[test]
+    fn a_sends_events_share_its_message_until_they_are_shown() {
+        let (_dir, t, mut st, d, a, b) = two_accounts(1000);
+        let op = WriteOp::SendMessage(message(a, b, ""));
+        let (out, events) = run_job(&t, &mut st, op, &d).unwrap();
+        let WriteOutput::Sent(sent) = out else {
+            panic!("SendMessage answers Sent")
+        };
+        assert_eq!(
+            Arc::strong_count(&sent.message),
+            3,
+            "one message, three holders"
+        );
+        assert_eq!(events.len(), 2);
+        for c in &events {
+            assert!(c.event.event_id.is_empty(), "no id text yet");
+            assert!(matches!(
+                &c.event.kind,
+                Some(Kind::MessageSent(pb::MessageSent { message: None }))
+                    | Some(Kind::MessageReceived(pb::MessageReceived { message: None }))
+            ));
+        }
+        let logged = [a, b].map(|x| t.read_log(st.row(x).unwrap(), 0, 10).unwrap());
+        let shown: Vec<pb::Event> = events.into_iter().map(CommittedEvent::into_event).collect();
+        assert_eq!(logged, [vec![shown[0].clone()], vec![shown[1].clone()]]);
+        assert!(matches!(&shown[1].kind, Some(Kind::MessageReceived(r))
+            if r.message.as_ref() == Some(&*sent.message)));
+        assert_eq!(
+            Arc::strong_count(&sent.message),
+            1,
+            "the events took copies"
         );
     }
 
