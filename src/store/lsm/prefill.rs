@@ -34,6 +34,11 @@ const CHUNK: u64 = 64 << 10;
 const MARGIN: u64 = 32 << 10;
 /// The file system's block, the unit of holes.
 const BLOCK: u64 = 4096;
+/// Calls between two looks for a journal newer than the active one. Each look is a `statx` of
+/// the next journal's path, and fjall starts a journal only when a memtable rotates (every few
+/// seconds under full load); until the next look, the new journal's fsyncs allocate, as they
+/// did before this prefill.
+const LOOK_EVERY: u32 = 8;
 
 /// The writer's zeros ahead in the active journal.
 pub(crate) struct Prefill {
@@ -42,6 +47,8 @@ pub(crate) struct Prefill {
     active: Option<(u64, File, u64)>,
     /// Set once anything failed: this is a saving, never worth failing a write for.
     off: bool,
+    /// Calls since the last look for a newer journal (`LOOK_EVERY`).
+    since_look: u32,
 }
 
 impl Prefill {
@@ -51,6 +58,7 @@ impl Prefill {
             dir: dir.to_path_buf(),
             active: None,
             off: false,
+            since_look: 0,
         }
     }
 
@@ -69,9 +77,14 @@ impl Prefill {
 
     fn try_ahead(&mut self) -> io::Result<()> {
         let known = self.active.as_ref().map(|(id, _, _)| *id);
+        self.since_look += 1;
         let newest = match known {
-            Some(id) => journal::newer_than(&self.dir, id),
             None => journal::newest(&self.dir),
+            Some(_) if self.since_look < LOOK_EVERY => None,
+            Some(id) => {
+                self.since_look = 0;
+                journal::newer_than(&self.dir, id)
+            }
         };
         if let Some(id) = newest {
             let file = OpenOptions::new()
@@ -203,6 +216,33 @@ mod tests {
                 Some(&value[..])
             );
         }
+    }
+
+    /// A journal fjall starts (past 64 MB of journal, at a flush) is found within
+    /// `LOOK_EVERY` calls, not looked for on every one, and zeroed ahead from then on.
+    #[test]
+    fn follows_a_new_journal_within_a_few_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        // Journals as fjall makes them: numbered in turn, sparse, 64 MiB long.
+        let start = |id: u64| {
+            let f = File::create_new(journal::path(dir.path(), id)).unwrap();
+            f.set_len(64 << 20).unwrap();
+        };
+        let mut prefill = Prefill::new(dir.path());
+        start(1);
+        prefill.ahead();
+        if prefill.off {
+            return; // Elsewhere than on ext4 the prefill does nothing, by design.
+        }
+        let active = |p: &Prefill| p.active.as_ref().map(|(id, _, zeroed)| (*id, *zeroed > 0));
+        assert_eq!(active(&prefill), Some((1, true)));
+        start(2);
+        prefill.ahead();
+        assert_eq!(active(&prefill), Some((1, true)), "not looked for yet");
+        for _ in 2..LOOK_EVERY {
+            prefill.ahead();
+        }
+        assert_eq!(active(&prefill), Some((2, true)), "found and zeroed ahead");
     }
 
     /// One byte anywhere in a block is fjall's writer there; zeros and a hole are not.
