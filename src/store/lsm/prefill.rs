@@ -35,9 +35,9 @@ const MARGIN: u64 = 32 << 10;
 /// The file system's block, the unit of holes.
 const BLOCK: u64 = 4096;
 /// Calls between two looks for a journal newer than the active one. Each look is a `statx` of
-/// the next journal's path, and fjall starts a journal only when a memtable rotates (every few
-/// seconds under full load); until the next look, the new journal's fsyncs allocate, as they
-/// did before this prefill.
+/// the next journal's path, and fjall starts a journal only at a flush once the active one
+/// passes 64 MB (every ~100,000 sends); until the next look, the new journal's fsyncs
+/// allocate, as they did before this prefill.
 const LOOK_EVERY: u32 = 8;
 
 /// The writer's zeros ahead in the active journal.
