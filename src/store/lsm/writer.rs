@@ -1103,6 +1103,13 @@ pub(super) mod tests {
         );
     }
 
+    /// `n` sends from `a` to itself: both events of each go to the one log.
+    fn to_self(a: AccountId, n: usize) -> Vec<WriteOp> {
+        (0..n)
+            .map(|_| WriteOp::SendMessage(message(a, a, "")))
+            .collect()
+    }
+
     fn message(from: AccountId, to: AccountId, client_message_id: &str) -> pb::Message {
         pb::Message {
             message_id: Uuid::now_v7().to_string(),
@@ -1662,12 +1669,7 @@ pub(super) mod tests {
     fn a_raised_retention_never_shows_a_gap() {
         let (dir, t, mut st, d, a, _) = two_accounts(2);
         let row = st.row(a).unwrap();
-        let to_self = |n| {
-            (0..n)
-                .map(|_| WriteOp::SendMessage(message(a, a, "")))
-                .collect()
-        };
-        group(&t, &mut st, &d, to_self(5));
+        group(&t, &mut st, &d, to_self(a, 5));
         // What a compaction could leave: 1-3 in a table it did not rewrite, 4-6 dropped.
         for seq in 4..=6 {
             t.events.remove(key2(row, seq)).unwrap();
@@ -1682,12 +1684,12 @@ pub(super) mod tests {
         let (t, mut st) = reopen(t, 10);
         assert_eq!(shown(&t, row), vec![9, 10]);
         assert_eq!(t.oldest(row).unwrap(), 9);
-        group(&t, &mut st, &d, to_self(3));
+        group(&t, &mut st, &d, to_self(a, 3));
         assert_eq!(shown(&t, row), (9..=16).collect::<Vec<_>>());
         let (t, mut st) = reopen(t, 10);
         assert_eq!(shown(&t, row), (9..=16).collect::<Vec<_>>());
         // Past the pin, the log is as long as the new retention.
-        group(&t, &mut st, &d, to_self(2));
+        group(&t, &mut st, &d, to_self(a, 2));
         assert_eq!(shown(&t, row), (11..=20).collect::<Vec<_>>());
         // A lowered retention needs no pin.
         let (t, _) = reopen(t, 3);
@@ -1701,18 +1703,12 @@ pub(super) mod tests {
     fn a_sweep_drops_tables_of_pushed_out_events_whole() {
         let (_dir, t, mut st, d, a, _) = two_accounts(2);
         let row = st.row(a).unwrap();
-        // Messages to oneself: both events of each go to the one log.
-        let to_self = |n| {
-            (0..n)
-                .map(|_| WriteOp::SendMessage(message(a, a, "")))
-                .collect()
-        };
-        group(&t, &mut st, &d, to_self(3));
+        group(&t, &mut st, &d, to_self(a, 3));
         t.events.rotate_memtable_and_wait().unwrap();
         // Floor 4: the table (seqs 1-6) still holds shown events.
         assert_eq!(t.retention.sweep(&t.events, 1), 1);
         assert_eq!(stored(&t, row), (1..=6).collect::<Vec<_>>());
-        group(&t, &mut st, &d, to_self(2));
+        group(&t, &mut st, &d, to_self(a, 2));
         t.events.rotate_memtable_and_wait().unwrap();
         // Floor 8: the first table goes, the second (seqs 7-10) stays.
         assert_eq!(t.retention.sweep(&t.events, 1), 1);
@@ -1721,7 +1717,7 @@ pub(super) mod tests {
         // Nothing rose since: nothing to sweep.
         assert_eq!(t.retention.sweep(&t.events, 1), 0);
         // Pushed out by a group that is not durable yet: kept.
-        let committed = commit(&t, &mut st, &d, to_self(4));
+        let committed = commit(&t, &mut st, &d, to_self(a, 4));
         drop(committed);
         t.events.rotate_memtable_and_wait().unwrap();
         assert_eq!(t.retention.sweep(&t.events, 1), 0);
