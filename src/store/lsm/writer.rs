@@ -266,7 +266,7 @@ struct Run {
     kind: RunKind,
     batch: OwnedWriteBatch,
     /// Idempotency keys the run's sends wrote, with their messages.
-    client_keys: HashMap<Vec<u8>, pb::Message>,
+    client_keys: HashMap<Vec<u8>, Arc<pb::Message>>,
     /// Messages the run's receipts made DELIVERED.
     delivered: foldhash::HashSet<Uuid>,
     /// Where the run starts in the group.
@@ -437,7 +437,7 @@ struct Tx<'a> {
     events: Vec<CommittedEvent>,
     message_row: Option<i64>,
     /// Idempotency keys written to `batch` and not yet committed, with their messages.
-    client_keys: &'a mut HashMap<Vec<u8>, pb::Message>,
+    client_keys: &'a mut HashMap<Vec<u8>, Arc<pb::Message>>,
     /// Messages made DELIVERED in `batch`, not yet committed.
     delivered: &'a mut foldhash::HashSet<Uuid>,
     /// Watermarks moved in `batch` (`RunStart::marks`).
@@ -445,8 +445,8 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    /// Appends an event to an account's log at its next seq, dropping the entry that falls
-    /// out of retention. The account was checked by the caller.
+    /// Appends an event to an account's log at its next seq; what that pushes out of the
+    /// retention is hidden, not removed (`retention`). The account was checked by the caller.
     fn append(&mut self, account: AccountId, event: pb::Event) -> CoreResult<()> {
         self.append_encoded(CommittedEvent::whole(account, event), encode_event)
             .map(drop)
@@ -681,13 +681,13 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
         let earlier = match tx.client_keys.get(key) {
             Some(m) => Some(m.clone()),
             None => match tx.t.client_ids.get(key)? {
-                Some(at) => Some(tx.t.message_at(&at)?),
+                Some(at) => Some(Arc::new(tx.t.message_at(&at)?)),
                 None => None,
             },
         };
         if let Some(message) = earlier {
             return Ok(WriteOutput::Sent(SentMessage {
-                message: message.into(),
+                message,
                 duplicate: true,
             }));
         }
@@ -713,14 +713,14 @@ fn send_message(tx: &mut Tx, mut m: pb::Message) -> CoreResult<WriteOutput> {
     // The record's key: the idempotency entry and both events refer to it.
     let at = index.key();
     tx.batch.insert(&tx.t.messages, at, record);
+    // The reply, both events and a later send of the same key in this run share the message;
+    // the events get it only if a live stream shows them (`CommittedEvent::into_event`).
+    let m = Arc::new(m);
     if let Some(key) = client_key {
         tx.batch.insert(&tx.t.client_ids, key.as_slice(), at);
         tx.client_keys.insert(key, m.clone());
     }
     tx.message_row = Some(row);
-    // Both events and the reply share the message; the events get it only if a live stream
-    // shows them (`CommittedEvent::into_event`).
-    let m = Arc::new(m);
     // The sender's event first, so that a message to oneself logs MessageSent before
     // MessageReceived.
     let log = |tx: &mut Tx, account: AccountId, kind: Kind| {
