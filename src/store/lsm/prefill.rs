@@ -39,6 +39,8 @@ const BLOCK: u64 = 4096;
 /// passes 64 MB (every ~100,000 sends); until the next look, the new journal's fsyncs
 /// allocate, as they did before this prefill.
 const LOOK_EVERY: u32 = 8;
+/// A chunk of zeros to write from: static, so it is neither allocated nor zeroed per chunk.
+static ZEROS: [u8; CHUNK as usize] = [0; CHUNK as usize];
 
 /// The writer's zeros ahead in the active journal.
 pub(crate) struct Prefill {
@@ -49,6 +51,8 @@ pub(crate) struct Prefill {
     off: bool,
     /// Calls since the last look for a newer journal (`LOOK_EVERY`).
     since_look: u32,
+    /// The block `written_at` reads into, kept rather than zeroed on the stack per group.
+    block: Box<[u8; BLOCK as usize]>,
 }
 
 impl Prefill {
@@ -59,6 +63,7 @@ impl Prefill {
             active: None,
             off: false,
             since_look: 0,
+            block: Box::new([0; BLOCK as usize]),
         }
     }
 
@@ -100,10 +105,11 @@ impl Prefill {
         let Some((_, file, zeroed)) = self.active.as_mut() else {
             return Ok(());
         };
-        if *zeroed > 0 && !written_at(file, zeroed.saturating_sub(MARGIN) / BLOCK * BLOCK)? {
+        let at = zeroed.saturating_sub(MARGIN) / BLOCK * BLOCK;
+        if *zeroed > 0 && !written_at(file, at, &mut self.block)? {
             return Ok(());
         }
-        *zeroed = zero_holes(file, *zeroed, CHUNK)?;
+        *zeroed = zero_holes(file, *zeroed)?;
         Ok(())
     }
 }
@@ -122,26 +128,25 @@ fn on_ext4(file: &File) -> io::Result<bool> {
 
 /// Whether the block at `at` holds anything but zeros: a journal's entries never fill a block
 /// with zeros, so fjall's writer has reached it.
-fn written_at(file: &File, at: u64) -> io::Result<bool> {
-    let mut block = [0u8; BLOCK as usize];
-    let n = file.read_at(&mut block, at)?;
+fn written_at(file: &File, at: u64, block: &mut [u8; BLOCK as usize]) -> io::Result<bool> {
+    let n = file.read_at(block, at)?;
     // The OR of every byte, which the compiler does 32 bytes at a time: the usual answer is
     // no, read to the block's end, and `any` went a byte at a time (1.4-2% of a send's
     // instructions, checked after every group; BENCHMARKS.md, forty-sixth session).
     Ok(block[..n].iter().fold(0, |all, &b| all | b) != 0)
 }
 
-/// Writes zeros into the holes of up to `len` bytes from the first hole at or after `from`,
+/// Writes zeros into the holes of up to a `CHUNK` from the first hole at or after `from`,
 /// never past the file's size or into data; returns where the zeros end.
-fn zero_holes(file: &File, from: u64, len: u64) -> io::Result<u64> {
+fn zero_holes(file: &File, from: u64) -> io::Result<u64> {
     let size = file.metadata()?.len();
     let start = seek(file, from, libc::SEEK_HOLE)?.unwrap_or(size);
-    let end = (start + len).min(size);
+    let end = (start + CHUNK).min(size);
     if start >= end {
         return Ok(start.max(from));
     }
     let end = seek(file, start, libc::SEEK_DATA)?.map_or(end, |data| data.min(end));
-    file.write_all_at(&vec![0u8; (end - start) as usize], start)?;
+    file.write_all_at(&ZEROS[..(end - start) as usize], start)?;
     Ok(end)
 }
 
@@ -202,7 +207,8 @@ mod tests {
         // The zeros run ahead of fjall's last write, and were written (the file is sparse
         // beyond them: 64 MiB long, with far less allocated).
         let file = File::open(&jnl).unwrap();
-        assert!(written_at(&file, 600 * 900 / BLOCK * BLOCK).unwrap());
+        let mut block = [0u8; BLOCK as usize];
+        assert!(written_at(&file, 600 * 900 / BLOCK * BLOCK, &mut block).unwrap());
         assert!(*zeroed > 600 * 900, "zeroed to {zeroed}");
         assert!(allocated(&jnl) >= *zeroed / BLOCK * BLOCK);
         assert!(allocated(&jnl) < 16 << 20);
@@ -259,9 +265,19 @@ mod tests {
         file.write_all_at(&[0u8; BLOCK as usize], BLOCK).unwrap();
         file.write_all_at(&[1], 3 * BLOCK - 1).unwrap();
         file.write_all_at(&[1], 3 * BLOCK).unwrap();
-        let written = |block: u64| written_at(&file, block * BLOCK).unwrap();
-        assert_eq!([0, 1, 2, 3].map(written), [false, false, true, true]);
+        let mut buf = [0u8; BLOCK as usize];
+        let mut written = |block: u64| written_at(&file, block * BLOCK, &mut buf).unwrap();
+        assert_eq!([0, 1, 2, 3].map(&mut written), [false, false, true, true]);
         assert!(!written(4), "past the end");
+        // The buffer is reused: what an earlier read left past a short read is not looked at.
+        file.set_len(4 * BLOCK + 100).unwrap();
+        let mut buf = [0u8; BLOCK as usize];
+        assert!(written_at(&file, 2 * BLOCK, &mut buf).unwrap());
+        assert_eq!(buf[BLOCK as usize - 1], 1);
+        assert!(
+            !written_at(&file, 4 * BLOCK, &mut buf).unwrap(),
+            "a short block of zeros"
+        );
     }
 
     #[test]
@@ -278,13 +294,13 @@ mod tests {
         file.write_all_at(&[9u8; 10], 0).unwrap();
         file.write_all_at(&[8u8; 10], 2 * BLOCK).unwrap();
         // The hole between the two blocks of data is zeroed, not the data after it.
-        assert_eq!(zero_holes(&file, 0, CHUNK).unwrap(), 2 * BLOCK);
+        assert_eq!(zero_holes(&file, 0).unwrap(), 2 * BLOCK);
         let mut got = vec![0u8; 3 * BLOCK as usize];
         file.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(&got[..10], &[9u8; 10]);
         assert_eq!(&got[2 * BLOCK as usize..][..10], &[8u8; 10]);
         // No hole left before the end: nothing more, and the file is no longer.
-        assert_eq!(zero_holes(&file, 2 * BLOCK, CHUNK).unwrap(), 3 * BLOCK);
+        assert_eq!(zero_holes(&file, 2 * BLOCK).unwrap(), 3 * BLOCK);
         assert_eq!(file.metadata().unwrap().len(), 3 * BLOCK);
     }
 }
