@@ -12,18 +12,13 @@ pub type SharedEvent = std::sync::Arc<pb::Event>;
 
 /// A new event with a fresh id and the current time; `seq` is 0 until the store assigns one.
 pub fn new_event(kind: Kind) -> pb::Event {
-    new_event_with_id(kind).0
-}
-
-/// `new_event`, and its id, for a caller that would otherwise parse it back from the text.
-pub fn new_event_with_id(kind: Kind) -> (pb::Event, Uuid) {
     let (mut event, id) = new_event_id_apart(kind);
     event.event_id = uuid_text(id);
-    (event, id)
+    event
 }
 
-/// `new_event_with_id` with the id's text left empty: for an event that may never be shown,
-/// whose text `CommittedEvent::into_event` writes if it is.
+/// `new_event` with the id apart and its text left empty: for an event that may never be
+/// shown, whose text `CommittedEvent::into_event` writes if it is.
 pub fn new_event_id_apart(kind: Kind) -> (pb::Event, Uuid) {
     let id = Uuid::new_v4();
     let event = pb::Event {
