@@ -1,9 +1,11 @@
 //! Storage engines: each refuses a data dir that holds the other's data (never starts empty
-//! over it), and both keep what a restart with a lowered retention still promises.
+//! over it), and both keep what a restart with a lowered retention still promises. The LSM
+//! engine leaves nothing in its journal for the next start to replay after a graceful stop.
 
 mod common;
 
 use common::*;
+use fjall::AbstractTree;
 use phantom::config::Engine;
 use phantom::server;
 
@@ -208,4 +210,34 @@ async fn receipts_a_stream_holds_at_shutdown_are_recorded() {
             "{engine:?}"
         );
     }
+}
+
+/// A graceful stop flushes the LSM engine's memtables to tables: opened again, fjall replays
+/// nothing from the journal into any keyspace, and what was sent is still there.
+#[tokio::test]
+async fn a_graceful_stop_leaves_the_lsm_journal_nothing_to_replay() {
+    let mut t = TestServer::start().await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    for i in 0..20 {
+        t.send(&a, &b, &format!("m{i}")).await;
+    }
+    t.stop().await;
+    {
+        let db = fjall::Database::builder(t.data_dir().join("lsm"))
+            .open()
+            .expect("the server's data dir opens");
+        let names = db.list_keyspace_names();
+        assert!(names.len() >= 5, "the server's keyspaces: {names:?}");
+        for name in names {
+            let ks = db
+                .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+                .expect("keyspace");
+            assert!(
+                ks.tree.active_memtable().is_empty(),
+                "{name:?} replayed from the journal"
+            );
+        }
+    }
+    t.restart().await;
+    assert_eq!(t.conversation(&a, &b).await.len(), 20);
 }
