@@ -25,6 +25,14 @@
 //! reference to every memtable it sees, so fjall's drop only lets go of one reference; once
 //! the only one left is ours, the memtable is freed here, where nothing waits for it.
 //!
+//! **Small keyspaces.** fjall drops a journal only once every keyspace has flushed what it
+//! holds, and a keyspace written rarely (accounts, tokens, contacts: at sign-up) never reaches
+//! `ROTATE_AT`, so it kept every journal since its first write until fjall's cap of 512 MiB of
+//! journals made it flush, and then ~5 journals went at once (BENCHMARKS.md, forty-eighth
+//! session). Each time fjall seals a journal, this thread rotates every memtable under
+//! `STRAGGLER_UNDER` that has been active since the seal before: it grew less than that over a
+//! whole journal, so it would hold journals back for many more (`Stragglers`).
+//!
 //! `Keyspace::tree`, `Keyspace::rotate_memtable` and `AbstractTree` are public but hidden from
 //! fjall's docs; a later fjall that frees memtables outside the lock and whose rotation cannot
 //! block a worker would let this module go.
@@ -61,6 +69,11 @@ const STILL_AFTER: u32 = 10;
 /// options from its creation), so fjall's own trigger never fires.
 const ROTATE_AT: u64 = 48 << 20;
 
+/// A memtable under this size, active since before the last journal was sealed, holds journals
+/// back and is rotated at the next seal. A journal is 64 MB (fjall's); a keyspace that grew
+/// less than this over one would take over 16 journals to reach `ROTATE_AT`.
+const STRAGGLER_UNDER: u64 = ROTATE_AT / 16;
+
 /// The keeper thread; dropping it (or `stop`) ends the thread and frees what it holds.
 pub(crate) struct Keeper {
     stop: Option<mpsc::Sender<()>>,
@@ -68,12 +81,12 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    /// Starts keeping the memtables of `keyspaces`.
-    pub fn start(keyspaces: Vec<Keyspace>) -> CoreResult<Self> {
+    /// Starts keeping the memtables of `keyspaces`, all of `db`.
+    pub fn start(db: Database, keyspaces: Vec<Keyspace>) -> CoreResult<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("phantom-lsm-memtables".into())
-            .spawn(move || run(&keyspaces, &stopped))
+            .spawn(move || run(&db, &keyspaces, &stopped))
             .map_err(CoreError::internal)?;
         Ok(Keeper {
             stop: Some(stop),
@@ -100,9 +113,10 @@ const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
 /// fjall's worker threads' name (fjall 3.1.13, `worker_pool.rs`).
 const FJALL_WORKER: &str = "fjall:worker";
 
-fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
+fn run(db: &Database, keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     let mut held = Vec::new();
     let mut failures: Vec<Failures> = keyspaces.iter().map(|_| Failures::default()).collect();
+    let mut stragglers = Stragglers::new(&memtables_of(keyspaces), db.journal_count());
     // fjall's worker names itself once it runs, so it is looked for until found, for a second
     // at most (were fjall to name it differently, it would be looked for forever).
     let mut looks_for_worker = 50;
@@ -119,6 +133,7 @@ fn run(keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
             }
         }
         rotate_full(keyspaces, ROTATE_AT, &mut failures);
+        rotate_stragglers(db, keyspaces, &mut stragglers, &mut failures);
         let active: Vec<_> = keyspaces
             .iter()
             .map(|ks| ks.tree.active_memtable())
@@ -166,22 +181,89 @@ impl Stillness {
 /// flush it. `failures` has one entry per keyspace.
 fn rotate_full(keyspaces: &[Keyspace], at: u64, failures: &mut [Failures]) {
     for (ks, failures) in keyspaces.iter().zip(failures) {
-        if ks.tree.active_memtable().size() < at {
-            continue;
+        if ks.tree.active_memtable().size() >= at {
+            rotate(ks, failures);
         }
-        match ks.rotate_memtable() {
-            Ok(_) => failures.ended(|failed| {
-                tracing::info!(keyspace = %ks.name(), failed, "memtable rotation works again");
-            }),
-            // fjall rotates under its journal's lock; a failure here is the journal's, which
-            // the writer's next commit meets and reports too.
-            Err(e) => failures.failed(Instant::now(), |failed| {
-                tracing::error!(
-                    keyspace = %ks.name(), error = %e, failed,
-                    "memtable rotation failed",
-                );
-            }),
+    }
+}
+
+/// Rotates the memtables `Stragglers` finds holding journals back, if fjall sealed a journal
+/// since the last look. `failures` has one entry per keyspace.
+fn rotate_stragglers(
+    db: &Database,
+    keyspaces: &[Keyspace],
+    stragglers: &mut Stragglers,
+    failures: &mut [Failures],
+) {
+    for i in stragglers.due(&memtables_of(keyspaces), db.journal_count()) {
+        rotate(&keyspaces[i], &mut failures[i]);
+    }
+}
+
+/// Rotates one keyspace's memtable, logging as `Failures` says.
+fn rotate(ks: &Keyspace, failures: &mut Failures) {
+    match ks.rotate_memtable() {
+        Ok(_) => failures.ended(|failed| {
+            tracing::info!(keyspace = %ks.name(), failed, "memtable rotation works again");
+        }),
+        // fjall rotates under its journal's lock; a failure here is the journal's, which
+        // the writer's next commit meets and reports too.
+        Err(e) => failures.failed(Instant::now(), |failed| {
+            tracing::error!(
+                keyspace = %ks.name(), error = %e, failed,
+                "memtable rotation failed",
+            );
+        }),
+    }
+}
+
+/// Each keyspace's active memtable: (id, size in bytes).
+fn memtables_of(keyspaces: &[Keyspace]) -> Vec<(u64, u64)> {
+    keyspaces
+        .iter()
+        .map(|ks| {
+            let m = ks.tree.active_memtable();
+            (m.id(), m.size())
+        })
+        .collect()
+}
+
+/// Finds the small memtables that hold journals back, one decision per journal fjall seals.
+struct Stragglers {
+    /// fjall's journal count at the last look: it grows by one when a journal is sealed, and
+    /// falls when fjall drops old ones.
+    journals: usize,
+    /// Each keyspace's active memtable id when the last journal was sealed (or at start).
+    at_last_seal: Vec<u64>,
+}
+
+impl Stragglers {
+    /// Starts from the keyspaces' memtables (id, size) and fjall's journal count now.
+    fn new(memtables: &[(u64, u64)], journals: usize) -> Self {
+        Stragglers {
+            journals,
+            at_last_seal: memtables.iter().map(|&(id, _)| id).collect(),
         }
+    }
+
+    /// The keyspaces to rotate, given this look's memtables and journal count: none unless
+    /// the count grew (a journal was sealed); then each memtable that holds anything, is under
+    /// `STRAGGLER_UNDER`, and was already active at the seal before. A younger one may hold
+    /// none of a sealed journal's writes (a large keyspace just after its own rotation).
+    fn due(&mut self, memtables: &[(u64, u64)], journals: usize) -> Vec<usize> {
+        let sealed = journals > self.journals;
+        self.journals = journals;
+        if !sealed {
+            return Vec::new();
+        }
+        let due = (0..memtables.len().min(self.at_last_seal.len()))
+            .filter(|&i| {
+                let (id, size) = memtables[i];
+                id == self.at_last_seal[i] && size > 0 && size < STRAGGLER_UNDER
+            })
+            .collect();
+        self.at_last_seal = memtables.iter().map(|&(id, _)| id).collect();
+        due
     }
 }
 
@@ -399,6 +481,76 @@ mod tests {
             "gave up once poisoned, not at the deadline"
         );
         assert!(db.persist(PersistMode::Buffer).is_err(), "poisoned");
+    }
+
+    #[test]
+    fn small_memtables_active_since_the_last_seal_are_due_at_the_next_one() {
+        let small = STRAGGLER_UNDER - 1;
+        // Four keyspaces: small and old, empty, large, small and old.
+        let mut s = Stragglers::new(&[(1, 10), (2, 0), (3, 10), (4, 10)], 1);
+        let now = [(1, 10), (2, 0), (3, STRAGGLER_UNDER), (4, small)];
+        assert!(s.due(&now, 1).is_empty(), "no journal sealed");
+        assert!(s.due(&now, 0).is_empty(), "journals dropped, none sealed");
+        assert_eq!(
+            s.due(&now, 1),
+            [0, 3],
+            "sealed: the small ones that hold anything"
+        );
+        // Rotated, they have new memtables, written since: not due at the next seal, since a
+        // memtable younger than the last seal may hold none of a sealed journal's writes.
+        let after = [(5, 10), (2, 0), (3, STRAGGLER_UNDER + 20), (6, 10)];
+        assert!(s.due(&after, 1).is_empty(), "no journal sealed");
+        assert!(s.due(&after, 2).is_empty(), "new since the last seal");
+        assert_eq!(s.due(&after, 3), [0, 3], "active since the last seal");
+    }
+
+    #[test]
+    fn a_small_keyspace_no_longer_holds_the_journals_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = fjall::Database::builder(dir.path()).open().expect("open");
+        let open = |name| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
+        let ks = [
+            open("small").expect("keyspace"),
+            open("big").expect("keyspace"),
+        ];
+        let mut failures = [Failures::default(), Failures::default()];
+        let mut stragglers = Stragglers::new(&memtables_of(&ks), db.journal_count());
+        ks[0].insert("a", "1").expect("insert");
+        // Past fjall's 64 MB journal in values lz4 cannot shrink; fjall seals the journal
+        // at the next flush.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for i in 0..66u32 {
+            let value: Vec<u8> = (0..(1 << 20) / 8)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()
+                })
+                .collect();
+            ks[1].insert(i.to_be_bytes(), value).expect("insert");
+        }
+        ks[1].rotate_memtable_and_wait().expect("flush");
+        assert_eq!(
+            db.journal_count(),
+            2,
+            "sealed, and kept for the small keyspace"
+        );
+
+        rotate_stragglers(&db, &ks, &mut stragglers, &mut failures);
+
+        // The small keyspace is flushed, and fjall drops the sealed journal after it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.journal_count() > 1 {
+            assert!(Instant::now() < deadline, "the sealed journal stayed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            ks[0].tree.table_count(),
+            1,
+            "the small keyspace was flushed"
+        );
+        assert_eq!(ks[0].get("a").expect("get").as_deref(), Some(&b"1"[..]));
     }
 
     #[test]

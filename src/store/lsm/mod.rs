@@ -554,7 +554,7 @@ impl LsmStore {
             CoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let tables = Tables::open(&dir)?;
-        let keeper = memtables::Keeper::start(tables.keyspaces())?;
+        let keeper = memtables::Keeper::start(tables.db.clone(), tables.keyspaces())?;
         let sweeper = retention::Sweeper::start(tables.retention.clone(), tables.events.clone())?;
         migrate::run(&tables)?;
         let state = writer::State::load(&tables, retention)?;
