@@ -70,8 +70,9 @@ const STILL_AFTER: u32 = 10;
 const ROTATE_AT: u64 = 48 << 20;
 
 /// A memtable under this size, active since before the last journal was sealed, holds journals
-/// back and is rotated at the next seal. A journal is 64 MB (fjall's); a keyspace that grew
-/// less than this over one would take over 16 journals to reach `ROTATE_AT`.
+/// back and is rotated at the next seal. fjall seals a journal at the first flush past 64 MB;
+/// a keyspace that grew less than this over one would take over 16 journals to reach
+/// `ROTATE_AT`.
 const STRAGGLER_UNDER: u64 = ROTATE_AT / 16;
 
 /// The keeper thread; dropping it (or `stop`) ends the thread and frees what it holds.
@@ -251,6 +252,8 @@ impl Stragglers {
     /// `STRAGGLER_UNDER`, and was already active at the seal before. A younger one may hold
     /// none of a sealed journal's writes (a large keyspace just after its own rotation).
     fn due(&mut self, memtables: &[(u64, u64)], journals: usize) -> Vec<usize> {
+        // A seal and a drop between two looks leave the count as it was: that seal is missed,
+        // and the next one finds the same memtables.
         let sealed = journals > self.journals;
         self.journals = journals;
         if !sealed {
@@ -274,8 +277,8 @@ pub(crate) const FLUSH_AT_CLOSE_WITHIN: Duration = Duration::from_secs(30);
 /// Rotates every keyspace's memtable that holds anything and waits, up to `within`, until
 /// fjall's worker has flushed them all; fjall then drops the journals they kept. Run at a
 /// graceful close, once nothing writes: otherwise the next start replays every journal not
-/// yet dropped, up to fjall's 512 MiB (4.2 s before the server listened after a minute of
-/// full sends, BENCHMARKS.md, forty-eighth session). Returns the bytes flushed and whether
+/// yet dropped (4.2–4.4 s before the server listened after a minute of full sends, before
+/// `Stragglers`; BENCHMARKS.md, forty-eighth session). Returns the bytes flushed and whether
 /// every flush finished in time; it stops waiting at once if fjall is poisoned (its worker
 /// failed: no flush will finish).
 pub(crate) fn flush_all(db: &Database, keyspaces: &[Keyspace], within: Duration) -> (u64, bool) {
