@@ -134,12 +134,20 @@ fn run(db: &Database, keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
             }
         }
         rotate_full(keyspaces, ROTATE_AT, &mut failures);
-        rotate_stragglers(db, keyspaces, &mut stragglers, &mut failures);
         let active: Vec<_> = keyspaces
             .iter()
             .map(|ks| ks.tree.active_memtable())
             .collect();
-        let memtables = active.iter().map(|m| (m.id(), m.size())).collect();
+        let memtables: Vec<_> = active.iter().map(|m| (m.id(), m.size())).collect();
+        // A straggler's new memtable is kept from the next look on (`LOOK_EVERY`).
+        let journals = db.journal_count();
+        rotate_stragglers(
+            keyspaces,
+            &memtables,
+            journals,
+            &mut stragglers,
+            &mut failures,
+        );
         look(active.into_iter(), &mut held);
         // Looking for fjall's worker counts as a change: it is looked for every `LOOK_EVERY`.
         let wait = stillness.next_look(memtables, looks_for_worker > 0);
@@ -189,14 +197,16 @@ fn rotate_full(keyspaces: &[Keyspace], at: u64, failures: &mut [Failures]) {
 }
 
 /// Rotates the memtables `Stragglers` finds holding journals back, if fjall sealed a journal
-/// since the last look. `failures` has one entry per keyspace.
+/// since the last look; `memtables` and `journals` are this look's. `failures` has one entry
+/// per keyspace.
 fn rotate_stragglers(
-    db: &Database,
     keyspaces: &[Keyspace],
+    memtables: &[(u64, u64)],
+    journals: usize,
     stragglers: &mut Stragglers,
     failures: &mut [Failures],
 ) {
-    for i in stragglers.due(&memtables_of(keyspaces), db.journal_count()) {
+    for i in stragglers.due(memtables, journals) {
         rotate(&keyspaces[i], &mut failures[i]);
     }
 }
@@ -259,11 +269,12 @@ impl Stragglers {
         if !sealed {
             return Vec::new();
         }
-        let due = (0..memtables.len().min(self.at_last_seal.len()))
-            .filter(|&i| {
-                let (id, size) = memtables[i];
-                id == self.at_last_seal[i] && size > 0 && size < STRAGGLER_UNDER
-            })
+        let due = memtables
+            .iter()
+            .zip(&self.at_last_seal)
+            .enumerate()
+            .filter(|&(_, (&(id, size), &then))| id == then && size > 0 && size < STRAGGLER_UNDER)
+            .map(|(i, _)| i)
             .collect();
         self.at_last_seal = memtables.iter().map(|&(id, _)| id).collect();
         due
@@ -540,7 +551,14 @@ mod tests {
             "sealed, and kept for the small keyspace"
         );
 
-        rotate_stragglers(&db, &ks, &mut stragglers, &mut failures);
+        let journals = db.journal_count();
+        rotate_stragglers(
+            &ks,
+            &memtables_of(&ks),
+            journals,
+            &mut stragglers,
+            &mut failures,
+        );
 
         // The small keyspace is flushed, and fjall drops the sealed journal after it.
         let deadline = Instant::now() + Duration::from_secs(60);
