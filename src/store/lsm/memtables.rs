@@ -33,8 +33,7 @@
 //! wrote, which a start after a crash replays (BENCHMARKS.md, forty-eighth and forty-ninth
 //! sessions). Each time fjall seals a journal, this thread rotates every memtable, whatever
 //! its size, that has been active since the seal before (`Stragglers`): no memtable then holds
-//! writes of more than two journals, the one it began in and the next (three if a seal falls
-//! between two looks with a drop, which leaves the count unchanged).
+//! writes of more than two journals, the one it began in and the next.
 //!
 //! `Keyspace::tree`, `Keyspace::rotate_memtable` and `AbstractTree` are public but hidden from
 //! fjall's docs; a later fjall that frees memtables outside the lock and whose rotation cannot
