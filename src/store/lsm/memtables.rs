@@ -25,15 +25,13 @@
 //! reference to every memtable it sees, so fjall's drop only lets go of one reference; once
 //! the only one left is ours, the memtable is freed here, where nothing waits for it.
 //!
-//! **Journals held back.** fjall drops a journal only once every keyspace has flushed what it
-//! holds. A keyspace written rarely (accounts, tokens, contacts: at sign-up) never reaches
+//! **Small keyspaces.** fjall drops a journal only once every keyspace has flushed what it
+//! holds, and a keyspace written rarely (accounts, tokens, contacts: at sign-up) never reaches
 //! `ROTATE_AT`, so it kept every journal since its first write until fjall's cap of 512 MiB of
-//! journals made it flush, and then ~5 journals went at once; and a large keyspace of small
-//! items (`message_ids`: ~390,000 sends to reach `ROTATE_AT`) kept the ~5 journals those sends
-//! wrote, which a start after a crash replays (BENCHMARKS.md, forty-eighth and forty-ninth
-//! sessions). Each time fjall seals a journal, this thread rotates every memtable, whatever
-//! its size, that has been active since the seal before (`Stragglers`): no memtable then holds
-//! writes of more than two journals, the one it began in and the next.
+//! journals made it flush, and then ~5 journals went at once (BENCHMARKS.md, forty-eighth
+//! session). Each time fjall seals a journal, this thread rotates every memtable under
+//! `STRAGGLER_UNDER` that has been active since the seal before: it grew less than that over a
+//! whole journal, so it would hold journals back for many more (`Stragglers`).
 //!
 //! `Keyspace::tree`, `Keyspace::rotate_memtable` and `AbstractTree` are public but hidden from
 //! fjall's docs; a later fjall that frees memtables outside the lock and whose rotation cannot
@@ -70,6 +68,12 @@ const STILL_AFTER: u32 = 10;
 /// `max_memtable_size` (64 MiB), which every keyspace of ours has (fjall keeps a keyspace's
 /// options from its creation), so fjall's own trigger never fires.
 const ROTATE_AT: u64 = 48 << 20;
+
+/// A memtable under this size, active since before the last journal was sealed, holds journals
+/// back and is rotated at the next seal. fjall seals a journal at the first flush past 64 MB;
+/// a keyspace that grew less than this over one would take over 16 journals to reach
+/// `ROTATE_AT`.
+const STRAGGLER_UNDER: u64 = ROTATE_AT / 16;
 
 /// The keeper thread; dropping it (or `stop`) ends the thread and frees what it holds.
 pub(crate) struct Keeper {
@@ -235,7 +239,7 @@ fn memtables_of(keyspaces: &[Keyspace]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Finds the memtables that hold sealed journals back, one decision per journal fjall seals.
+/// Finds the small memtables that hold journals back, one decision per journal fjall seals.
 struct Stragglers {
     /// fjall's journal count at the last look: it grows by one when a journal is sealed, and
     /// falls when fjall drops old ones.
@@ -254,10 +258,9 @@ impl Stragglers {
     }
 
     /// The keyspaces to rotate, given this look's memtables and journal count: none unless
-    /// the count grew (a journal was sealed); then each memtable that holds anything and was
-    /// already active at the seal before, whatever its size. A younger one may hold none of
-    /// the journal sealed before this one (a large keyspace just after its own rotation), and
-    /// is due at the next seal if still active then.
+    /// the count grew (a journal was sealed); then each memtable that holds anything, is under
+    /// `STRAGGLER_UNDER`, and was already active at the seal before. A younger one may hold
+    /// none of a sealed journal's writes (a large keyspace just after its own rotation).
     fn due(&mut self, memtables: &[(u64, u64)], journals: usize) -> Vec<usize> {
         // A seal and a drop between two looks leave the count as it was: that seal is missed,
         // and the next one finds the same memtables.
@@ -270,7 +273,7 @@ impl Stragglers {
             .iter()
             .zip(&self.at_last_seal)
             .enumerate()
-            .filter(|&(_, (&(id, size), &then))| id == then && size > 0)
+            .filter(|&(_, (&(id, size), &then))| id == then && size > 0 && size < STRAGGLER_UNDER)
             .map(|(i, _)| i)
             .collect();
         self.at_last_seal = memtables.iter().map(|&(id, _)| id).collect();
@@ -495,49 +498,38 @@ mod tests {
     }
 
     #[test]
-    fn memtables_active_since_the_last_seal_are_due_at_the_next_one() {
-        let large = ROTATE_AT - 1;
-        // Four keyspaces: small, empty, large (all three active since the start), and one
-        // about to rotate by size.
+    fn small_memtables_active_since_the_last_seal_are_due_at_the_next_one() {
+        let small = STRAGGLER_UNDER - 1;
+        // Four keyspaces: small and old, empty, large, small and old.
         let mut s = Stragglers::new(&[(1, 10), (2, 0), (3, 10), (4, 10)], 1);
-        let now = [(1, 10), (2, 0), (3, large), (5, 10)];
+        let now = [(1, 10), (2, 0), (3, STRAGGLER_UNDER), (4, small)];
         assert!(s.due(&now, 1).is_empty(), "no journal sealed");
         assert!(s.due(&now, 0).is_empty(), "journals dropped, none sealed");
         assert_eq!(
             s.due(&now, 1),
-            [0, 2],
-            "sealed: the old ones that hold anything, whatever their size"
+            [0, 3],
+            "sealed: the small ones that hold anything"
         );
         // Rotated, they have new memtables, written since: not due at the next seal, since a
         // memtable younger than the last seal may hold none of a sealed journal's writes.
-        let after = [(6, 10), (2, 0), (7, large), (5, 20)];
+        let after = [(5, 10), (2, 0), (3, STRAGGLER_UNDER + 20), (6, 10)];
         assert!(s.due(&after, 1).is_empty(), "no journal sealed");
-        assert_eq!(
-            s.due(&after, 2),
-            [3],
-            "the first seal's rotations are new; the one rotated by size before it is old now"
-        );
-        let rotated = [(6, 10), (2, 0), (7, large), (8, 10)];
-        assert_eq!(s.due(&rotated, 3), [0, 2], "active since the last seal");
+        assert!(s.due(&after, 2).is_empty(), "new since the last seal");
+        assert_eq!(s.due(&after, 3), [0, 3], "active since the last seal");
     }
 
     #[test]
-    fn keyspaces_under_the_rotation_size_no_longer_hold_the_journals_back() {
+    fn a_small_keyspace_no_longer_holds_the_journals_back() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = fjall::Database::builder(dir.path()).open().expect("open");
         let open = |name| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
         let ks = [
             open("small").expect("keyspace"),
-            open("mid").expect("keyspace"),
             open("big").expect("keyspace"),
         ];
-        let mut failures = [(); 3].map(|_| Failures::default());
+        let mut failures = [Failures::default(), Failures::default()];
         let mut stragglers = Stragglers::new(&memtables_of(&ks), db.journal_count());
         ks[0].insert("a", "1").expect("insert");
-        // 4 MiB: a large keyspace far under `ROTATE_AT`, as `message_ids` is for ~5 journals.
-        for i in 0..4096u32 {
-            ks[1].insert(i.to_be_bytes(), [7u8; 1024]).expect("insert");
-        }
         // Past fjall's 64 MB journal in values lz4 cannot shrink; fjall seals the journal
         // at the next flush.
         let mut x = 0x2545_f491_4f6c_dd1d_u64;
@@ -550,13 +542,13 @@ mod tests {
                     x.to_le_bytes()
                 })
                 .collect();
-            ks[2].insert(i.to_be_bytes(), value).expect("insert");
+            ks[1].insert(i.to_be_bytes(), value).expect("insert");
         }
-        ks[2].rotate_memtable_and_wait().expect("flush");
+        ks[1].rotate_memtable_and_wait().expect("flush");
         assert_eq!(
             db.journal_count(),
             2,
-            "sealed, and kept for the small and mid keyspaces"
+            "sealed, and kept for the small keyspace"
         );
 
         let journals = db.journal_count();
@@ -568,16 +560,18 @@ mod tests {
             &mut failures,
         );
 
-        // Both are flushed, and fjall drops the sealed journal after them.
+        // The small keyspace is flushed, and fjall drops the sealed journal after it.
         let deadline = Instant::now() + Duration::from_secs(60);
         while db.journal_count() > 1 {
             assert!(Instant::now() < deadline, "the sealed journal stayed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let tables: Vec<_> = ks[..2].iter().map(|k| k.tree.table_count()).collect();
-        assert_eq!(tables, [1, 1], "small and mid flushed, once each");
+        assert_eq!(
+            ks[0].tree.table_count(),
+            1,
+            "the small keyspace was flushed"
+        );
         assert_eq!(ks[0].get("a").expect("get").as_deref(), Some(&b"1"[..]));
-        assert_eq!(ks[1].len().expect("len"), 4096);
     }
 
     #[test]
