@@ -373,26 +373,27 @@ fn look<M>(active: impl Iterator<Item = Arc<M>>, held: &mut Vec<Arc<M>>) {
 mod tests {
     use super::*;
 
-    /// A database in a temp dir with one keyspace, `k`, holding `a` = `1` in its memtable.
-    fn one_keyspace() -> (tempfile::TempDir, Database, Keyspace) {
+    /// A database in a temp dir with the keyspaces `names`, empty.
+    fn keyspaces<const N: usize>(names: [&str; N]) -> (tempfile::TempDir, Database, [Keyspace; N]) {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = fjall::Database::builder(dir.path()).open().expect("open");
-        let ks = db
-            .keyspace("k", fjall::KeyspaceCreateOptions::default)
-            .expect("keyspace");
+        let ks = names.map(|n| {
+            db.keyspace(n, fjall::KeyspaceCreateOptions::default)
+                .expect("keyspace")
+        });
+        (dir, db, ks)
+    }
+
+    /// A database in a temp dir with one keyspace, `k`, holding `a` = `1` in its memtable.
+    fn one_keyspace() -> (tempfile::TempDir, Database, Keyspace) {
+        let (dir, db, [ks]) = keyspaces(["k"]);
         ks.insert("a", "1").expect("insert");
         (dir, db, ks)
     }
 
     #[test]
     fn a_memtable_past_the_size_is_rotated_and_flushed_and_no_other() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = fjall::Database::builder(dir.path()).open().expect("open");
-        let open = |name| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
-        let (big, small) = (
-            open("big").expect("keyspace"),
-            open("small").expect("keyspace"),
-        );
+        let (_dir, _db, [big, small]) = keyspaces(["big", "small"]);
         big.insert("a", vec![0u8; 4096]).expect("insert");
         small.insert("a", "1").expect("insert");
         let (big_id, small_id) = (
@@ -428,17 +429,9 @@ mod tests {
 
     #[test]
     fn flush_all_leaves_nothing_for_the_next_start_to_replay() {
-        let dir = tempfile::tempdir().expect("temp dir");
         let names = ["written", "touched", "empty"];
-        {
-            let db = fjall::Database::builder(dir.path()).open().expect("open");
-            let ks: Vec<_> = names
-                .iter()
-                .map(|n| {
-                    db.keyspace(n, fjall::KeyspaceCreateOptions::default)
-                        .expect("keyspace")
-                })
-                .collect();
+        let dir = {
+            let (dir, db, ks) = keyspaces(names);
             for i in 0..1000u32 {
                 ks[0]
                     .insert(i.to_be_bytes(), vec![7u8; 100])
@@ -457,7 +450,8 @@ mod tests {
                 "a table for each keyspace written, none for the other"
             );
             assert!(ks.iter().all(|k| k.tree.active_memtable().is_empty()));
-        }
+            dir
+        };
         // Reopened, fjall replays nothing into the memtables: all of it is read from tables.
         let db = fjall::Database::builder(dir.path()).open().expect("reopen");
         for n in names {
@@ -520,13 +514,7 @@ mod tests {
 
     #[test]
     fn a_small_keyspace_no_longer_holds_the_journals_back() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = fjall::Database::builder(dir.path()).open().expect("open");
-        let open = |name| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
-        let ks = [
-            open("small").expect("keyspace"),
-            open("big").expect("keyspace"),
-        ];
+        let (_dir, db, ks) = keyspaces(["small", "big"]);
         let mut failures = [Failures::default(), Failures::default()];
         let mut stragglers = Stragglers::new(&memtables_of(&ks), db.journal_count());
         ks[0].insert("a", "1").expect("insert");
