@@ -145,6 +145,10 @@ pub struct StorageConfig {
     /// WAL pages after which a background checkpoint copies them into the database; the
     /// writer finishes one itself at four times this (see `store::checkpointer`).
     pub checkpoint_pages: u32,
+    /// `lsm` only: once nothing has been written for this many ms, the memtables are flushed
+    /// (`store::lsm::memtables`); 0, the default, leaves them to fill. Off by default because
+    /// the flush lands in the lull, where a load test may be measuring something else.
+    pub flush_when_idle_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -153,6 +157,7 @@ impl Default for StorageConfig {
             engine: Engine::Lsm,
             data_dir: PathBuf::from("data"),
             checkpoint_pages: 1000,
+            flush_when_idle_ms: 0,
         }
     }
 }
@@ -250,6 +255,13 @@ pub struct EventsConfig {
 
 /// The largest `events.receipt_interval_ms`: a sender waits at most this long for DELIVERED.
 pub const MAX_RECEIPT_INTERVAL_MS: u64 = 60_000;
+
+/// The shortest lull `storage.flush_when_idle_ms` may name: under it, a pause between a
+/// client's calls would flush a table of them.
+pub const MIN_FLUSH_WHEN_IDLE_MS: u64 = 100;
+
+/// The longest lull `storage.flush_when_idle_ms` may name (a day).
+pub const MAX_FLUSH_WHEN_IDLE_MS: u64 = 86_400_000;
 
 impl Default for EventsConfig {
     fn default() -> Self {
@@ -372,6 +384,13 @@ impl Config {
                     .into(),
             );
         }
+        let idle = self.storage.flush_when_idle_ms;
+        if idle != 0 && !(MIN_FLUSH_WHEN_IDLE_MS..=MAX_FLUSH_WHEN_IDLE_MS).contains(&idle) {
+            return Err(format!(
+                "storage.flush_when_idle_ms must be 0 (off) or {MIN_FLUSH_WHEN_IDLE_MS} to \
+                 {MAX_FLUSH_WHEN_IDLE_MS}, got {idle}"
+            ));
+        }
         if self.events.receipt_interval_ms > MAX_RECEIPT_INTERVAL_MS {
             return Err(format!(
                 "events.receipt_interval_ms must be at most {MAX_RECEIPT_INTERVAL_MS}, got {}",
@@ -459,5 +478,22 @@ mod tests {
         assert!(Config::parse("[limits]\nsend_rate_per_sec = 0").is_err());
         assert!(Config::parse("[events]\nreceipt_interval_ms = 60001").is_err());
         assert!(Config::parse("[events]\nreceipt_interval_ms = 0").is_ok());
+    }
+
+    #[test]
+    fn flush_when_idle_is_off_or_a_lull_from_a_tenth_of_a_second_to_a_day() {
+        let idle = |ms: u64| Config::parse(&format!("[storage]\nflush_when_idle_ms = {ms}"));
+        assert_eq!(
+            Config::default().storage.flush_when_idle_ms,
+            0,
+            "off by default"
+        );
+        for ms in [0, MIN_FLUSH_WHEN_IDLE_MS, 2000, MAX_FLUSH_WHEN_IDLE_MS] {
+            assert_eq!(idle(ms).map(|c| c.storage.flush_when_idle_ms), Ok(ms));
+        }
+        for ms in [1, MIN_FLUSH_WHEN_IDLE_MS - 1, MAX_FLUSH_WHEN_IDLE_MS + 1] {
+            let e = idle(ms).map(|_| ()).unwrap_err();
+            assert!(e.contains("storage.flush_when_idle_ms"), "{e}");
+        }
     }
 }

@@ -251,9 +251,12 @@ fn open_store(
         ));
     }
     let store: Arc<dyn Store> = match storage.engine {
-        Engine::Lsm => Arc::new(
-            LsmStore::open(dir, sink, retention, stats, hand_offs).map_err(|e| e.to_string())?,
-        ),
+        Engine::Lsm => Arc::new({
+            let idle = storage.flush_when_idle_ms;
+            let flush_when_idle = (idle > 0).then(|| Duration::from_millis(idle));
+            LsmStore::open(dir, sink, retention, stats, hand_offs, flush_when_idle)
+                .map_err(|e| e.to_string())?
+        }),
         Engine::Sqlite => Arc::new(
             SqliteStore::open(dir, sink, retention, storage.checkpoint_pages, stats)
                 .map_err(|e| e.to_string())?,

@@ -421,3 +421,56 @@ fn the_server_runs_without_transparent_huge_pages() {
         assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
 }
+
+/// With `storage.flush_when_idle_ms`, a lull writes the LSM engine's memtables out: SIGKILL'd
+/// once the server says so, fjall has nothing to replay into any keyspace, and every message
+/// is there after the restart.
+#[tokio::test]
+async fn a_crash_in_a_lull_leaves_the_lsm_journal_nothing_to_replay() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (mut proc, addr) = spawn_server_with(&root, "", "flush_when_idle_ms = 100", "lsm", "info");
+    // The log, line by line: the reads block, so on a thread of their own.
+    let log = proc.0.stderr.take().expect("piped stderr");
+    let (lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut t = TestServer::attach(dir, &addr).await;
+    let (a, b) = (t.account("alice").await, t.account("bob").await);
+    // 20 × 64 KiB: past the 1 MiB a lull's flush waits for.
+    for i in 0..20u8 {
+        t.user(&a)
+            .send_message(pb::SendMessageRequest {
+                recipient_id: b.id.clone(),
+                payload: vec![i; 64 << 10].into(),
+                content_type: "application/octet-stream".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = logged
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the lull's flush was logged");
+        if line.contains("memtables flushed in a lull") {
+            break;
+        }
+    }
+    // SIGKILL: no graceful close, which would flush the memtables itself.
+    drop(proc);
+    assert_lsm_replays_nothing(&root.join("data"));
+    let (_proc, addr) = spawn_server(&root, "", "lsm");
+    t.channel = phantom::client::connect(&addr).await.unwrap();
+    let kept = t.conversation(&a, &b).await;
+    assert_eq!(kept.len(), 20);
+    assert!(kept.iter().all(|m| m.payload.len() == 64 << 10));
+}

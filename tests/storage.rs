@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use fjall::AbstractTree;
 use phantom::config::Engine;
 use phantom::server;
 
@@ -222,22 +221,7 @@ async fn a_graceful_stop_leaves_the_lsm_journal_nothing_to_replay() {
         t.send(&a, &b, &format!("m{i}")).await;
     }
     t.stop().await;
-    {
-        let db = fjall::Database::builder(t.data_dir().join("lsm"))
-            .open()
-            .expect("the server's data dir opens");
-        let names = db.list_keyspace_names();
-        assert!(names.len() >= 5, "the server's keyspaces: {names:?}");
-        for name in names {
-            let ks = db
-                .keyspace(&name, fjall::KeyspaceCreateOptions::default)
-                .expect("keyspace");
-            assert!(
-                ks.tree.active_memtable().is_empty(),
-                "{name:?} replayed from the journal"
-            );
-        }
-    }
+    assert_lsm_replays_nothing(&t.data_dir());
     t.restart().await;
     assert_eq!(t.conversation(&a, &b).await.len(), 20);
 }

@@ -423,24 +423,61 @@ pub fn threads_of(pid: &str) -> Vec<(libc::pid_t, String)> {
 /// Starts the real binary on `dir` with the given storage engine and extra `[server]` keys
 /// (TOML lines); returns it with the address it printed.
 pub fn spawn_server(dir: &std::path::Path, server_keys: &str, engine: &str) -> (Proc, String) {
+    spawn_server_with(dir, server_keys, "", engine, "warn")
+}
+
+/// `spawn_server` with extra `[storage]` keys too, logging at `log_level`; unless that is
+/// `warn`, the log goes to the child's piped stderr, for the test to read.
+pub fn spawn_server_with(
+    dir: &std::path::Path,
+    server_keys: &str,
+    storage_keys: &str,
+    engine: &str,
+    log_level: &str,
+) -> (Proc, String) {
     use std::process::{Command, Stdio};
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\nengine = \"{engine}\"\ndata_dir = \"{}\"\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"warn\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[storage]\nengine = \"{engine}\"\ndata_dir = \"{}\"\n{storage_keys}\n[auth]\nadmin_token = \"{ADMIN}\"\n[log]\nlevel = \"{log_level}\"\n",
             dir.join("data").display()
         ),
     )
     .unwrap();
+    let stderr = if log_level == "warn" {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_phantom-grpc-api"))
         .arg("--config")
         .arg(&config)
         .env_remove("PHANTOM_ADMIN_TOKEN")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn server");
     let addr = listening_addr(child.stdout.take().expect("stdout"));
     (Proc(child), addr)
+}
+
+/// Opens the LSM engine's data in `data_dir` (the server stopped) and checks that fjall
+/// replayed nothing from its journal into any of the server's keyspaces.
+pub fn assert_lsm_replays_nothing(data_dir: &std::path::Path) {
+    use fjall::AbstractTree;
+    let db = fjall::Database::builder(data_dir.join("lsm"))
+        .open()
+        .expect("the server's data dir opens");
+    let names = db.list_keyspace_names();
+    assert!(names.len() >= 5, "the server's keyspaces: {names:?}");
+    for name in names {
+        let ks = db
+            .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+            .expect("keyspace");
+        assert!(
+            ks.tree.active_memtable().is_empty(),
+            "{name:?} replayed from the journal"
+        );
+    }
 }

@@ -33,6 +33,12 @@
 //! `STRAGGLER_UNDER` that has been active since the seal before: it grew less than that over a
 //! whole journal, so it would hold journals back for many more (`Stragglers`).
 //!
+//! **Lulls** (`storage.flush_when_idle_ms`, off by default). Once nothing has been written for
+//! that long and the memtables hold 1 MiB or more together, this thread rotates every one that
+//! holds anything, so fjall flushes them in the lull and drops the sealed journals they kept: a
+//! start after a crash in the lull replays at most the active journal, and the next burst
+//! begins with empty memtables (`idle_due`). It logs when those flushes are done.
+//!
 //! `Keyspace::tree`, `Keyspace::rotate_memtable` and `AbstractTree` are public but hidden from
 //! fjall's docs; a later fjall that frees memtables outside the lock and whose rotation cannot
 //! block a worker would let this module go.
@@ -82,12 +88,17 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    /// Starts keeping the memtables of `keyspaces`, all of `db`.
-    pub fn start(db: Database, keyspaces: Vec<Keyspace>) -> CoreResult<Self> {
+    /// Starts keeping the memtables of `keyspaces`, all of `db`; with `flush_when_idle`, they
+    /// are also flushed once nothing has been written for that long (`idle_due`).
+    pub fn start(
+        db: Database,
+        keyspaces: Vec<Keyspace>,
+        flush_when_idle: Option<Duration>,
+    ) -> CoreResult<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("phantom-lsm-memtables".into())
-            .spawn(move || run(&db, &keyspaces, &stopped))
+            .spawn(move || run(&db, &keyspaces, flush_when_idle, &stopped))
             .map_err(CoreError::internal)?;
         Ok(Keeper {
             stop: Some(stop),
@@ -114,7 +125,12 @@ const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
 /// fjall's worker threads' name (fjall 3.1.13, `worker_pool.rs`).
 const FJALL_WORKER: &str = "fjall:worker";
 
-fn run(db: &Database, keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
+fn run(
+    db: &Database,
+    keyspaces: &[Keyspace],
+    flush_when_idle: Option<Duration>,
+    stopped: &mpsc::Receiver<()>,
+) {
     let mut held = Vec::new();
     let mut failures: Vec<Failures> = keyspaces.iter().map(|_| Failures::default()).collect();
     let mut stragglers = Stragglers::new(&memtables_of(keyspaces), db.journal_count());
@@ -122,6 +138,8 @@ fn run(db: &Database, keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
     // at most (were fjall to name it differently, it would be looked for forever).
     let mut looks_for_worker = 50;
     let mut stillness = Stillness::default();
+    // A lull's flush under way: when it began, and the bytes rotated.
+    let mut lull: Option<(Instant, u64)> = None;
     loop {
         if looks_for_worker > 0 {
             looks_for_worker -= 1;
@@ -150,7 +168,26 @@ fn run(db: &Database, keyspaces: &[Keyspace], stopped: &mpsc::Receiver<()>) {
         );
         look(active.into_iter(), &mut held);
         // Looking for fjall's worker counts as a change: it is looked for every `LOOK_EVERY`.
-        let wait = stillness.next_look(memtables, looks_for_worker > 0);
+        let wait = stillness.next_look(memtables.clone(), looks_for_worker > 0);
+        if let Some(after) = flush_when_idle {
+            let due = idle_due(&memtables, stillness.still_for(Instant::now()), after);
+            if !due.is_empty() {
+                let bytes = due.iter().map(|&i| memtables[i].1).sum();
+                lull = Some((Instant::now(), bytes));
+            }
+            for i in due {
+                rotate(&keyspaces[i], &mut failures[i]);
+            }
+        }
+        if let Some((began, bytes)) = lull
+            && keyspaces
+                .iter()
+                .all(|ks| ks.tree.sealed_memtable_count() == 0)
+        {
+            lull = None;
+            let took = began.elapsed();
+            tracing::info!(bytes, ?took, "store: memtables flushed in a lull");
+        }
         match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             // The store is closing: what is held goes with this thread.
@@ -166,15 +203,28 @@ struct Stillness {
     seen: Vec<(u64, u64)>,
     /// Looks in a row that saw them unchanged.
     still_looks: u32,
+    /// The first look that saw them as they are now, while they stay unchanged.
+    still_since: Option<Instant>,
 }
 
 impl Stillness {
     /// How long until the next look, given what this look saw (`changed`: count it as a
     /// change whatever it saw).
     fn next_look(&mut self, memtables: Vec<(u64, u64)>, changed: bool) -> Duration {
+        self.next_look_at(memtables, changed, Instant::now())
+    }
+
+    /// `next_look` for a look at `now`.
+    fn next_look_at(
+        &mut self,
+        memtables: Vec<(u64, u64)>,
+        changed: bool,
+        now: Instant,
+    ) -> Duration {
         self.still_looks = if memtables == self.seen && !changed {
             self.still_looks.saturating_add(1)
         } else {
+            self.still_since = Some(now);
             0
         };
         self.seen = memtables;
@@ -184,6 +234,36 @@ impl Stillness {
             LOOK_EVERY
         }
     }
+
+    /// How long, at `now`, the memtables have been as the last look saw them (zero before
+    /// the first look). Memtables unchanged since then mean nothing was written.
+    fn still_for(&self, now: Instant) -> Duration {
+        self.still_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+}
+
+/// The bytes the active memtables must hold together for `idle_due` to flush them: with less, a
+/// server written a little at a time, one write every few seconds, would flush a table per write.
+const IDLE_FLUSH_FROM: u64 = 1 << 20;
+
+/// The keyspaces whose memtables to rotate (`storage.flush_when_idle_ms`), given this look's
+/// memtables (id, size) and how long nothing has been written: once that is `after` or more,
+/// with `IDLE_FLUSH_FROM` bytes or more in them together, each that holds anything. fjall's
+/// worker then flushes them in the lull, not in the next burst of writes, and drops every
+/// sealed journal they kept: a start after a crash in the lull replays at most the active
+/// journal. Rotated, they are empty, so a lull flushes once.
+fn idle_due(memtables: &[(u64, u64)], still_for: Duration, after: Duration) -> Vec<usize> {
+    let held: u64 = memtables.iter().map(|&(_, size)| size).sum();
+    if still_for < after || held < IDLE_FLUSH_FROM {
+        return Vec::new();
+    }
+    memtables
+        .iter()
+        .enumerate()
+        .filter(|&(_, &(_, size))| size > 0)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Rotates the memtable of each keyspace that holds `at` bytes or more; fjall's workers then
@@ -453,24 +533,33 @@ mod tests {
             dir
         };
         // Reopened, fjall replays nothing into the memtables: all of it is read from tables.
-        let db = fjall::Database::builder(dir.path()).open().expect("reopen");
-        for n in names {
-            let ks = db
-                .keyspace(n, fjall::KeyspaceCreateOptions::default)
-                .expect("keyspace");
-            assert!(
-                ks.tree.active_memtable().is_empty(),
-                "{n} replayed from the journal"
-            );
-        }
-        let written = db
-            .keyspace("written", fjall::KeyspaceCreateOptions::default)
-            .expect("ks");
+        let written = reopened_with_nothing_replayed(&dir, &names, "written");
         assert_eq!(written.len().expect("len"), 1000);
         assert_eq!(
             written.get(999u32.to_be_bytes()).expect("get").as_deref(),
             Some(&[7u8; 100][..])
         );
+    }
+
+    /// The database in `dir` reopened, having checked that fjall replayed nothing from its
+    /// journal into the keyspaces `names`; returns the keyspace `read`.
+    fn reopened_with_nothing_replayed(
+        dir: &tempfile::TempDir,
+        names: &[&str],
+        read: &str,
+    ) -> Keyspace {
+        let db = fjall::Database::builder(dir.path()).open().expect("reopen");
+        let open = |n: &str| {
+            db.keyspace(n, fjall::KeyspaceCreateOptions::default)
+                .expect("keyspace")
+        };
+        for &n in names {
+            assert!(
+                open(n).tree.active_memtable().is_empty(),
+                "{n} replayed from the journal"
+            );
+        }
+        open(read)
     }
 
     #[test]
@@ -584,6 +673,102 @@ mod tests {
         for _ in 0..=STILL_AFTER {
             assert_eq!(s.next_look(quiet.clone(), true), LOOK_EVERY);
         }
+    }
+
+    #[test]
+    fn stillness_says_how_long_the_memtables_have_been_unchanged() {
+        let mut s = Stillness::default();
+        let t0 = Instant::now();
+        assert_eq!(s.still_for(t0), Duration::ZERO, "no look yet");
+        let quiet = vec![(1, 100), (2, 50)];
+        s.next_look_at(quiet.clone(), false, t0);
+        s.next_look_at(quiet.clone(), false, t0 + Duration::from_millis(20));
+        assert_eq!(
+            s.still_for(t0 + Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        // A write, then nothing: still from the look that saw the write.
+        let t1 = t0 + Duration::from_secs(3);
+        s.next_look_at(vec![(1, 130), (2, 50)], false, t1);
+        s.next_look_at(
+            vec![(1, 130), (2, 50)],
+            false,
+            t1 + Duration::from_millis(200),
+        );
+        assert_eq!(
+            s.still_for(t1 + Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        // A forced change starts it again too.
+        let t2 = t1 + Duration::from_secs(5);
+        s.next_look_at(vec![(1, 130), (2, 50)], true, t2);
+        assert_eq!(s.still_for(t2), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_lull_flushes_every_memtable_that_holds_anything_once_they_hold_enough() {
+        let after = Duration::from_secs(2);
+        let big = IDLE_FLUSH_FROM / 2 + 1;
+        let memtables = [(1, big), (2, 0), (3, big), (4, 10)];
+        assert_eq!(
+            idle_due(&memtables, after, after),
+            [0, 2, 3],
+            "the lull is long enough: each that holds anything"
+        );
+        assert!(
+            idle_due(&memtables, after - Duration::from_millis(1), after).is_empty(),
+            "not yet"
+        );
+        let little = [(1, IDLE_FLUSH_FROM / 2), (2, IDLE_FLUSH_FROM / 2 - 1)];
+        assert!(
+            idle_due(&little, after * 10, after).is_empty(),
+            "under IDLE_FLUSH_FROM together: left to fill"
+        );
+        assert!(
+            idle_due(&[(5, 0), (6, 0)], after * 10, after).is_empty(),
+            "flushed already: the lull flushes once"
+        );
+    }
+
+    #[test]
+    fn after_a_lull_a_crash_leaves_nothing_to_replay() {
+        let names = ["a", "b", "touched", "empty"];
+        let dir = {
+            let (dir, db, ks) = keyspaces(names);
+            let keeper = Keeper::start(db.clone(), ks.to_vec(), Some(Duration::from_millis(100)))
+                .expect("keeper");
+            for i in 0..600u32 {
+                for k in &ks[..2] {
+                    k.insert(i.to_be_bytes(), vec![i as u8; 1024])
+                        .expect("insert");
+                }
+            }
+            ks[2].insert("x", "1").expect("insert");
+            // The keeper flushes the three written keyspaces once nothing is written.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ks[..3].iter().any(|k| k.tree.table_count() == 0)
+                || ks.iter().any(|k| k.tree.sealed_memtable_count() > 0)
+            {
+                assert!(Instant::now() < deadline, "never flushed in the lull");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(
+                ks[3].tree.table_count(),
+                0,
+                "nothing to flush in the empty one"
+            );
+            // A crash: no close, no flush; only what fjall wrote is on the disk.
+            drop(keeper);
+            drop(ks);
+            drop(db);
+            dir
+        };
+        let a = reopened_with_nothing_replayed(&dir, &names, "a");
+        assert_eq!(a.len().expect("len"), 600);
+        assert_eq!(
+            a.get(599u32.to_be_bytes()).expect("get").as_deref(),
+            Some(&[599u32 as u8; 1024][..])
+        );
     }
 
     #[test]

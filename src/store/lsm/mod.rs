@@ -55,6 +55,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use fjall::config::CompressionPolicy;
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions};
@@ -541,20 +542,24 @@ pub struct LsmStore {
 
 impl LsmStore {
     /// Opens (creating if needed) `data_dir/lsm` and starts the writer thread, scheduled as
-    /// `hand_offs` says; `retention` is how many durable events each account's log keeps.
+    /// `hand_offs` says; `retention` is how many durable events each account's log keeps, and
+    /// `flush_when_idle` how long nothing must be written before the memtables are flushed
+    /// (never, if `None`).
     pub fn open(
         data_dir: &Path,
         sink: EventSink,
         retention: u64,
         stats: StoreStats,
         hand_offs: HandOffs,
+        flush_when_idle: Option<Duration>,
     ) -> CoreResult<Self> {
         let dir = data_dir.join(LSM_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| {
             CoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let tables = Tables::open(&dir)?;
-        let keeper = memtables::Keeper::start(tables.db.clone(), tables.keyspaces())?;
+        let keeper =
+            memtables::Keeper::start(tables.db.clone(), tables.keyspaces(), flush_when_idle)?;
         let sweeper = retention::Sweeper::start(tables.retention.clone(), tables.events.clone())?;
         migrate::run(&tables)?;
         let state = writer::State::load(&tables, retention)?;
