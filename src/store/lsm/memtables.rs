@@ -170,13 +170,14 @@ fn run(
         // Looking for fjall's worker counts as a change: it is looked for every `LOOK_EVERY`.
         let wait = stillness.next_look(memtables.clone(), looks_for_worker > 0);
         if let Some(after) = flush_when_idle {
-            let due = idle_due(&memtables, stillness.still_for(Instant::now()), after);
-            if !due.is_empty() {
-                let bytes = due.iter().map(|&i| memtables[i].1).sum();
-                lull = Some((Instant::now(), bytes));
-            }
-            for i in due {
-                rotate(&keyspaces[i], &mut failures[i]);
+            let began = Instant::now();
+            let bytes: u64 = idle_due(&memtables, stillness.still_for(began), after)
+                .into_iter()
+                .filter(|&i| rotate(&keyspaces[i], &mut failures[i]))
+                .map(|i| memtables[i].1)
+                .sum();
+            if bytes > 0 {
+                lull = Some((began, bytes));
             }
         }
         if let Some((began, bytes)) = lull
@@ -291,20 +292,26 @@ fn rotate_stragglers(
     }
 }
 
-/// Rotates one keyspace's memtable, logging as `Failures` says.
-fn rotate(ks: &Keyspace, failures: &mut Failures) {
+/// Rotates one keyspace's memtable, logging as `Failures` says; whether it worked.
+fn rotate(ks: &Keyspace, failures: &mut Failures) -> bool {
     match ks.rotate_memtable() {
-        Ok(_) => failures.ended(|failed| {
-            tracing::info!(keyspace = %ks.name(), failed, "memtable rotation works again");
-        }),
+        Ok(_) => {
+            failures.ended(|failed| {
+                tracing::info!(keyspace = %ks.name(), failed, "memtable rotation works again");
+            });
+            true
+        }
         // fjall rotates under its journal's lock; a failure here is the journal's, which
         // the writer's next commit meets and reports too.
-        Err(e) => failures.failed(Instant::now(), |failed| {
-            tracing::error!(
-                keyspace = %ks.name(), error = %e, failed,
-                "memtable rotation failed",
-            );
-        }),
+        Err(e) => {
+            failures.failed(Instant::now(), |failed| {
+                tracing::error!(
+                    keyspace = %ks.name(), error = %e, failed,
+                    "memtable rotation failed",
+                );
+            });
+            false
+        }
     }
 }
 
