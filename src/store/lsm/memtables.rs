@@ -168,16 +168,16 @@ fn run(
         );
         look(active.into_iter(), &mut held);
         // Looking for fjall's worker counts as a change: it is looked for every `LOOK_EVERY`.
-        let wait = stillness.next_look(memtables.clone(), looks_for_worker > 0);
+        let now = Instant::now();
+        let wait = stillness.next_look(&memtables, looks_for_worker > 0, now);
         if let Some(after) = flush_when_idle {
-            let began = Instant::now();
-            let bytes: u64 = idle_due(&memtables, stillness.still_for(began), after)
+            let bytes: u64 = idle_due(&memtables, stillness.still_for(now), after)
                 .into_iter()
                 .filter(|&i| rotate(&keyspaces[i], &mut failures[i]))
                 .map(|i| memtables[i].1)
                 .sum();
             if bytes > 0 {
-                lull = Some((began, bytes));
+                lull = Some((now, bytes));
             }
         }
         if let Some((began, bytes)) = lull
@@ -209,26 +209,17 @@ struct Stillness {
 }
 
 impl Stillness {
-    /// How long until the next look, given what this look saw (`changed`: count it as a
-    /// change whatever it saw).
-    fn next_look(&mut self, memtables: Vec<(u64, u64)>, changed: bool) -> Duration {
-        self.next_look_at(memtables, changed, Instant::now())
-    }
-
-    /// `next_look` for a look at `now`.
-    fn next_look_at(
-        &mut self,
-        memtables: Vec<(u64, u64)>,
-        changed: bool,
-        now: Instant,
-    ) -> Duration {
-        self.still_looks = if memtables == self.seen && !changed {
+    /// How long until the next look, given what the look at `now` saw (`changed`: count it as
+    /// a change whatever it saw). What it saw is copied only when it changed.
+    fn next_look(&mut self, memtables: &[(u64, u64)], changed: bool, now: Instant) -> Duration {
+        self.still_looks = if memtables == self.seen.as_slice() && !changed {
             self.still_looks.saturating_add(1)
         } else {
             self.still_since = Some(now);
+            self.seen.clear();
+            self.seen.extend_from_slice(memtables);
             0
         };
-        self.seen = memtables;
         if self.still_looks >= STILL_AFTER {
             STILL_LOOK_EVERY
         } else {
@@ -665,20 +656,24 @@ mod tests {
         // The first look has nothing to compare with; then unchanged looks keep the busy pace
         // until STILL_AFTER of them in a row.
         for look in 0..STILL_AFTER {
-            assert_eq!(s.next_look(quiet.clone(), false), LOOK_EVERY, "look {look}");
+            assert_eq!(
+                s.next_look(&quiet, false, Instant::now()),
+                LOOK_EVERY,
+                "look {look}"
+            );
         }
-        assert_eq!(s.next_look(quiet.clone(), false), STILL_LOOK_EVERY);
-        assert_eq!(s.next_look(quiet.clone(), false), STILL_LOOK_EVERY);
+        assert_eq!(s.next_look(&quiet, false, Instant::now()), STILL_LOOK_EVERY);
+        assert_eq!(s.next_look(&quiet, false, Instant::now()), STILL_LOOK_EVERY);
         // A write (a size grew), a rotation (a new id), or a forced change: busy again at once.
         for changed in [vec![(1, 101), (2, 50)], vec![(1, 100), (3, 0)]] {
             for _ in 0..=STILL_AFTER {
-                s.next_look(quiet.clone(), false);
+                s.next_look(&quiet, false, Instant::now());
             }
-            assert_eq!(s.next_look(changed, false), LOOK_EVERY);
-            assert_eq!(s.next_look(quiet.clone(), false), LOOK_EVERY);
+            assert_eq!(s.next_look(&changed, false, Instant::now()), LOOK_EVERY);
+            assert_eq!(s.next_look(&quiet, false, Instant::now()), LOOK_EVERY);
         }
         for _ in 0..=STILL_AFTER {
-            assert_eq!(s.next_look(quiet.clone(), true), LOOK_EVERY);
+            assert_eq!(s.next_look(&quiet, true, Instant::now()), LOOK_EVERY);
         }
     }
 
@@ -688,27 +683,23 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(s.still_for(t0), Duration::ZERO, "no look yet");
         let quiet = vec![(1, 100), (2, 50)];
-        s.next_look_at(quiet.clone(), false, t0);
-        s.next_look_at(quiet.clone(), false, t0 + Duration::from_millis(20));
+        s.next_look(&quiet, false, t0);
+        s.next_look(&quiet, false, t0 + Duration::from_millis(20));
         assert_eq!(
             s.still_for(t0 + Duration::from_secs(2)),
             Duration::from_secs(2)
         );
         // A write, then nothing: still from the look that saw the write.
         let t1 = t0 + Duration::from_secs(3);
-        s.next_look_at(vec![(1, 130), (2, 50)], false, t1);
-        s.next_look_at(
-            vec![(1, 130), (2, 50)],
-            false,
-            t1 + Duration::from_millis(200),
-        );
+        s.next_look(&[(1, 130), (2, 50)], false, t1);
+        s.next_look(&[(1, 130), (2, 50)], false, t1 + Duration::from_millis(200));
         assert_eq!(
             s.still_for(t1 + Duration::from_secs(1)),
             Duration::from_secs(1)
         );
         // A forced change starts it again too.
         let t2 = t1 + Duration::from_secs(5);
-        s.next_look_at(vec![(1, 130), (2, 50)], true, t2);
+        s.next_look(&[(1, 130), (2, 50)], true, t2);
         assert_eq!(s.still_for(t2), Duration::ZERO);
     }
 
